@@ -1,0 +1,452 @@
+"""Model configuration: one typed dataclass, validated on construction, with named presets.
+
+Every architecture `mom` knows — vanilla GPT-2, MoM_P / MoM_E, layer-skip, Mixture-of-Depths, parameter sharing,
+MoE — is a value of :class:`MoMConfig`; none has its own code path. The layout is
+
+    wte + wpe → `bottom` vanilla layers
+              → `chunks` × (assembled block: pool of `n_attn` attention + `n_ffn` FFN modules, two routers,
+                            run for `steps` (H) assembly steps; then a vanilla anchor layer if `anchor`)
+              → `top` vanilla layers → ln_f → tied LM head
+
+so the depth (attention+FFN applications on the longest path) is ``bottom + chunks·(steps + anchor) + top``.
+
+Routing vocabulary used throughout the package:
+
+* ``router``: ``gru`` (the paper's recurrent router, state carried over the H steps of a block), ``mlp``
+  (d → r → ReLU → N+1, no recurrence) or ``fixed`` (step h uses module h mod N with weight 1, no SKIP).
+* ``selection``: ``token`` — every token picks its top-K among the candidates (+SKIP); ``expert`` — every
+  candidate module picks the ``capacity`` fraction of a sequence's tokens with the highest router probability
+  (Mixture-of-Depths when the candidate set is {module h}).
+* ``attn_candidates`` / ``ffn_candidates``: which modules step h may choose: ``all``; ``diagonal`` (only module
+  h: layer-skip, MoD); ``grouped`` (the h-th of H equal groups: MoE, where each step owns its experts).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import tempfile
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from mom.errors import ConfigError
+
+RouterKind = Literal["gru", "mlp", "fixed"]
+Selection = Literal["token", "expert"]
+Candidates = Literal["all", "diagonal", "grouped"]
+Dispatch = Literal["grouped", "loop"]
+BalanceScope = Literal["step", "pooled"]
+BalanceSkip = Literal["exclude", "include"]
+
+CONFIG_FORMAT_VERSION = 1
+
+
+@dataclass
+class MoMConfig:
+    """Architecture of a Mixture-of-Modules model (and of a vanilla GPT-2: ``chunks = 0``)."""
+
+    name: str = "custom"
+    # --- shapes (GPT-2 names in comments) ---
+    vocab_size: int = 50257
+    n_ctx: int = 1024  # n_positions
+    d_model: int = 768  # n_embd
+    n_head: int = 12
+    d_ff: int = 0  # FFN inner width; 0 means 4·d_model (GPT-2)
+    layer_norm_eps: float = 1e-5
+    # --- layout ---
+    bottom: int = 12  # vanilla layers before the first assembled block
+    chunks: int = 0  # assembled blocks, each optionally followed by an anchor layer
+    top: int = 0  # vanilla layers after the last block
+    n_attn: int = 0  # attention modules in each block's pool (N_A)
+    n_ffn: int = 0  # FFN modules in each block's pool (N_F)
+    steps: int = 1  # assembly steps per block (H)
+    anchor: bool = False  # a vanilla layer after every block
+    # --- routing ---
+    router: RouterKind = "gru"
+    router_hidden: int = 256  # r
+    temperature: float = 0.2  # τ in softmax(W h / τ)
+    top_k: int = 1  # K, for both routers unless overridden below
+    attn_top_k: int | None = None
+    ffn_top_k: int | None = None
+    skip: bool = True  # SKIP is a candidate at every step
+    selection: Selection = "token"
+    capacity: float = 0.5  # expert selection: fraction of a sequence's tokens each module takes
+    attn_candidates: Candidates = "all"
+    ffn_candidates: Candidates = "all"
+    # --- auxiliary losses ---
+    balance_coef: float = 0.01  # Switch-style N·Σ f_i P_i
+    balance_scope: BalanceScope = "step"  # per step, or pooled over a block's steps
+    balance_skip: BalanceSkip = "exclude"  # SKIP outside the balance, or balanced like a module
+    z_coef: float = 0.0  # router z-loss: mean(logsumexp(logits)²)
+    # --- implementation ---
+    dispatch: Dispatch = "grouped"  # fast sort+grouped-GEMM dispatcher, or the plain `loop` reference
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.d_ff == 0:
+            self.d_ff = 4 * self.d_model
+        self.validate()
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first problem found."""
+        _check_types(self)
+        for f in ("vocab_size", "n_ctx", "d_model", "n_head", "d_ff", "router_hidden"):
+            if getattr(self, f) < 1:
+                raise ConfigError(f"{f} must be ≥ 1, got {getattr(self, f)}")
+        for f in ("bottom", "top", "chunks"):
+            if getattr(self, f) < 0:
+                raise ConfigError(f"{f} (a layer count) must be ≥ 0, got {getattr(self, f)}")
+        if self.d_model % self.n_head:
+            raise ConfigError(f"n_head ({self.n_head}) must divide d_model ({self.d_model})")
+        if self.depth == 0:
+            raise ConfigError("the model has no layers: set bottom/top > 0 or chunks > 0")
+        if not self.temperature > 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+        if self.layer_norm_eps <= 0 or self.init_std <= 0:
+            raise ConfigError("layer_norm_eps and init_std must be > 0")
+        for f in ("balance_coef", "z_coef"):
+            if getattr(self, f) < 0 or not math.isfinite(getattr(self, f)):
+                raise ConfigError(f"{f} must be a finite number ≥ 0, got {getattr(self, f)}")
+        if self.chunks == 0:
+            return  # routing fields are inert without assembled blocks
+        if self.steps < 1:
+            raise ConfigError(f"steps (H) must be ≥ 1 when chunks > 0, got {self.steps}")
+        for half in ("attn", "ffn"):
+            n = getattr(self, f"n_{half}")
+            if n < 1:
+                raise ConfigError(f"n_{half} must be ≥ 1 when chunks > 0, got {n}")
+            mode = getattr(self, f"{half}_candidates")
+            if mode == "diagonal" and n < self.steps:
+                raise ConfigError(
+                    f"{half}_candidates='diagonal' gives step h module h, so n_{half} ({n}) must be ≥ steps ({self.steps})"
+                )
+            if mode == "grouped" and n % self.steps:
+                raise ConfigError(
+                    f"{half}_candidates='grouped' splits the pool evenly over steps: steps ({self.steps}) must divide n_{half} ({n})"
+                )
+            k = self.k(half)
+            if k < 1:
+                raise ConfigError(f"{half} top_k must be ≥ 1, got {k}")
+            if self.selection == "token" and k > self.n_choices(half):
+                raise ConfigError(
+                    f"{half} top_k ({k}) exceeds the choices at a step ({self.n_candidates(half)} modules"
+                    f"{' + SKIP' if self.skip else ''})"
+                )
+        if self.router == "fixed":
+            if self.skip:
+                raise ConfigError("router='fixed' uses module h at step h and cannot choose SKIP: set skip=false")
+            if self.selection != "token" or self.k("attn") != 1 or self.k("ffn") != 1:
+                raise ConfigError("router='fixed' requires selection='token' and top_k=1")
+        if self.selection == "expert":
+            if not 0 < self.capacity <= 1:
+                raise ConfigError(f"capacity must be in (0, 1], got {self.capacity}")
+            if not self.skip:
+                raise ConfigError("selection='expert' leaves unpicked tokens on the residual stream: it needs skip=true")
+
+    # ------------------------------------------------------------------ derived quantities
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    @property
+    def depth(self) -> int:
+        """Attention+FFN applications on a token's longest path."""
+        return self.bottom + self.chunks * (self.steps + int(self.anchor)) + self.top
+
+    @property
+    def n_vanilla_layers(self) -> int:
+        return self.bottom + self.chunks * int(self.anchor) + self.top
+
+    @property
+    def is_vanilla(self) -> bool:
+        return self.chunks == 0
+
+    @property
+    def modules_per_chunk(self) -> int:
+        """GPT-2 layers a chunk's pool takes when decomposing (attention and FFN halves of the same layers)."""
+        return max(self.n_attn, self.n_ffn)
+
+    @property
+    def gpt2_layers(self) -> int:
+        """Number of vanilla GPT-2 layers this layout decomposes (the layer map of the brief)."""
+        return self.bottom + self.chunks * (self.modules_per_chunk + int(self.anchor)) + self.top
+
+    def k(self, half: str) -> int:
+        """Modules picked per token per step for ``half`` in {"attn", "ffn"}."""
+        override = getattr(self, f"{half}_top_k")
+        return self.top_k if override is None else override
+
+    def n_candidates(self, half: str) -> int:
+        """Number of real modules a step may choose from (SKIP excluded)."""
+        n, mode = getattr(self, f"n_{half}"), getattr(self, f"{half}_candidates")
+        return {"all": n, "diagonal": 1, "grouped": n // max(self.steps, 1)}[mode]
+
+    def n_choices(self, half: str) -> int:
+        return self.n_candidates(half) + int(self.skip)
+
+    def candidates(self, half: str, step: int) -> list[int]:
+        """Module indices step ``step`` may choose for ``half`` (SKIP, index N, not included)."""
+        n, mode = getattr(self, f"n_{half}"), getattr(self, f"{half}_candidates")
+        if mode == "all":
+            return list(range(n))
+        if mode == "diagonal":
+            return [step]
+        g = n // self.steps
+        return list(range(step * g, (step + 1) * g))
+
+    def is_static(self, half: str) -> bool:
+        """True when every token takes the same single module at each step with weight 1 (no router needed)."""
+        if self.router == "fixed":
+            return True
+        return self.selection == "token" and not self.skip and self.n_candidates(half) == 1
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, source: str = "config") -> "MoMConfig":
+        if not isinstance(d, dict):
+            raise ConfigError(f"{source}: expected a JSON object of config fields, got {type(d).__name__}")
+        d = dict(d)
+        d.pop("format_version", None)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown field(s) {', '.join(unknown)}{_suggest(unknown[0], known)}")
+        try:
+            return cls(**d)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the config as JSON atomically (temporary file, fsync, rename)."""
+        write_json_atomic(path, {"format_version": CONFIG_FORMAT_VERSION, **self.to_dict()})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "MoMConfig":
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read config ({e})") from None
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+        if isinstance(d, dict) and d.get("format_version", CONFIG_FORMAT_VERSION) != CONFIG_FORMAT_VERSION:
+            raise ConfigError(f"{path}: config format_version {d['format_version']} is not supported (expected {CONFIG_FORMAT_VERSION})")
+        return cls.from_dict(d, source=str(path))
+
+    def replace(self, **changes: Any) -> "MoMConfig":
+        """A validated copy with some fields changed (string values are parsed as the field's type)."""
+        d = self.to_dict()
+        types = _field_types(type(self))
+        for k, v in changes.items():
+            if k not in types:
+                raise ConfigError(f"unknown model field '{k}'{_suggest(k, set(types))}")
+            d[k] = parse_value(k, v, types[k]) if isinstance(v, str) else v
+        if "d_model" in changes and "d_ff" not in changes:
+            d["d_ff"] = 0  # keep GPT-2's 4·d unless the user sets d_ff too
+        return type(self).from_dict(d, source="override")
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write JSON so that a crash leaves either the old file or the new one, never half of either."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _check_types(cfg: Any) -> None:
+    """Reject values of the wrong type (JSON or Python callers) with the field's name."""
+    for name, tp in _field_types(type(cfg)).items():
+        value = getattr(cfg, name)
+        if not _is_instance(value, tp):
+            raise ConfigError(f"{name} must be {_type_name(tp)}, got {value!r}")
+
+
+def _is_instance(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return value in typing.get_args(tp)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return any(_is_instance(value, a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, tp)
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin is not None:
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}.get(tp, str(tp))
+
+
+def parse_value(name: str, text: str, tp: Any) -> Any:
+    """Parse a command-line string into a field of type ``tp``."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if text not in typing.get_args(tp):
+            raise ConfigError(f"{name} must be {_type_name(tp)}, got {text!r}")
+        return text
+    if origin is not None:  # Optional[...]
+        if text.lower() in ("none", "null"):
+            return None
+        return parse_value(name, text, next(a for a in typing.get_args(tp) if a is not type(None)))
+    if tp is bool:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name} must be true or false, got {text!r}")
+    if tp in (int, float):
+        try:
+            return tp(text)
+        except ValueError:
+            raise ConfigError(f"{name} must be {_type_name(tp)}, got {text!r}") from None
+    return text
+
+
+def _suggest(word: str, options: set[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(word, sorted(options), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+# ---------------------------------------------------------------------------------------------- presets
+# GPT-2 shapes (Radford et al. 2019). Layer counts 12 / 24 / 36.
+_SCALES = {
+    "S": dict(d_model=768, n_head=12, layers=12, tag="small"),
+    "M": dict(d_model=1024, n_head=16, layers=24, tag="medium"),
+    "L": dict(d_model=1280, n_head=20, layers=36, tag="large"),
+}
+_TINY = dict(vocab_size=50257, n_ctx=256, d_model=128, n_head=4)
+TINY_LAYERS = 6
+
+
+def _vanilla(name: str, layers: int, **shape: Any) -> MoMConfig:
+    return MoMConfig(name=name, bottom=layers, top=0, chunks=0, **shape)
+
+
+def _mom_p(name: str, layers: int, **shape: Any) -> MoMConfig:
+    """MoM_P (performance): deepest graph at equal parameters.
+
+    Our construction (the paper does not list its layouts): an L-layer GPT-2 becomes L/12 bottom and top layers
+    and L/6 chunks of 4 modules + anchor (12 → 1 + 2·(4+1) + 1), each chunk assembled for H = 6 steps with
+    top-2 routing: depth L → 4L/3 (+33%), same parameter count plus the routers.
+    """
+    edge = layers // 12
+    return MoMConfig(name=name, bottom=edge, top=edge, chunks=layers // 6, n_attn=4, n_ffn=4, steps=6,
+                     anchor=True, top_k=2, **shape)
+
+
+def _mom_e(name: str, layers: int, **shape: Any) -> MoMConfig:
+    """MoM_E (efficiency): minimum depth, more modules per step.
+
+    Our construction: one big chunk holding 5/6 of the layers as modules, assembled for H = L/4 steps with top-2
+    routing, plus L/12 bottom layers and an anchor (12 → 1 + (10 modules, H=3) + anchor): depth 5 instead of 12
+    (−58%, the paper's "60% shallower").
+    """
+    edge = layers // 12
+    n = layers - edge - 1
+    return MoMConfig(name=name, bottom=edge, top=0, chunks=1, n_attn=n, n_ffn=n, steps=layers // 4, anchor=True,
+                     top_k=2, **shape)
+
+
+def _tiny_special(name: str, **fields: Any) -> MoMConfig:
+    base = dict(_TINY, bottom=0, top=0, chunks=1, steps=TINY_LAYERS, anchor=False)
+    base.update(fields)
+    return MoMConfig(name=name, **base)
+
+
+def _build_presets() -> dict[str, Any]:
+    p: dict[str, Any] = {}
+    for s, sc in _SCALES.items():
+        shape = dict(d_model=sc["d_model"], n_head=sc["n_head"])
+        vname = "gpt2" if s == "S" else f"gpt2-{sc['tag']}"
+        p[vname] = lambda vname=vname, sc=sc, shape=shape: _vanilla(vname, sc["layers"], **shape)
+        p[f"mom-p-{sc['tag']}"] = lambda sc=sc, shape=shape: _mom_p(f"mom-p-{sc['tag']}", sc["layers"], **shape)
+        p[f"mom-e-{sc['tag']}"] = lambda sc=sc, shape=shape: _mom_e(f"mom-e-{sc['tag']}", sc["layers"], **shape)
+    n = TINY_LAYERS
+    p["tiny"] = lambda: _vanilla("tiny", n, **_TINY)
+    # tiny MoM_P: 6 layers → 1 bottom + (4 modules, H=6, top-2) + anchor: depth 8 (+33%) at equal parameters.
+    p["tiny-mom"] = lambda: MoMConfig(name="tiny-mom", bottom=1, top=0, chunks=1, n_attn=4, n_ffn=4, steps=6,
+                                      anchor=True, top_k=2, **_TINY)
+    # tiny MoM_E: 6 layers → 1 bottom + (4 modules, H=2, top-2) + anchor: depth 4 (−33%).
+    p["tiny-mom-e"] = lambda: MoMConfig(name="tiny-mom-e", bottom=1, top=0, chunks=1, n_attn=4, n_ffn=4, steps=2,
+                                        anchor=True, top_k=2, **_TINY)
+    # Special cases at tiny scale, matched to `tiny` (6 layers) in depth.
+    p["layerskip"] = lambda: _tiny_special("layerskip", n_attn=n, n_ffn=n, attn_candidates="diagonal",
+                                           ffn_candidates="diagonal", skip=True, top_k=1)
+    p["mod"] = lambda: _tiny_special("mod", n_attn=n, n_ffn=n, attn_candidates="diagonal", ffn_candidates="diagonal",
+                                     skip=True, selection="expert", capacity=0.5)
+    p["universal"] = lambda: _tiny_special("universal", n_attn=1, n_ffn=1, router="fixed", skip=False, top_k=1)
+    p["moe"] = lambda: _tiny_special("moe", n_attn=n, n_ffn=4 * n, attn_candidates="diagonal",
+                                     ffn_candidates="grouped", skip=False, router="mlp", attn_top_k=1, ffn_top_k=2)
+    return p
+
+
+PRESETS: dict[str, Any] = _build_presets()
+_GRID = re.compile(r"^K(\d+)H(\d+)([SML])$")
+
+
+def preset_names() -> list[str]:
+    return list(PRESETS)
+
+
+def preset(name: str) -> MoMConfig:
+    """A named preset, or a grid point ``K{K}H{H}{S|M|L}`` (the MoM_P layout of that scale with K and H set)."""
+    if name in PRESETS:
+        return PRESETS[name]()
+    m = _GRID.match(name)
+    if m:
+        k, h, s = int(m.group(1)), int(m.group(2)), m.group(3)
+        base = PRESETS[f"mom-p-{_SCALES[s]['tag']}"]()
+        return base.replace(name=name, top_k=k, steps=h)
+    raise ConfigError(f"unknown preset '{name}'{_suggest(name, set(PRESETS))}; "
+                      f"presets: {', '.join(PRESETS)}, or a grid point like K3H1S")
+
+
+def resolve_config(spec: str) -> MoMConfig:
+    """A preset name or a path to a JSON config (a file, or a directory holding config.json)."""
+    p = Path(spec)
+    if spec.endswith(".json") or p.is_file():
+        return MoMConfig.load(p)
+    if p.is_dir():
+        return MoMConfig.load(p / "config.json")
+    return preset(spec)

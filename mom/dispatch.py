@@ -1,0 +1,180 @@
+"""Dispatch backends: apply routed modules to the tokens that chose them.
+
+A *route* for one half of one assembly step is a pair of tensors over the T flattened tokens:
+
+    idx_TK  long  module index of each of the token's K picks; N (one past the last module) means SKIP
+    w_TK    float the weight of each pick (0 for SKIP picks)
+
+A dispatcher computes ``y_t = Σ_k w_tk · f_{idx_tk}(x_t)`` for a per-module function f given by the module
+pool in two forms: ``single(x_tD, m)`` (module m on some tokens, plain PyTorch) and
+``grouped(xs_AD, mod_A, offs_N)`` (every assignment at once, rows sorted by module, group ends in ``offs``).
+
+* :class:`LoopDispatcher` — the reference: for each module, find its tokens with ``nonzero`` and run
+  ``single``. Obviously correct; syncs with the host and cannot be compiled with ``fullgraph=True``.
+* :class:`GroupedDispatcher` — the default: sort the T·K assignments by module once per route (a *plan*, reused
+  by every dispatch of that route and by autograd), gather, run ``grouped`` (grouped GEMMs), weight, and
+  scatter-add back. Static shapes, no host syncs: compiles with ``torch.compile(fullgraph=True)``.
+
+The grouped GEMM is the custom op ``mom::grouped_mm``: ``torch._grouped_mm`` on CUDA in bf16 when the
+16-byte alignment rules hold, otherwise a loop of ``mm`` over the groups (on CPU that loop runs as fast as
+one dense matmul, while ``torch._grouped_mm`` is ~2× slower there, and its compile-time meta kernel only
+accepts bf16). Wrapping it in a custom op keeps it one opaque node for the compiler.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+# ---------------------------------------------------------------------------------------------- grouped GEMM
+
+
+def _use_native_grouped_mm(a: Tensor, b: Tensor) -> bool:
+    return (
+        a.is_cuda
+        and a.dtype == torch.bfloat16
+        and b.dtype == torch.bfloat16
+        and hasattr(torch, "_grouped_mm")
+        and a.stride(-1) == 1
+        and (a.stride(-2) * 2) % 16 == 0
+        and all((s * 2) % 16 == 0 for s in b.stride()[1:] if s != 1)
+    )
+
+
+def _zero_tail(y: Tensor, offs: Tensor) -> Tensor:
+    """Zero the rows past the last group (the SKIP assignments), without reading ``offs`` on the host."""
+    rows = torch.arange(y.shape[0], device=y.device)
+    return y.masked_fill((rows >= offs[-1].to(rows.dtype)).unsqueeze(-1), 0)
+
+
+@torch.library.custom_op("mom::grouped_mm", mutates_args=())
+def grouped_mm(x: Tensor, w: Tensor, offs: Tensor) -> Tensor:
+    """``y[r] = x[r] @ w[g]`` for rows r of group g (rows offs[g-1]:offs[g]); rows past offs[-1] are 0.
+
+    x: (A, D), w: (N, D, O), offs: (N,) int32 cumulative group ends. Returns (A, O).
+    """
+    if _use_native_grouped_mm(x, w):
+        return _zero_tail(torch._grouped_mm(x, w, offs=offs), offs)
+    y = x.new_zeros(x.shape[0], w.shape[-1])
+    start = 0
+    for g, end in enumerate(offs.tolist()):  # host read: fine on CPU, the fallback path on GPU
+        if end > start:
+            torch.mm(x[start:end], w[g], out=y[start:end])
+        start = end
+    return y
+
+
+@grouped_mm.register_fake
+def _(x: Tensor, w: Tensor, offs: Tensor) -> Tensor:
+    return x.new_empty(x.shape[0], w.shape[-1])
+
+
+@torch.library.custom_op("mom::grouped_mm_wgrad", mutates_args=())
+def grouped_mm_wgrad(x: Tensor, dy: Tensor, offs: Tensor, n: int) -> Tensor:
+    """Per-group ``x_g.T @ dy_g``: the weight gradient of :func:`grouped_mm`. Returns (n, D, O)."""
+    if _use_native_grouped_mm(x, dy):
+        return torch._grouped_mm(x.t(), dy, offs=offs)  # (D, A) column-major × (A, O), groups along A
+    dw = x.new_zeros(n, x.shape[1], dy.shape[1])
+    start = 0
+    for g, end in enumerate(offs.tolist()):
+        if end > start:
+            torch.mm(x[start:end].t(), dy[start:end], out=dw[g])
+        start = end
+    return dw
+
+
+@grouped_mm_wgrad.register_fake
+def _(x: Tensor, dy: Tensor, offs: Tensor, n: int) -> Tensor:
+    return x.new_empty(n, x.shape[1], dy.shape[1])
+
+
+def _grouped_mm_setup(ctx, inputs, output) -> None:
+    x, w, offs = inputs
+    ctx.save_for_backward(x, w, offs)
+
+
+def _grouped_mm_backward(ctx, dy: Tensor):
+    x, w, offs = ctx.saved_tensors
+    dy = _zero_tail(dy.contiguous(), offs)
+    dx = grouped_mm(dy, w.transpose(1, 2).contiguous(), offs) if ctx.needs_input_grad[0] else None
+    dw = grouped_mm_wgrad(x, dy, offs, w.shape[0]) if ctx.needs_input_grad[1] else None
+    return dx, dw, None
+
+
+torch.library.register_autograd("mom::grouped_mm", _grouped_mm_backward, setup_context=_grouped_mm_setup)
+
+
+# ---------------------------------------------------------------------------------------------- dispatchers
+SingleFn = Callable[[Tensor, int], Tensor]  # (x_tD, module) -> y_tO
+GroupedFn = Callable[[Tensor, Tensor, Tensor], Tensor]  # (xs_AD, mod_A, offs_N) -> ys_AO, rows sorted by module
+
+
+@dataclass
+class LoopPlan:
+    tokens: list[Tensor]  # per module: token indices that picked it
+    slots: list[Tensor]  # per module: which of the K picks it was
+
+
+@dataclass
+class GroupedPlan:
+    token_A: Tensor  # token of each assignment, sorted by module
+    slot_A: Tensor  # flat index t·K + k of each sorted assignment (to gather weights)
+    mod_A: Tensor  # module of each sorted assignment (N = SKIP, sorted last)
+    offs_N: Tensor  # int32 cumulative group ends over the N real modules
+
+
+class LoopDispatcher:
+    """Reference dispatcher: one ``nonzero`` + gather + module + ``index_add`` per module."""
+
+    name = "loop"
+
+    def plan(self, idx_TK: Tensor, n: int) -> LoopPlan:
+        tokens, slots = [], []
+        for m in range(n):
+            t, k = (idx_TK == m).nonzero(as_tuple=True)
+            tokens.append(t)
+            slots.append(k)
+        return LoopPlan(tokens, slots)
+
+    def run(self, plan: LoopPlan, x_TD: Tensor, w_TK: Tensor, single: SingleFn, grouped: GroupedFn,
+            out_dim: int) -> Tensor:
+        y_TO = x_TD.new_zeros(x_TD.shape[0], out_dim)
+        for m, (t, k) in enumerate(zip(plan.tokens, plan.slots)):
+            if t.numel() == 0:
+                continue
+            y_TO = y_TO.index_add(0, t, single(x_TD[t], m) * w_TK[t, k].unsqueeze(-1).to(y_TO.dtype))
+        return y_TO
+
+
+class GroupedDispatcher:
+    """Fast dispatcher: sort assignments by module once, grouped GEMMs, weighted scatter-add. No host syncs."""
+
+    name = "grouped"
+
+    def plan(self, idx_TK: Tensor, n: int) -> GroupedPlan:
+        T, K = idx_TK.shape
+        flat_A = idx_TK.reshape(-1)
+        order_A = torch.argsort(flat_A, stable=True)  # SKIP (= n) sorts last
+        mod_A = flat_A[order_A]
+        counts = torch.zeros(n + 1, dtype=torch.int64, device=idx_TK.device).scatter_add_(
+            0, flat_A, torch.ones_like(flat_A))
+        offs_N = torch.cumsum(counts[:n], 0).to(torch.int32)
+        return GroupedPlan(token_A=order_A // K, slot_A=order_A, mod_A=mod_A, offs_N=offs_N)
+
+    def run(self, plan: GroupedPlan, x_TD: Tensor, w_TK: Tensor, single: SingleFn, grouped: GroupedFn,
+            out_dim: int) -> Tensor:
+        xs_AD = x_TD[plan.token_A]
+        ys_AO = grouped(xs_AD, plan.mod_A, plan.offs_N)
+        w_A = w_TK.reshape(-1)[plan.slot_A].to(ys_AO.dtype)
+        y_TO = x_TD.new_zeros(x_TD.shape[0], out_dim, dtype=ys_AO.dtype)
+        return y_TO.index_add(0, plan.token_A, ys_AO * w_A.unsqueeze(-1))
+
+
+DISPATCHERS = {"loop": LoopDispatcher, "grouped": GroupedDispatcher}
+
+
+def make_dispatcher(name: str):
+    return DISPATCHERS[name]()

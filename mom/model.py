@@ -1,0 +1,327 @@
+"""The Mixture-of-Modules model.
+
+How a batch flows (B sequences of T tokens, width D):
+
+    idx_BT → wte + wpe → x_BTD
+      → bottom vanilla layers
+      → for each chunk: for h in 0..H-1:
+            attention half: R_A routes x_t → picked modules' LN+QKV combined per token → one causal attention
+                            (all-SKIP tokens masked out as keys) → picked modules' c_proj, router-weighted → +x
+            FFN half:       R_F routes x_t → Σ_k w_k FFN_k(LN_k(x_t)) → +x
+        then the chunk's anchor layer (vanilla) if any
+      → top vanilla layers → ln_f → logits = x · wteᵀ (tied head)
+
+Vanilla layers are module pools of one module each, run on the static route "everyone takes module 0 with
+weight 1", so vanilla GPT-2 and every MoM special case run through the same code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mom.config import MoMConfig, write_json_atomic
+from mom.dispatch import make_dispatcher
+from mom.errors import CheckpointError, ConfigError
+from mom.modules import ModulePool, causal_attention
+from mom.routers import ROUTERS, Route, balance_loss, balance_stats, candidate_mask, select, static_route, z_loss
+
+HALVES = ("attn", "ffn")
+
+
+@dataclass
+class RouteRecord:
+    """What one router decided at one step, for analysis (``return_routes=True``)."""
+
+    chunk: int
+    step: int
+    half: str  # "attn" | "ffn"
+    idx_BTK: Tensor  # module per pick; n_modules means SKIP
+    w_BTK: Tensor  # weight per pick
+    probs_BTN: Tensor | None  # router distribution over modules + SKIP (None for static routes)
+    n_modules: int
+
+
+@dataclass
+class MoMOutput:
+    logits: Tensor  # (B, T, V)
+    loss: Tensor | None = None  # language-model cross entropy (when targets are given)
+    aux_loss: Tensor | None = None  # balance_coef·balance + z_coef·z (add to ``loss`` when training)
+    balance_loss: Tensor | None = None  # mean Switch balance term over routed (chunk, step, half); 1 = uniform
+    z_loss: Tensor | None = None  # mean router z-loss
+    routes: list[RouteRecord] | None = None
+
+
+class _AuxAccumulator:
+    """Collects balance and z-loss terms over the routed steps of a forward pass."""
+
+    def __init__(self) -> None:
+        self.balance: list[Tensor] = []
+        self.z: list[Tensor] = []
+
+
+def attention_half(pool: ModulePool, x_TD: Tensor, route: Route, B: int, T: int, dispatcher, mask_keys: bool) -> Tensor:
+    """The attention half of a step: returns the residual update (T, D)."""
+    D = x_TD.shape[-1]
+    if route.static_module is not None:
+        m = route.static_module
+        o_BTD = causal_attention(pool.qkv_single(x_TD, m).view(B, T, 3 * D), pool.n_head)
+        return pool.proj_single(o_BTD.view(B * T, D), m)
+    plan = dispatcher.plan(route.idx_TK, pool.n_attn)
+    qkv_TD = dispatcher.run(plan, x_TD, route.module_weights(), pool.qkv_single, pool.qkv_grouped, 3 * D)
+    key_valid = route.key_valid().view(B, T) if mask_keys else None
+    o_BTD = causal_attention(qkv_TD.view(B, T, 3 * D), pool.n_head, key_valid)
+    return dispatcher.run(plan, o_BTD.view(B * T, D), route.w_TK, pool.proj_single, pool.proj_grouped, D)
+
+
+def ffn_half(pool: ModulePool, x_TD: Tensor, route: Route, dispatcher) -> Tensor:
+    """The FFN half of a step: returns the residual update (T, D)."""
+    if route.static_module is not None:
+        return pool.ffn_single(x_TD, route.static_module)
+    plan = dispatcher.plan(route.idx_TK, pool.n_ffn)
+    return dispatcher.run(plan, x_TD, route.w_TK, pool.ffn_single, pool.ffn_grouped, x_TD.shape[-1])
+
+
+def vanilla_layer(pool: ModulePool, x_TD: Tensor, B: int, T: int) -> Tensor:
+    """A GPT-2 block: the one-module pool on the static route."""
+    route = static_route(x_TD.shape[0], 0, 1, x_TD.device)
+    x_TD = x_TD + attention_half(pool, x_TD, route, B, T, None, mask_keys=False)
+    return x_TD + ffn_half(pool, x_TD, route, None)
+
+
+class Chunk(nn.Module):
+    """An assembled block (module pool + routers, run for H steps) and its optional anchor layer."""
+
+    def __init__(self, cfg: MoMConfig, index: int):
+        super().__init__()
+        self.cfg, self.index = cfg, index
+        d = cfg.d_model
+        self.pool = ModulePool(cfg.n_attn, cfg.n_ffn, d, cfg.d_ff, cfg.n_head, cfg.layer_norm_eps)
+        for half in HALVES:
+            n = getattr(cfg, f"n_{half}")
+            router = None if cfg.is_static(half) else ROUTERS[cfg.router](d, cfg.router_hidden, n + 1, cfg.init_std)
+            setattr(self, f"router_{half}", router)
+            self.register_buffer(f"allowed_{half}", candidate_mask(cfg, half), persistent=False)
+            cands = torch.tensor([cfg.candidates(half, h) for h in range(cfg.steps)], dtype=torch.long)
+            self.register_buffer(f"cand_{half}", cands, persistent=False)
+        self.anchor = ModulePool(1, 1, d, cfg.d_ff, cfg.n_head, cfg.layer_norm_eps) if cfg.anchor else None
+
+    def route(self, half: str, x_TD: Tensor, state: Tensor | None, step: int, B: int) -> tuple[Route, Tensor | None]:
+        cfg = self.cfg
+        n = getattr(cfg, f"n_{half}")
+        router = getattr(self, f"router_{half}")
+        if router is None:
+            m = step % n if cfg.router == "fixed" else cfg.candidates(half, step)[0]
+            return static_route(x_TD.shape[0], m, n, x_TD.device), None
+        logits, state = router(x_TD, state)
+        route = select(logits, getattr(self, f"allowed_{half}")[step], getattr(self, f"cand_{half}")[step],
+                       cfg, half, B)
+        return route, state
+
+    def forward(self, x_BTD: Tensor, dispatcher, aux: _AuxAccumulator, records: list | None) -> Tensor:
+        cfg = self.cfg
+        B, T, D = x_BTD.shape
+        x_TD = x_BTD.reshape(B * T, D)
+        mask_keys = cfg.skip  # without SKIP every token picks a real attention module, hence is a key
+        state = {"attn": None, "ffn": None}
+        pooled: dict[str, list] = {"attn": [], "ffn": []}
+        for h in range(cfg.steps):
+            for half in HALVES:
+                route, state[half] = self.route(half, x_TD, state[half], h, B)
+                if half == "attn":
+                    x_TD = x_TD + attention_half(self.pool, x_TD, route, B, T, dispatcher, mask_keys)
+                else:
+                    x_TD = x_TD + ffn_half(self.pool, x_TD, route, dispatcher)
+                if route.probs_TN is not None:
+                    self._collect_aux(route, half, h, aux, pooled)
+                if records is not None:
+                    records.append(RouteRecord(
+                        self.index, h, half, route.idx_TK.view(B, T, -1), route.w_TK.view(B, T, -1),
+                        None if route.probs_TN is None else route.probs_TN.view(B, T, -1), route.n))
+        if cfg.balance_scope == "pooled":
+            for half, stats in pooled.items():
+                if stats:
+                    counts, probsum, active = (torch.stack(s).sum(0) for s in zip(*stats))
+                    aux.balance.append(balance_loss(counts, probsum, active.bool()))
+        if self.anchor is not None:
+            x_TD = vanilla_layer(self.anchor, x_TD, B, T)
+        return x_TD.view(B, T, D)
+
+    def _collect_aux(self, route: Route, half: str, step: int, aux: _AuxAccumulator, pooled: dict) -> None:
+        cfg = self.cfg
+        aux.z.append(z_loss(route))
+        # Expert choice is balanced by construction; a single active choice has nothing to balance.
+        allowed = getattr(self, f"allowed_{half}")[step]
+        if cfg.selection != "token":
+            return
+        counts, probsum, active = balance_stats(route, allowed, cfg.balance_skip == "include")
+        if cfg.balance_scope == "pooled":
+            pooled[half].append((counts, probsum, active.float()))
+        elif cfg.n_candidates(half) + int(cfg.skip and cfg.balance_skip == "include") > 1:
+            aux.balance.append(balance_loss(counts, probsum, active))
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        self.pool.reset_parameters(self.cfg.init_std, self.cfg.depth)
+        if self.anchor is not None:
+            self.anchor.reset_parameters(self.cfg.init_std, self.cfg.depth)
+
+
+class MoM(nn.Module):
+    """A Mixture-of-Modules language model (GPT-2 when ``config.chunks == 0``)."""
+
+    def __init__(self, config: MoMConfig):
+        super().__init__()
+        if not isinstance(config, MoMConfig):
+            raise ConfigError(f"MoM expects a MoMConfig, got {type(config).__name__}")
+        self.config = cfg = config
+        d = cfg.d_model
+
+        def layer() -> ModulePool:
+            return ModulePool(1, 1, d, cfg.d_ff, cfg.n_head, cfg.layer_norm_eps)
+
+        self.wte = nn.Embedding(cfg.vocab_size, d)
+        self.wpe = nn.Embedding(cfg.n_ctx, d)
+        self.bottom = nn.ModuleList(layer() for _ in range(cfg.bottom))
+        self.chunks = nn.ModuleList(Chunk(cfg, c) for c in range(cfg.chunks))
+        self.top = nn.ModuleList(layer() for _ in range(cfg.top))
+        self.ln_f = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
+        self.dispatcher = make_dispatcher(cfg.dispatch)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        cfg = self.config
+        nn.init.normal_(self.wte.weight, 0.0, cfg.init_std)
+        nn.init.normal_(self.wpe.weight, 0.0, cfg.init_std)
+        for pool in (*self.bottom, *self.top):
+            pool.reset_parameters(cfg.init_std, cfg.depth)
+        for chunk in self.chunks:
+            chunk.reset_parameters()
+        self.ln_f.reset_parameters()
+
+    def set_dispatch(self, name: str) -> "MoM":
+        """Switch the dispatch backend (``grouped`` or ``loop``) without touching the weights."""
+        self.config = self.config.replace(dispatch=name)
+        for chunk in self.chunks:
+            chunk.cfg = self.config
+        self.dispatcher = make_dispatcher(name)
+        return self
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, idx_BT: Tensor, targets_BT: Tensor | None = None, *, return_routes: bool = False) -> MoMOutput:
+        cfg = self.config
+        B, T = idx_BT.shape
+        if T > cfg.n_ctx:
+            raise ValueError(f"sequence length {T} exceeds the context length n_ctx={cfg.n_ctx}")
+        pos_T = torch.arange(T, device=idx_BT.device)
+        x_BTD = self.wte(idx_BT) + self.wpe(pos_T)
+        aux = _AuxAccumulator()
+        records: list[RouteRecord] | None = [] if return_routes else None
+        for pool in self.bottom:
+            x_BTD = vanilla_layer(pool, x_BTD.reshape(B * T, -1), B, T).view(B, T, -1)
+        for chunk in self.chunks:
+            x_BTD = chunk(x_BTD, self.dispatcher, aux, records)
+        for pool in self.top:
+            x_BTD = vanilla_layer(pool, x_BTD.reshape(B * T, -1), B, T).view(B, T, -1)
+        x_BTD = self.ln_f(x_BTD)
+        logits_BTV = F.linear(x_BTD, self.wte.weight)
+
+        zero = logits_BTV.new_zeros((), dtype=torch.float32)
+        bal = torch.stack(aux.balance).mean() if aux.balance else zero
+        z = torch.stack(aux.z).mean() if aux.z else zero
+        out = MoMOutput(logits=logits_BTV, aux_loss=cfg.balance_coef * bal + cfg.z_coef * z,
+                        balance_loss=bal, z_loss=z, routes=records)
+        if targets_BT is not None:
+            out.loss = F.cross_entropy(logits_BTV.float().view(B * T, -1), targets_BT.reshape(-1), ignore_index=-100)
+        return out
+
+    # ------------------------------------------------------------------ bookkeeping
+    def num_params(self, include_embeddings: bool = True) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        return n if include_embeddings else n - self.wte.weight.numel() - self.wpe.weight.numel()
+
+    @classmethod
+    def from_gpt2(cls, directory: str | os.PathLike, config: MoMConfig | str | None = None) -> "MoM":
+        """Load an HF GPT-2 directory, vanilla or decomposed into ``config`` (a MoMConfig, preset or JSON path)."""
+        from mom.config import resolve_config
+        from mom.gpt2 import from_gpt2
+
+        return from_gpt2(directory, resolve_config(config) if isinstance(config, str) else config)
+
+    # ------------------------------------------------------------------ our checkpoint format
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write ``model.safetensors`` + ``config.json`` (each atomically: temporary file, fsync, rename)."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".model.", suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata={"format": "mom", "config": json.dumps(self.config.to_dict())})
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, directory / "model.safetensors")
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        self.config.save(directory / "config.json")
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, *, map_location: str | torch.device = "cpu",
+                        **overrides) -> "MoM":
+        """Load a model saved by :meth:`save_pretrained`. ``overrides`` may change non-shape fields
+        (e.g. ``dispatch="loop"``)."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise CheckpointError(f"{directory}: model directory not found")
+        cfg_path, weights = directory / "config.json", directory / "model.safetensors"
+        if not cfg_path.is_file():
+            raise CheckpointError(f"{cfg_path}: missing (is {directory} a mom model directory?)")
+        cfg = MoMConfig.load(cfg_path)
+        if overrides:
+            cfg = cfg.replace(**overrides)
+        model = cls(cfg)
+        model.load_state_dict(load_safetensors(weights, device=map_location), strict=True, source=weights)
+        return model.to(map_location)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False, *, source=None):
+        """Like ``nn.Module.load_state_dict``, but a mismatch raises :class:`CheckpointError` naming the tensors."""
+        own = self.state_dict()
+        where = f"{source}: " if source else ""
+        missing = sorted(set(own) - set(state_dict))
+        unexpected = sorted(set(state_dict) - set(own))
+        if strict and (missing or unexpected):
+            parts = []
+            if missing:
+                parts.append(f"missing {len(missing)} tensor(s), e.g. {missing[0]}")
+            if unexpected:
+                parts.append(f"{len(unexpected)} unexpected tensor(s), e.g. {unexpected[0]}")
+            raise CheckpointError(f"{where}does not match the model config: " + "; ".join(parts))
+        for k, v in state_dict.items():
+            if k in own and tuple(own[k].shape) != tuple(v.shape):
+                raise CheckpointError(f"{where}tensor {k} has shape {tuple(v.shape)}, the config expects {tuple(own[k].shape)}")
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def load_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, Tensor]:
+    """Read a safetensors file, turning every way it can be broken into one :class:`CheckpointError`."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weights file not found")
+    try:
+        return load_file(str(path), device=str(device))
+    except Exception as e:  # safetensors raises its own error types for truncated/corrupt headers
+        raise CheckpointError(f"{path}: not a readable safetensors file ({type(e).__name__}: {str(e)[:200]})") from None
+

@@ -1,0 +1,143 @@
+"""The module pool: N_A attention modules and N_F FFN modules, stored stacked along a leading module axis.
+
+A :class:`ModulePool` has exactly the parameter names of an HF GPT-2 block, with one extra leading dimension
+that indexes the module::
+
+    ln_1.weight (N_A, D)   attn.c_attn.weight (N_A, D, 3D)   attn.c_proj.weight (N_A, D, D)
+    ln_2.weight (N_F, D)   mlp.c_fc.weight    (N_F, D, F)    mlp.c_proj.weight  (N_F, F, D)
+
+so GPT-2 layer l maps onto module m by indexing (``pool.attn.c_attn.weight[m] = h[l].attn.c_attn.weight``;
+HF's ``Conv1D`` stores weights as (in, out), as we do). A vanilla layer is a pool with one module of each kind.
+Stacking is what lets the grouped dispatcher run all modules in one grouped GEMM.
+
+Each half of the pool exposes the two forms the dispatchers need (see :mod:`mom.dispatch`): ``*_single``
+(module m on some tokens) and ``*_grouped`` (all assignments at once, sorted by module).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mom.dispatch import grouped_mm
+
+
+class StackedLinear(nn.Module):
+    """N independent linear maps ``x @ weight[m] + bias[m]`` (HF Conv1D layout: weight is (in, out))."""
+
+    def __init__(self, n: int, d_in: int, d_out: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n, d_in, d_out))
+        self.bias = nn.Parameter(torch.zeros(n, d_out))
+
+    def single(self, x: Tensor, m: int) -> Tensor:
+        return F.linear(x, self.weight[m].t(), self.bias[m])
+
+    def grouped(self, xs_AD: Tensor, mod_A: Tensor, offs_N: Tensor) -> Tensor:
+        w, b = self.weight, self.bias
+        dtype = _compute_dtype(xs_AD)
+        y = grouped_mm(xs_AD.to(dtype), w.to(dtype), offs_N)
+        # SKIP assignments carry module index N: clamp for the bias gather; their rows are weighted by 0.
+        return y + b.to(dtype)[mod_A.clamp(max=b.shape[0] - 1)]
+
+
+class StackedLayerNorm(nn.Module):
+    """N LayerNorms over the last dimension."""
+
+    def __init__(self, n: int, d: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(n, d))
+        self.bias = nn.Parameter(torch.zeros(n, d))
+        self.eps = eps
+
+    def single(self, x: Tensor, m: int) -> Tensor:
+        return F.layer_norm(x, x.shape[-1:], self.weight[m], self.bias[m], self.eps)
+
+    def grouped(self, xs_AD: Tensor, mod_A: Tensor) -> Tensor:
+        mod_A = mod_A.clamp(max=self.weight.shape[0] - 1)
+        xn = F.layer_norm(xs_AD, xs_AD.shape[-1:], eps=self.eps)
+        return xn * self.weight[mod_A] + self.bias[mod_A]
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+class _Container(nn.Module):
+    """A plain namespace module, so parameter names read ``attn.c_attn.weight`` like GPT-2's."""
+
+
+class ModulePool(nn.Module):
+    """N_A attention modules and N_F FFN modules (pre-norm halves of GPT-2 blocks), stacked."""
+
+    def __init__(self, n_attn: int, n_ffn: int, d_model: int, d_ff: int, n_head: int, eps: float):
+        super().__init__()
+        self.n_attn, self.n_ffn, self.n_head = n_attn, n_ffn, n_head
+        self.ln_1 = StackedLayerNorm(n_attn, d_model, eps)
+        self.attn = _Container()
+        self.attn.c_attn = StackedLinear(n_attn, d_model, 3 * d_model)
+        self.attn.c_proj = StackedLinear(n_attn, d_model, d_model)
+        self.ln_2 = StackedLayerNorm(n_ffn, d_model, eps)
+        self.mlp = _Container()
+        self.mlp.c_fc = StackedLinear(n_ffn, d_model, d_ff)
+        self.mlp.c_proj = StackedLinear(n_ffn, d_ff, d_model)
+
+    # --- attention half: qkv projection (before the shared attention) and output projection (after it)
+    def qkv_single(self, x: Tensor, m: int) -> Tensor:
+        return self.attn.c_attn.single(self.ln_1.single(x, m), m)
+
+    def qkv_grouped(self, xs: Tensor, mod: Tensor, offs: Tensor) -> Tensor:
+        return self.attn.c_attn.grouped(self.ln_1.grouped(xs, mod), mod, offs)
+
+    def proj_single(self, o: Tensor, m: int) -> Tensor:
+        return self.attn.c_proj.single(o, m)
+
+    def proj_grouped(self, os: Tensor, mod: Tensor, offs: Tensor) -> Tensor:
+        return self.attn.c_proj.grouped(os, mod, offs)
+
+    # --- FFN half
+    def ffn_single(self, x: Tensor, m: int) -> Tensor:
+        h = F.gelu(self.mlp.c_fc.single(self.ln_2.single(x, m), m), approximate="tanh")
+        return self.mlp.c_proj.single(h, m)
+
+    def ffn_grouped(self, xs: Tensor, mod: Tensor, offs: Tensor) -> Tensor:
+        h = F.gelu(self.mlp.c_fc.grouped(self.ln_2.grouped(xs, mod), mod, offs), approximate="tanh")
+        return self.mlp.c_proj.grouped(h, mod, offs)
+
+    # --- init (GPT-2 / nanoGPT): N(0, std); residual projections scaled by 1/sqrt(2·depth)
+    @torch.no_grad()
+    def reset_parameters(self, std: float, depth: int) -> None:
+        for lin in (self.attn.c_attn, self.mlp.c_fc):
+            nn.init.normal_(lin.weight, 0.0, std)
+            nn.init.zeros_(lin.bias)
+        for lin in (self.attn.c_proj, self.mlp.c_proj):
+            nn.init.normal_(lin.weight, 0.0, std / math.sqrt(2 * depth))
+            nn.init.zeros_(lin.bias)
+        for ln in (self.ln_1, self.ln_2):
+            nn.init.ones_(ln.weight)
+            nn.init.zeros_(ln.bias)
+
+
+def causal_attention(qkv_BT3D: Tensor, n_head: int, key_valid_BT: Tensor | None = None) -> Tensor:
+    """Causal multi-head attention over combined per-token q, k, v.
+
+    ``key_valid_BT`` (bool) marks tokens that exist as keys at this step; a token whose attention picks were
+    all SKIP is invalid and no other token may attend to it. It still attends to itself (only its own,
+    zero-weighted output sees that), which keeps every softmax row non-empty and NaN-free.
+    """
+    B, T, threeD = qkv_BT3D.shape
+    D = threeD // 3
+    q, k, v = qkv_BT3D.view(B, T, 3, n_head, D // n_head).permute(2, 0, 3, 1, 4)  # each (B, H, T, hd)
+    if key_valid_BT is None:
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    else:
+        causal_TT = torch.ones(T, T, dtype=torch.bool, device=qkv_BT3D.device).tril()
+        eye_TT = torch.eye(T, dtype=torch.bool, device=qkv_BT3D.device)
+        mask_BTT = causal_TT & (key_valid_BT.unsqueeze(1) | eye_TT)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_BTT.unsqueeze(1))
+    return o.transpose(1, 2).reshape(B, T, D)

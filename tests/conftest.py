@@ -1,0 +1,34 @@
+import pytest
+import torch
+
+from mom.config import MoMConfig
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def tiny_config(**fields) -> MoMConfig:
+    """A small MoM for fast CPU tests (vocab 97, width 32, 4 heads)."""
+    base = dict(name="test", vocab_size=97, n_ctx=32, d_model=32, n_head=4, bottom=1, top=1, chunks=1,
+                n_attn=3, n_ffn=2, steps=2, top_k=2, anchor=True, router="gru", router_hidden=16, skip=True,
+                temperature=1.0)
+    base.update(fields)
+    return MoMConfig(**base)
+
+
+def make_hf_gpt2(tmp_path, *, n_layer=2, n_embd=32, n_head=4, vocab=97, n_positions=32, seed=0):
+    """An HF GPT2LMHeadModel with random weights saved to tmp_path (no download)."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(seed)
+    cfg = transformers.GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=n_head, vocab_size=vocab,
+                                  n_positions=n_positions, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    # Random LayerNorm affine parameters and biases too, so a mis-mapped tensor cannot hide.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "ln" in name or name.endswith("bias"):
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(tmp_path)
+    return model
