@@ -1,0 +1,159 @@
+"""The ``mom`` command line.
+
+Every subcommand lives in one ``cmd_*`` function; user errors (:class:`~mom.errors.MomError`, argparse errors)
+end as one line ``mom: error: <what and why>`` on stderr and exit code 2, never a traceback.
+Config fields are overridden with ``--model.<field> VALUE`` (e.g. ``--model.top_k 2``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from mom.errors import MomError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but errors are one line (no usage dump) with a pointer to --help."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        raise MomError(f"{message} (see '{self.prog} --help')")
+
+
+def _split_overrides(extra: list[str], allowed: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    """Parse ``--model.top_k 2`` / ``--model.top_k=2`` style arguments left over by argparse."""
+    out: dict[str, dict[str, str]] = {g: {} for g in allowed}
+    i = 0
+    while i < len(extra):
+        arg = extra[i]
+        if not arg.startswith("--") or "." not in arg:
+            raise MomError(f"unrecognized argument '{arg}'")
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(extra):
+                raise MomError(f"{arg} needs a value")
+            value = extra[i + 1]
+            i += 1
+        group, _, field = key.partition(".")
+        if group not in allowed or not field:
+            raise MomError(f"unrecognized argument '{arg}' (overrides look like "
+                           f"{' or '.join(f'--{g}.FIELD VALUE' for g in allowed)})")
+        out[group][field] = value
+        i += 1
+    return out
+
+
+def _model_config(spec: str, overrides: dict[str, str]):
+    from mom.config import resolve_config
+
+    cfg = resolve_config(spec)
+    return cfg.replace(**overrides) if overrides else cfg
+
+
+# ---------------------------------------------------------------------------------------------- configs
+def _layout(cfg) -> str:
+    if cfg.is_vanilla:
+        return f"{cfg.depth} layers"
+    parts = [str(cfg.bottom)] if cfg.bottom else []
+    k = cfg.k("attn") if cfg.k("attn") == cfg.k("ffn") else f"{cfg.k('attn')}/{cfg.k('ffn')}"
+    sel = f"K{k}" if cfg.selection == "token" else f"cap{cfg.capacity:g}"
+    n = cfg.n_attn if cfg.n_attn == cfg.n_ffn else f"{cfg.n_attn}A/{cfg.n_ffn}F"
+    block = f"{cfg.chunks}×[{n} mod, H{cfg.steps}, {sel}{', skip' if cfg.skip else ''}, {cfg.router}]"
+    parts.append(block + ("+anchor" if cfg.anchor else ""))
+    if cfg.top:
+        parts.append(str(cfg.top))
+    return " + ".join(parts)
+
+
+def cmd_configs(args, overrides) -> int:
+    from mom.config import preset, preset_names
+    from mom.flops import count
+
+    names = [args.config] if args.config else preset_names()
+    rows = []
+    for name in names:
+        cfg = _model_config(name, overrides["model"])
+        c = count(cfg, args.seq_len)
+        rows.append({"name": cfg.name, "layout": _layout(cfg), **c.as_dict(), "config": cfg.to_dict()})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'preset':<14} {'params':>9} {'active':>9} {'depth':>5} {'fwd GFLOP/tok':>13}  layout")
+    for r in rows:
+        print(f"{r['name']:<14} {r['params'] / 1e6:8.1f}M {r['active_params'] / 1e6:8.1f}M {r['depth']:>5} "
+              f"{r['forward_flops_per_token'] / 1e9:13.3f}  {r['layout']}")
+    if not args.config:
+        print("\nGrid points K{K}H{H}{S|M|L} (e.g. K3H1S) are built on demand: mom configs --config K3H1S")
+    print(f"FLOPs: 2·(active matmul params) + 4·d·T per attention core, T = {rows[0]['seq_len']} "
+          "(nanoGPT/PaLM counting; token choice assumes no SKIP picks). Active params count a module once per use.")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- convert
+def cmd_convert(args, overrides) -> int:
+    from mom.gpt2 import from_gpt2, to_hf
+    from mom.model import MoM
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise MomError(f"{out} exists and is not empty; pass --force to overwrite")
+    if args.from_hf:
+        cfg = _model_config(args.config, overrides["model"]) if args.config else None
+        model = from_gpt2(args.from_hf, cfg)
+        model.save_pretrained(out)
+        print(f"wrote {model.config.name} ({model.num_params() / 1e6:.2f}M params, depth {model.config.depth}) to {out}")
+    else:
+        model = MoM.from_pretrained(args.to_hf)
+        to_hf(model, out)
+        print(f"wrote HF GPT2LMHeadModel ({model.config.depth} layers) to {out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="mom", description="Mixture-of-Modules: build, train, run and analyse MoM models.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    c = sub.add_parser("configs", help="list presets with parameters, depth and FLOPs")
+    c.add_argument("--config", help="one preset, grid point (K3H1S) or JSON config instead of all presets")
+    c.add_argument("--seq-len", type=int, default=None, help="sequence length for the attention FLOPs (default n_ctx)")
+    c.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    c.set_defaults(func=cmd_configs, overrides=("model",))
+
+    v = sub.add_parser("convert", help="import an HF GPT-2 directory, or export a vanilla model to HF format")
+    src = v.add_mutually_exclusive_group(required=True)
+    src.add_argument("--from-hf", metavar="DIR", help="HF GPT-2 directory (config.json + safetensors/bin)")
+    src.add_argument("--to-hf", metavar="DIR", help="a mom model directory with a vanilla layout")
+    v.add_argument("--out", required=True, metavar="DIR")
+    v.add_argument("--config", help="decompose into this preset/JSON layout (with --from-hf); default: keep vanilla")
+    v.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
+    v.set_defaults(func=cmd_convert, overrides=("model",))
+
+    from mom import data
+
+    d = sub.add_parser("prepare", help="tokenise a corpus into train.bin/val.bin (nanoGPT format)")
+    data.add_prepare_arguments(d)
+    d.set_defaults(func=lambda a, o: data.cli_prepare(a), overrides=())
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args, extra = parser.parse_known_args(argv)
+        overrides = _split_overrides(extra, args.overrides)
+        return args.func(args, overrides)
+    except MomError as e:
+        print(f"mom: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("mom: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""The command line: configs listing, conversion, and one-line errors with exit code 2."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mom.cli import main
+from mom.model import MoM
+from tests.conftest import make_hf_gpt2
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "mom.cli", *args], capture_output=True, text=True)
+
+
+def test_configs_table_and_json(capsys):
+    assert main(["configs"]) == 0
+    out = capsys.readouterr().out
+    for name in ("gpt2", "gpt2-large", "mom-p-small", "mom-e-large", "tiny-mom", "layerskip", "mod", "universal", "moe"):
+        assert f"\n{name} " in out
+    assert main(["configs", "--json", "--config", "K3H1S"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["config"]["top_k"] == 3 and rows[0]["params"] > 1e8
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["configs", "--config", "tiny", "--model.n_head", "5"], "n_head (5) must divide d_model (128)"),
+        (["configs", "--config", "tiny", "--model.top_k", "two"], "top_k must be an integer"),
+        (["configs", "--model.topk", "2"], "unknown model field 'topk' (did you mean 'top_k'?)"),
+        (["configs", "--config", "no-such-preset"], "unknown preset 'no-such-preset'"),
+        (["configs", "--wat"], "unrecognized argument '--wat'"),
+        (["nonsense"], "invalid choice: 'nonsense'"),
+        (["convert", "--from-hf", "/nonexistent", "--out", "x"], "/nonexistent: no config.json"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args, message):
+    r = run_cli(*args)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("mom: error: ") and message in lines[0], lines[0]
+    assert "Traceback" not in r.stderr
+
+
+def test_bad_json_config_file(tmp_path):
+    (tmp_path / "c.json").write_text('{"d_model": 30, "n_head": 4}')
+    r = run_cli("configs", "--config", str(tmp_path / "c.json"))
+    assert r.returncode == 2 and r.stderr.strip() == f"mom: error: {tmp_path / 'c.json'}: n_head (4) must divide d_model (30)"
+
+
+def test_convert_from_and_to_hf(tmp_path):
+    hf = make_hf_gpt2(tmp_path / "hf", n_layer=6)
+    assert main(["convert", "--from-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "mom")]) == 0
+    idx = torch.randint(0, 97, (1, 10))
+    with torch.no_grad():
+        assert (MoM.from_pretrained(tmp_path / "mom").eval()(idx).logits - hf(idx).logits).abs().max() <= 1e-5
+    assert main(["convert", "--to-hf", str(tmp_path / "mom"), "--out", str(tmp_path / "back")]) == 0
+    assert (tmp_path / "back" / "model.safetensors").is_file()
+    # Decompose into a MoM layout on the way in, with a field override.
+    assert main(["convert", "--from-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "mom2"), "--config",
+                 "tiny-mom", "--model.vocab_size", "97", "--model.n_ctx", "32", "--model.d_model", "32",
+                 "--model.n_head", "4"]) == 0
+    m = MoM.from_pretrained(tmp_path / "mom2")
+    assert m.config.chunks == 1 and m.config.n_attn == 4
+    # A non-empty output directory is never overwritten without --force.
+    r = run_cli("convert", "--from-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "mom"))
+    assert r.returncode == 2 and "exists and is not empty" in r.stderr
+    # A MoM layout cannot be exported as GPT-2.
+    r = run_cli("convert", "--to-hf", str(tmp_path / "mom2"), "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "only a vanilla (chunks=0) model" in r.stderr
