@@ -113,6 +113,47 @@ def cmd_convert(args, overrides) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- generate
+def cmd_generate(args, overrides) -> int:
+    from mom.engine import Engine, SamplingParams
+    from mom.model import MoM
+
+    prompts = list(args.prompt or [])
+    if args.prompt_file:
+        try:
+            text = Path(args.prompt_file).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise MomError(f"{args.prompt_file}: prompt file not found") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise MomError(f"{args.prompt_file}: cannot read prompts ({e})") from None
+        prompts += [line for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise MomError("no prompt: give --prompt TEXT or --prompt-file FILE")
+    if any(not p.strip() for p in prompts):
+        raise MomError("empty prompt")
+    device = args.device or ("cuda" if __import__("torch").cuda.is_available() else "cpu")
+    model = MoM.from_pretrained(args.ckpt, map_location=device, **overrides["model"])
+    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                            top_p=args.top_p, seed=args.seed, stop=args.stop or [])
+    engine = Engine(model, use_cache=not args.no_cache)
+    if args.stream:
+        if len(prompts) > 1:
+            raise MomError("--stream takes a single prompt")
+        print(prompts[0], end="", flush=True)
+        done: list[int] = []
+        for step in engine.stream(prompts, params):
+            if step[0] is not None and step[0] != engine.eot:
+                done.append(step[0])
+                print(engine.tok.decode(done[-1:]), end="", flush=True)
+        print()
+        return 0
+    for g in engine.generate(prompts, params):
+        print(g.prompt + g.text)
+        if len(prompts) > 1:
+            print("-" * 40)
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="mom", description="Mixture-of-Modules: build, train, run and analyse MoM models.")
@@ -132,6 +173,33 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--config", help="decompose into this preset/JSON layout (with --from-hf); default: keep vanilla")
     v.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
     v.set_defaults(func=cmd_convert, overrides=("model",))
+
+    g = sub.add_parser("generate", help="generate text from a checkpoint with the KV-cached engine")
+    g.add_argument("--ckpt", required=True, metavar="DIR", help="a mom model directory (model.safetensors + config.json)")
+    g.add_argument("--prompt", action="append", help="prompt text (repeat for a batch)")
+    g.add_argument("--prompt-file", metavar="FILE", help="one prompt per non-empty line")
+    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    g.add_argument("--top-k", type=int, default=None)
+    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--stop", action="append", help="stop string (repeatable)")
+    g.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+    g.add_argument("--no-cache", action="store_true", help="recompute the full forward every step (reference)")
+    g.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    g.set_defaults(func=cmd_generate, overrides=("model",))
+
+    from mom.bench import cmd_bench
+
+    b = sub.add_parser("bench", help="benchmarks measured side by side in one process")
+    b.add_argument("what", choices=["decode"], help="decode: cached vs uncached, MoM vs vanilla of equal depth")
+    b.add_argument("--config", default="tiny-mom", help="preset or JSON config (random weights)")
+    b.add_argument("--new-tokens", type=int, default=256)
+    b.add_argument("--prompt-len", type=int, default=16)
+    b.add_argument("--rounds", type=int, default=3)
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench, overrides=())
 
     from mom import data
 

@@ -123,7 +123,7 @@ class GroupedPlan:
     token_A: Tensor  # token of each assignment, sorted by module
     slot_A: Tensor  # flat index t·K + k of each sorted assignment (to gather weights)
     mod_A: Tensor  # module of each sorted assignment (N = SKIP, sorted last)
-    offs_N: Tensor  # int32 cumulative group ends over the N real modules
+    offs_N: Tensor | None  # int32 cumulative group ends over the N real modules; None: unsorted, gathered weights
 
 
 class LoopDispatcher:
@@ -153,10 +153,16 @@ class GroupedDispatcher:
     """Fast dispatcher: sort assignments by module once, grouped GEMMs, weighted scatter-add. No host syncs."""
 
     name = "grouped"
+    # Below this many assignments (decoding a token or a few), sorting and grouped GEMMs cost more than
+    # gathering each assignment's weight matrix and running one batched matmul.
+    gather_below = 16
 
     def plan(self, idx_TK: Tensor, n: int) -> GroupedPlan:
         T, K = idx_TK.shape
         flat_A = idx_TK.reshape(-1)
+        if flat_A.numel() <= self.gather_below:
+            slot_A = torch.arange(flat_A.numel(), device=flat_A.device)
+            return GroupedPlan(token_A=slot_A // K, slot_A=slot_A, mod_A=flat_A, offs_N=None)
         order_A = torch.argsort(flat_A, stable=True)  # SKIP (= n) sorts last
         mod_A = flat_A[order_A]
         counts = torch.zeros(n + 1, dtype=torch.int64, device=idx_TK.device).scatter_add_(

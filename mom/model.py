@@ -31,7 +31,8 @@ from mom.config import MoMConfig, write_json_atomic
 from mom.dispatch import make_dispatcher
 from mom.errors import CheckpointError, ConfigError
 from mom.modules import ModulePool, causal_attention
-from mom.routers import ROUTERS, Route, balance_loss, balance_stats, candidate_mask, select, static_route, z_loss
+from mom.routers import (ROUTERS, Route, balance_loss, balance_stats, candidate_mask, capacity_cutoff, select,
+                          static_route, z_loss)
 
 HALVES = ("attn", "ffn")
 
@@ -67,17 +68,18 @@ class _AuxAccumulator:
         self.z: list[Tensor] = []
 
 
-def attention_half(pool: ModulePool, x_TD: Tensor, route: Route, B: int, T: int, dispatcher, mask_keys: bool) -> Tensor:
-    """The attention half of a step: returns the residual update (T, D)."""
+def attention_half(pool: ModulePool, x_TD: Tensor, route: Route, B: int, T: int, dispatcher, mask_keys: bool,
+                   slot=None) -> Tensor:
+    """The attention half of a step: returns the residual update (T, D). ``slot``: KV-cache slot when decoding."""
     D = x_TD.shape[-1]
     if route.static_module is not None:
         m = route.static_module
-        o_BTD = causal_attention(pool.qkv_single(x_TD, m).view(B, T, 3 * D), pool.n_head)
+        o_BTD = causal_attention(pool.qkv_single(x_TD, m).view(B, T, 3 * D), pool.n_head, slot=slot)
         return pool.proj_single(o_BTD.view(B * T, D), m)
     plan = dispatcher.plan(route.idx_TK, pool.n_attn)
     qkv_TD = dispatcher.run(plan, x_TD, route.module_weights(), pool.qkv_single, pool.qkv_grouped, 3 * D)
     key_valid = route.key_valid().view(B, T) if mask_keys else None
-    o_BTD = causal_attention(qkv_TD.view(B, T, 3 * D), pool.n_head, key_valid)
+    o_BTD = causal_attention(qkv_TD.view(B, T, 3 * D), pool.n_head, key_valid, slot=slot)
     return dispatcher.run(plan, o_BTD.view(B * T, D), route.w_TK, pool.proj_single, pool.proj_grouped, D)
 
 
@@ -89,10 +91,10 @@ def ffn_half(pool: ModulePool, x_TD: Tensor, route: Route, dispatcher) -> Tensor
     return dispatcher.run(plan, x_TD, route.w_TK, pool.ffn_single, pool.ffn_grouped, x_TD.shape[-1])
 
 
-def vanilla_layer(pool: ModulePool, x_TD: Tensor, B: int, T: int) -> Tensor:
+def vanilla_layer(pool: ModulePool, x_TD: Tensor, B: int, T: int, slot=None) -> Tensor:
     """A GPT-2 block: the one-module pool on the static route."""
     route = static_route(x_TD.shape[0], 0, 1, x_TD.device)
-    x_TD = x_TD + attention_half(pool, x_TD, route, B, T, None, mask_keys=False)
+    x_TD = x_TD + attention_half(pool, x_TD, route, B, T, None, mask_keys=False, slot=slot)
     return x_TD + ffn_half(pool, x_TD, route, None)
 
 
@@ -111,9 +113,15 @@ class Chunk(nn.Module):
             self.register_buffer(f"allowed_{half}", candidate_mask(cfg, half), persistent=False)
             cands = torch.tensor([cfg.candidates(half, h) for h in range(cfg.steps)], dtype=torch.long)
             self.register_buffer(f"cand_{half}", cands, persistent=False)
+            if cfg.selection == "expert" and router is not None:
+                # Causal decode rule for expert choice: per (step, candidate) running estimate of the capacity
+                # cut-off in router probability, updated in training, saved with the model.
+                init = torch.full((cfg.steps, cands.shape[1]), 1.0 / cfg.n_choices(half))
+                self.register_buffer(f"threshold_{half}", init)
         self.anchor = ModulePool(1, 1, d, cfg.d_ff, cfg.n_head, cfg.layer_norm_eps) if cfg.anchor else None
 
-    def route(self, half: str, x_TD: Tensor, state: Tensor | None, step: int, B: int) -> tuple[Route, Tensor | None]:
+    def route(self, half: str, x_TD: Tensor, state: Tensor | None, step: int, B: int,
+              causal: bool = False) -> tuple[Route, Tensor | None]:
         cfg = self.cfg
         n = getattr(cfg, f"n_{half}")
         router = getattr(self, f"router_{half}")
@@ -121,11 +129,18 @@ class Chunk(nn.Module):
             m = step % n if cfg.router == "fixed" else cfg.candidates(half, step)[0]
             return static_route(x_TD.shape[0], m, n, x_TD.device), None
         logits, state = router(x_TD, state)
-        route = select(logits, getattr(self, f"allowed_{half}")[step], getattr(self, f"cand_{half}")[step],
-                       cfg, half, B)
+        cand = getattr(self, f"cand_{half}")[step]
+        expert = cfg.selection == "expert"
+        threshold = getattr(self, f"threshold_{half}")[step] if expert and causal else None
+        route = select(logits, getattr(self, f"allowed_{half}")[step], cand, cfg, half, B, threshold)
+        if expert and self.training and not causal:
+            with torch.no_grad():
+                buf = getattr(self, f"threshold_{half}")
+                buf[step].lerp_(capacity_cutoff(route, cand, cfg.capacity, B).to(buf.dtype), 0.01)
         return route, state
 
-    def forward(self, x_BTD: Tensor, dispatcher, aux: _AuxAccumulator, records: list | None) -> Tensor:
+    def forward(self, x_BTD: Tensor, dispatcher, aux: _AuxAccumulator, records: list | None, cache=None,
+                causal: bool = False) -> Tensor:
         cfg = self.cfg
         B, T, D = x_BTD.shape
         x_TD = x_BTD.reshape(B * T, D)
@@ -134,12 +149,13 @@ class Chunk(nn.Module):
         pooled: dict[str, list] = {"attn": [], "ffn": []}
         for h in range(cfg.steps):
             for half in HALVES:
-                route, state[half] = self.route(half, x_TD, state[half], h, B)
+                route, state[half] = self.route(half, x_TD, state[half], h, B, causal)
                 if half == "attn":
-                    x_TD = x_TD + attention_half(self.pool, x_TD, route, B, T, dispatcher, mask_keys)
+                    slot = None if cache is None else cache.slot(f"chunks.{self.index}.step{h}")
+                    x_TD = x_TD + attention_half(self.pool, x_TD, route, B, T, dispatcher, mask_keys, slot)
                 else:
                     x_TD = x_TD + ffn_half(self.pool, x_TD, route, dispatcher)
-                if route.probs_TN is not None:
+                if route.probs_TN is not None and cache is None:  # no aux losses while decoding
                     self._collect_aux(route, half, h, aux, pooled)
                 if records is not None:
                     records.append(RouteRecord(
@@ -151,7 +167,7 @@ class Chunk(nn.Module):
                     counts, probsum, active = (torch.stack(s).sum(0) for s in zip(*stats))
                     aux.balance.append(balance_loss(counts, probsum, active.bool()))
         if self.anchor is not None:
-            x_TD = vanilla_layer(self.anchor, x_TD, B, T)
+            x_TD = vanilla_layer(self.anchor, x_TD, B, T, None if cache is None else cache.slot(f"chunks.{self.index}.anchor"))
         return x_TD.view(B, T, D)
 
     def _collect_aux(self, route: Route, half: str, step: int, aux: _AuxAccumulator, pooled: dict) -> None:
@@ -216,21 +232,37 @@ class MoM(nn.Module):
         return self
 
     # ------------------------------------------------------------------ forward
-    def forward(self, idx_BT: Tensor, targets_BT: Tensor | None = None, *, return_routes: bool = False) -> MoMOutput:
+    def forward(self, idx_BT: Tensor, targets_BT: Tensor | None = None, *, return_routes: bool = False,
+                cache=None, causal_routing: bool = False) -> MoMOutput:
+        """Run the model.
+
+        ``cache``: a :class:`mom.engine.KVCache`; the tokens are appended after those already cached (their
+        positions and padding come from the cache). ``causal_routing``: use the causal decode rule for expert
+        choice (always on with a cache); token-choice routing is causal already.
+        """
         cfg = self.config
         B, T = idx_BT.shape
-        if T > cfg.n_ctx:
-            raise ValueError(f"sequence length {T} exceeds the context length n_ctx={cfg.n_ctx}")
-        pos_T = torch.arange(T, device=idx_BT.device)
-        x_BTD = self.wte(idx_BT) + self.wpe(pos_T)
+        if cache is None:
+            if T > cfg.n_ctx:
+                raise ValueError(f"sequence length {T} exceeds the context length n_ctx={cfg.n_ctx}")
+            x_BTD = self.wte(idx_BT) + self.wpe(torch.arange(T, device=idx_BT.device))
+        else:
+            x_BTD = self.wte(idx_BT) + self.wpe(cache.positions(T))
+            causal_routing = True
         aux = _AuxAccumulator()
         records: list[RouteRecord] | None = [] if return_routes else None
-        for pool in self.bottom:
-            x_BTD = vanilla_layer(pool, x_BTD.reshape(B * T, -1), B, T).view(B, T, -1)
+
+        def slot(name: str):
+            return None if cache is None else cache.slot(name)
+
+        for i, pool in enumerate(self.bottom):
+            x_BTD = vanilla_layer(pool, x_BTD.reshape(B * T, -1), B, T, slot(f"bottom.{i}")).view(B, T, -1)
         for chunk in self.chunks:
-            x_BTD = chunk(x_BTD, self.dispatcher, aux, records)
-        for pool in self.top:
-            x_BTD = vanilla_layer(pool, x_BTD.reshape(B * T, -1), B, T).view(B, T, -1)
+            x_BTD = chunk(x_BTD, self.dispatcher, aux, records, cache, causal_routing)
+        for i, pool in enumerate(self.top):
+            x_BTD = vanilla_layer(pool, x_BTD.reshape(B * T, -1), B, T, slot(f"top.{i}")).view(B, T, -1)
+        if cache is not None:
+            cache.advance(T)
         x_BTD = self.ln_f(x_BTD)
         logits_BTV = F.linear(x_BTD, self.wte.weight)
 

@@ -36,12 +36,18 @@ class StackedLinear(nn.Module):
     def single(self, x: Tensor, m: int) -> Tensor:
         return F.linear(x, self.weight[m].t(), self.bias[m])
 
-    def grouped(self, xs_AD: Tensor, mod_A: Tensor, offs_N: Tensor) -> Tensor:
+    def grouped(self, xs_AD: Tensor, mod_A: Tensor, offs_N: Tensor | None) -> Tensor:
+        """Rows sorted by module with group ends ``offs_N`` (grouped GEMM); or, with ``offs_N=None``, rows in any
+        order, each multiplied by its own gathered weight (cheaper for a handful of tokens, e.g. decoding)."""
         w, b = self.weight, self.bias
         dtype = _compute_dtype(xs_AD)
-        y = grouped_mm(xs_AD.to(dtype), w.to(dtype), offs_N)
-        # SKIP assignments carry module index N: clamp for the bias gather; their rows are weighted by 0.
-        return y + b.to(dtype)[mod_A.clamp(max=b.shape[0] - 1)]
+        # SKIP assignments carry module index N: clamp for the gathers; their rows are weighted by 0 later.
+        mod_A = mod_A.clamp(max=b.shape[0] - 1)
+        if offs_N is None:
+            y = torch.bmm(xs_AD.to(dtype).unsqueeze(1), w.to(dtype)[mod_A]).squeeze(1)
+        else:
+            y = grouped_mm(xs_AD.to(dtype), w.to(dtype), offs_N)
+        return y + b.to(dtype)[mod_A]
 
 
 class StackedLayerNorm(nn.Module):
@@ -123,17 +129,23 @@ class ModulePool(nn.Module):
             nn.init.zeros_(ln.bias)
 
 
-def causal_attention(qkv_BT3D: Tensor, n_head: int, key_valid_BT: Tensor | None = None) -> Tensor:
+def causal_attention(qkv_BT3D: Tensor, n_head: int, key_valid_BT: Tensor | None = None, slot=None) -> Tensor:
     """Causal multi-head attention over combined per-token q, k, v.
 
     ``key_valid_BT`` (bool) marks tokens that exist as keys at this step; a token whose attention picks were
     all SKIP is invalid and no other token may attend to it. It still attends to itself (only its own,
     zero-weighted output sees that), which keeps every softmax row non-empty and NaN-free.
+
+    ``slot`` is a KV-cache slot (:class:`mom.engine.CacheSlot`) during incremental decoding: the new keys and
+    values are written into it and the queries attend over everything cached so far, with the same rule.
     """
     B, T, threeD = qkv_BT3D.shape
     D = threeD // 3
     q, k, v = qkv_BT3D.view(B, T, 3, n_head, D // n_head).permute(2, 0, 3, 1, 4)  # each (B, H, T, hd)
-    if key_valid_BT is None:
+    if slot is not None:
+        k, v, mask_B1TS = slot.update(k, v, key_valid_BT)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_B1TS)
+    elif key_valid_BT is None:
         o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     else:
         causal_TT = torch.ones(T, T, dtype=torch.bool, device=qkv_BT3D.device).tril()

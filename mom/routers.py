@@ -106,8 +106,14 @@ def capacity_tokens(capacity: float, T: int) -> int:
     return max(1, min(T, round(capacity * T)))
 
 
-def select(logits_TN: Tensor, allowed_N: Tensor, cand_c: Tensor, cfg: MoMConfig, half: str, B: int) -> Route:
-    """Turn router logits into a route for one step (see module docstring)."""
+def select(logits_TN: Tensor, allowed_N: Tensor, cand_c: Tensor, cfg: MoMConfig, half: str, B: int,
+           threshold_c: Tensor | None = None) -> Route:
+    """Turn router logits into a route for one step (see module docstring).
+
+    Expert choice looks at the whole sequence, so it cannot decode token by token. With ``threshold_c`` given
+    (the causal decode rule), candidate c takes a token iff ``g_c ≥ threshold_c`` — per token, no look-ahead;
+    the thresholds are running estimates of the capacity cut-off seen in training (see :func:`capacity_cutoff`).
+    """
     n = logits_TN.shape[-1] - 1
     scaled = (logits_TN.float() / cfg.temperature).masked_fill(~allowed_N, float("-inf"))
     probs_TN = scaled.softmax(-1)
@@ -118,13 +124,23 @@ def select(logits_TN: Tensor, allowed_N: Tensor, cand_c: Tensor, cfg: MoMConfig,
     else:
         # Expert choice: each candidate module c takes the C tokens of each sequence with the highest g_c.
         T = logits_TN.shape[0] // B
-        C = capacity_tokens(cfg.capacity, T)
         scores_BTc = probs_TN.view(B, T, -1)[..., cand_c]
-        top_BCc = scores_BTc.topk(C, dim=1).indices
-        chosen_BTc = torch.zeros_like(scores_BTc, dtype=torch.bool).scatter_(1, top_BCc, True)
+        if threshold_c is not None:
+            chosen_BTc = scores_BTc >= threshold_c
+        else:
+            top_BCc = scores_BTc.topk(capacity_tokens(cfg.capacity, T), dim=1).indices
+            chosen_BTc = torch.zeros_like(scores_BTc, dtype=torch.bool).scatter_(1, top_BCc, True)
         idx_TK = torch.where(chosen_BTc, cand_c, n).view(B * T, -1)
         w_TK = torch.where(chosen_BTc, scores_BTc, 0.0).view(B * T, -1)
     return Route(idx_TK=idx_TK, w_TK=w_TK, n=n, probs_TN=probs_TN, logits_TN=scaled)
+
+
+def capacity_cutoff(route: Route, cand_c: Tensor, capacity: float, B: int) -> Tensor:
+    """(c,) the router probability of the C-th token of each sequence, averaged over the batch: the value a
+    causal per-token threshold must reach to take the same fraction of tokens as expert choice did."""
+    T = route.probs_TN.shape[0] // B
+    scores_BTc = route.probs_TN.view(B, T, -1)[..., cand_c]
+    return scores_BTc.topk(capacity_tokens(capacity, T), dim=1).values[:, -1, :].mean(0)
 
 
 # ---------------------------------------------------------------------------------------------- aux losses

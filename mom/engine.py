@@ -1,0 +1,249 @@
+"""Inference engine: KV-cached generation that stays exact with dynamic depth.
+
+The paper's public code shares one cache slot across the H steps of an assembled block, so cached generation
+diverges from a full forward as soon as H > 1. Here every attention core has its own preallocated slot: one per
+vanilla layer and one per (chunk, step). A slot stores, for every cached token, the keys and values *that token*
+produced at that step from the modules it chose, and whether it is a key at all there (a token that chose
+only SKIP for attention at a step is recorded as absent, exactly as the full forward masks it).
+
+Batches of prompts of different lengths are left-padded; pads are never keys and positions start at 0 at each
+prompt's first real token, so every row generates what it would alone.
+
+Expert-choice routing (Mixture-of-Depths) picks the top tokens of a whole sequence, which a decoder cannot do
+without seeing the future. With a cache (and with ``causal_routing=True`` in a plain forward) the model uses a
+causal rule instead: candidate c takes a token iff its router probability reaches a threshold, the running
+estimate of the capacity cut-off measured during training. This changes which tokens are processed compared to
+training-time routing (the *train/decode gap*, see docs/inference.md); cached decoding equals the uncached causal
+forward exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from mom.errors import MomError
+
+
+def slot_names(cfg) -> list[str]:
+    """Names of all attention cores of a config, in forward order."""
+    names = [f"bottom.{i}" for i in range(cfg.bottom)]
+    for c in range(cfg.chunks):
+        names += [f"chunks.{c}.step{h}" for h in range(cfg.steps)]
+        if cfg.anchor:
+            names.append(f"chunks.{c}.anchor")
+    return names + [f"top.{i}" for i in range(cfg.top)]
+
+
+class CacheSlot:
+    """Keys, values and key-validity of one attention core, preallocated for ``max_len`` positions."""
+
+    def __init__(self, cache: "KVCache", B: int, n_head: int, max_len: int, head_dim: int, device, dtype):
+        self.cache = cache
+        self.k_BHSd = torch.zeros(B, n_head, max_len, head_dim, device=device, dtype=dtype)
+        self.v_BHSd = torch.zeros_like(self.k_BHSd)
+        self.valid_BS = torch.zeros(B, max_len, dtype=torch.bool, device=device)
+
+    def update(self, k_BHTd: Tensor, v_BHTd: Tensor, key_valid_BT: Tensor | None):
+        """Append T new tokens; return all keys, values so far and the (B, 1, T, S) attention mask."""
+        P, T = self.cache.pos, k_BHTd.shape[2]
+        S = P + T
+        self.k_BHSd[:, :, P:S] = k_BHTd.to(self.k_BHSd.dtype)
+        self.v_BHSd[:, :, P:S] = v_BHTd.to(self.v_BHSd.dtype)
+        real_BT = self.cache.real_BS[:, P:S]
+        self.valid_BS[:, P:S] = real_BT if key_valid_BT is None else real_BT & key_valid_BT
+        q_pos = torch.arange(P, S, device=k_BHTd.device).unsqueeze(1)  # (T, 1)
+        k_pos = torch.arange(S, device=k_BHTd.device).unsqueeze(0)  # (1, S)
+        causal_TS = k_pos <= q_pos
+        own_TS = k_pos == q_pos  # a query always sees its own key (as in the full forward)
+        mask_BTS = causal_TS & (self.valid_BS[:, None, :S] | own_TS)
+        return self.k_BHSd[:, :, :S].to(k_BHTd.dtype), self.v_BHSd[:, :, :S].to(v_BHTd.dtype), mask_BTS.unsqueeze(1)
+
+
+class KVCache:
+    """All cache slots of a model for a batch of ``B`` sequences of at most ``max_len`` tokens."""
+
+    def __init__(self, model, batch_size: int, max_len: int, *, pad_lengths: Sequence[int] | None = None,
+                 device=None, dtype=None):
+        cfg = model.config
+        if max_len > cfg.n_ctx:
+            raise MomError(f"{max_len} tokens exceed the model's context length n_ctx={cfg.n_ctx}")
+        p = next(model.parameters())
+        device, dtype = device or p.device, dtype or p.dtype
+        self.pos = 0
+        self.max_len = max_len
+        pads = torch.tensor(list(pad_lengths) if pad_lengths is not None else [0] * batch_size, device=device)
+        self.pad_B = pads
+        self.real_BS = torch.arange(max_len, device=device).unsqueeze(0) >= pads.unsqueeze(1)
+        self.slots = {name: CacheSlot(self, batch_size, cfg.n_head, max_len, cfg.head_dim, device, dtype)
+                      for name in slot_names(cfg)}
+
+    def slot(self, name: str) -> CacheSlot:
+        return self.slots[name]
+
+    def positions(self, T: int) -> Tensor:
+        """(B, T) position ids of the next T tokens: 0 at each row's first real token (pads clamp to 0)."""
+        if self.pos + T > self.max_len:
+            raise MomError(f"the cache holds {self.max_len} tokens; {self.pos + T} requested")
+        pos_T = torch.arange(self.pos, self.pos + T, device=self.pad_B.device)
+        return (pos_T.unsqueeze(0) - self.pad_B.unsqueeze(1)).clamp_min(0)
+
+    def advance(self, T: int) -> None:
+        self.pos += T
+
+
+# ---------------------------------------------------------------------------------------------- sampling
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 64
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 1:
+            raise MomError(f"max_new_tokens must be ≥ 1, got {self.max_new_tokens}")
+        if not self.temperature >= 0:
+            raise MomError(f"temperature must be ≥ 0, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise MomError(f"top_k must be ≥ 1, got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise MomError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+def sample_next(logits_BV: Tensor, p: SamplingParams, gen: torch.Generator | None) -> Tensor:
+    """Next token per row: greedy at temperature 0, else top-k / top-p filtered sampling."""
+    if p.temperature == 0:
+        return logits_BV.argmax(-1)
+    logits = logits_BV.float() / p.temperature
+    if p.top_k is not None:
+        kth = logits.topk(min(p.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if p.top_p is not None and p.top_p < 1:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) > p.top_p  # keep the smallest prefix reaching top_p
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+
+
+@dataclass
+class Generation:
+    prompt: str | None
+    prompt_tokens: list[int]
+    tokens: list[int]  # generated tokens only
+    text: str | None
+    finish_reason: str  # "length" | "eos" | "stop"
+
+
+class Engine:
+    """Batched generation with a per-(chunk, step) KV cache. ``use_cache=False`` recomputes the full forward at
+    every step (with the causal routing rule), the reference the cache is tested against."""
+
+    def __init__(self, model, tokenizer=None, *, use_cache: bool = True):
+        self.model = model.eval()
+        self._tok = tokenizer
+        self.use_cache = use_cache
+        self.eot = 50256
+
+    @property
+    def tok(self):
+        if self._tok is None:
+            from mom.tokenizer import tokenizer
+
+            self._tok = tokenizer()
+        return self._tok
+
+    def _encode(self, prompts) -> tuple[list[str | None], list[list[int]]]:
+        if isinstance(prompts, (str, bytes)) or (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        if not prompts:
+            raise MomError("no prompts given")
+        texts, ids = [], []
+        for i, p in enumerate(prompts):
+            if isinstance(p, str):
+                texts.append(p)
+                ids.append(self.tok.encode_ordinary(p))
+            else:
+                texts.append(None)
+                ids.append([int(t) for t in p])
+            if not ids[-1]:
+                raise MomError(f"prompt {i} is empty")
+            bad = [t for t in ids[-1] if not 0 <= t < self.model.config.vocab_size]
+            if bad:
+                raise MomError(f"prompt {i} has token id {bad[0]} outside the vocabulary ({self.model.config.vocab_size})")
+        return texts, ids
+
+    @torch.no_grad()
+    def stream(self, prompts, params: SamplingParams | None = None, **kw) -> Iterator[list[int | None]]:
+        """Yield, after every decode step, the new token of each row (None for rows already finished)."""
+        yield from self._run(prompts, params or SamplingParams(**kw), results=None)
+
+    @torch.no_grad()
+    def generate(self, prompts, params: SamplingParams | None = None, **kw) -> list[Generation]:
+        results: list[Generation] = []
+        for _ in self._run(prompts, params or SamplingParams(**kw), results=results):
+            pass
+        return results
+
+    def _run(self, prompts, p: SamplingParams, results: list | None):
+        p.validate()
+        texts, ids = self._encode(prompts)
+        cfg = self.model.config
+        device = next(self.model.parameters()).device
+        longest = max(len(x) for x in ids)
+        if longest + p.max_new_tokens > cfg.n_ctx:
+            raise MomError(f"prompt ({longest} tokens) + max_new_tokens ({p.max_new_tokens}) exceed the context "
+                           f"length n_ctx={cfg.n_ctx}")
+        B = len(ids)
+        pads = [longest - len(x) for x in ids]
+        idx_BT = torch.tensor([[0] * pad + x for pad, x in zip(pads, ids)], device=device)  # pads: any id, never keys
+        gen = None
+        if p.seed is not None:
+            gen = torch.Generator(device=device).manual_seed(p.seed)
+        out_tokens: list[list[int]] = [[] for _ in range(B)]
+        finish = [None] * B
+        cache = KVCache(self.model, B, longest + p.max_new_tokens, pad_lengths=pads) if self.use_cache else None
+        logits_BV = self._logits(idx_BT, cache, pads)
+        for _ in range(p.max_new_tokens):
+            nxt_B = sample_next(logits_BV, p, gen)
+            step: list[int | None] = []
+            for b, t in enumerate(nxt_B.tolist()):
+                if finish[b] is not None:
+                    step.append(None)
+                    continue
+                out_tokens[b].append(t)
+                step.append(t)
+                if t == self.eot:
+                    finish[b] = "eos"
+                elif p.stop and texts[b] is not None and any(s in self.tok.decode(out_tokens[b]) for s in p.stop):
+                    finish[b] = "stop"
+            yield step
+            if all(f is not None for f in finish):
+                break
+            idx_BT = torch.cat([idx_BT, nxt_B.unsqueeze(1)], dim=1)
+            logits_BV = self._logits(nxt_B.unsqueeze(1) if cache is not None else idx_BT, cache, pads)
+        if results is not None:
+            for b in range(B):
+                toks = out_tokens[b]
+                text = None
+                if texts[b] is not None:
+                    text = self.tok.decode([t for t in toks if t != self.eot])
+                    for s in p.stop:
+                        if s in text:
+                            text = text[: text.index(s)]
+                results.append(Generation(texts[b], ids[b], toks, text, finish[b] or "length"))
+
+    def _logits(self, idx_BT: Tensor, cache: KVCache | None, pads: list[int]) -> Tensor:
+        """Logits of the last position of every row."""
+        if cache is not None:
+            return self.model(idx_BT, cache=cache).logits[:, -1]
+        # Uncached reference: rerun each row's real tokens (no padding) through the full causal forward.
+        rows = [self.model(idx_BT[b:b + 1, pad:], causal_routing=True).logits[0, -1] for b, pad in enumerate(pads)]
+        return torch.stack(rows)

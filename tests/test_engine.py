@@ -1,0 +1,173 @@
+"""KV-cached generation equals recomputing the full forward, for every preset family."""
+
+import pytest
+import torch
+
+from mom.config import preset
+from mom.engine import Engine, KVCache, SamplingParams
+from mom.errors import MomError
+from mom.model import MoM
+from tests.conftest import make_hf_gpt2, tiny_config
+
+SMALL = dict(vocab_size=97, n_ctx=64, d_model=32, n_head=4)
+FAMILIES = {
+    "vanilla": preset("tiny").replace(**SMALL, bottom=3),
+    "mom-gru-K2-H6": preset("tiny-mom").replace(**SMALL),
+    "mom-mlp-K2": preset("tiny-mom").replace(**SMALL, router="mlp", steps=3),
+    "NA!=NF-skip-K3": tiny_config(n_ctx=64, n_attn=4, n_ffn=2, top_k=3, steps=3),
+    "skip-K1": tiny_config(n_ctx=64, n_attn=3, n_ffn=2, top_k=1, steps=3),  # whole tokens skip attention
+    "layerskip": preset("layerskip").replace(**SMALL),
+    "universal": preset("universal").replace(**SMALL),
+    "moe": preset("moe").replace(**SMALL),
+    "mod-causal-rule": preset("mod").replace(**SMALL),
+}
+
+
+def _model(cfg):
+    model = MoM(cfg).eval()
+    with torch.no_grad():  # sharp routers: tokens disagree, SKIP is taken sometimes
+        for n, p in model.named_parameters():
+            if "router" in n and n.endswith("out.weight"):
+                p.normal_(0, 1.0)
+    return model
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_cached_logits_and_greedy_tokens_equal_full_forward(name):
+    model = _model(FAMILIES[name])
+    idx = torch.randint(0, 97, (2, 9))
+    engine = Engine(model)
+    gens = engine.generate([idx[0].tolist(), idx[1, :5].tolist()], max_new_tokens=12, temperature=0)
+    reference = Engine(model, use_cache=False).generate([idx[0].tolist(), idx[1, :5].tolist()],
+                                                        max_new_tokens=12, temperature=0)
+    assert [g.tokens for g in gens] == [g.tokens for g in reference]
+    # Logits at every position: prefill 9, then one token at a time, against one full forward.
+    seq = torch.cat([idx[:1], torch.tensor([gens[0].tokens])], dim=1)
+    with torch.no_grad():
+        full = model(seq, causal_routing=True).logits
+        cache = KVCache(model, 1, seq.shape[1])
+        parts = [model(seq[:, :9], cache=cache).logits]
+        parts += [model(seq[:, t:t + 1], cache=cache).logits for t in range(9, seq.shape[1])]
+    assert (torch.cat(parts, 1) - full).abs().max() <= 1e-4
+
+
+def test_skip_is_taken_in_the_tested_configs():
+    """The equality above is only meaningful if tokens really skip: check they do for a SKIP family."""
+    model = _model(FAMILIES["skip-K1"])
+    out = model(torch.randint(0, 97, (2, 30)), return_routes=True)
+    attn = [r for r in out.routes if r.half == "attn"]
+    assert any((r.idx_BTK == r.n_modules).all(-1).any() for r in attn)
+
+
+def test_batched_prompts_of_different_lengths_match_single_runs():
+    model = _model(FAMILIES["mom-gru-K2-H6"])
+    prompts = [[5, 6, 7, 8, 9, 10, 11], [3], [40, 41, 42]]
+    batched = Engine(model).generate(prompts, max_new_tokens=6, temperature=0)
+    for p, g in zip(prompts, batched):
+        assert g.tokens == Engine(model).generate([p], max_new_tokens=6, temperature=0)[0].tokens
+
+
+def test_vanilla_matches_hf_generate(tmp_path):
+    hf = make_hf_gpt2(tmp_path, n_layer=3, n_embd=48, n_head=3, n_positions=64)
+    model = MoM.from_gpt2(tmp_path).eval()
+    prompt = torch.randint(0, 97, (1, 7))
+    ref = hf.generate(prompt, max_new_tokens=15, do_sample=False, pad_token_id=0)[0, 7:].tolist()
+    assert Engine(model).generate([prompt[0].tolist()], max_new_tokens=15, temperature=0)[0].tokens == ref
+
+
+def test_sampling_is_seeded_and_filters_work():
+    model = _model(FAMILIES["mom-mlp-K2"])
+    a = Engine(model).generate([[1, 2, 3]], max_new_tokens=8, temperature=1.0, top_k=5, top_p=0.9, seed=7)
+    b = Engine(model).generate([[1, 2, 3]], max_new_tokens=8, temperature=1.0, top_k=5, top_p=0.9, seed=7)
+    assert a[0].tokens == b[0].tokens
+    # top_k=1 is greedy whatever the temperature.
+    g = Engine(model).generate([[1, 2, 3]], max_new_tokens=8, temperature=0)
+    k1 = Engine(model).generate([[1, 2, 3]], max_new_tokens=8, temperature=2.0, top_k=1, seed=3)
+    assert g[0].tokens == k1[0].tokens
+
+
+def test_streaming_yields_the_same_tokens():
+    model = _model(FAMILIES["moe"])
+    steps = list(Engine(model).stream([[4, 5, 6]], max_new_tokens=5, temperature=0))
+    assert [s[0] for s in steps] == Engine(model).generate([[4, 5, 6]], max_new_tokens=5, temperature=0)[0].tokens
+
+
+@pytest.mark.parametrize(
+    "prompts, params, message",
+    [
+        ([[]], dict(), "prompt 0 is empty"),
+        ([list(range(60))], dict(max_new_tokens=10), "exceed the context length n_ctx=64"),
+        ([[1]], dict(temperature=-1), "temperature must be ≥ 0"),
+        ([[1]], dict(top_p=1.5), "top_p must be in \\(0, 1\\]"),
+        ([[1]], dict(top_k=0), "top_k must be ≥ 1"),
+        ([[1000]], dict(), "token id 1000 outside the vocabulary"),
+    ],
+)
+def test_bad_generation_input(prompts, params, message):
+    model = _model(FAMILIES["vanilla"])
+    with pytest.raises(MomError, match=message):
+        Engine(model).generate(prompts, SamplingParams(**params))
+
+
+def test_gathered_decode_path_equals_loop():
+    """A few tokens take the gathered-weights path of the grouped dispatcher; it must equal the loop reference."""
+    cfg = tiny_config(top_k=2, n_attn=3, n_ffn=4)
+    fast = _model(cfg)
+    ref = MoM(cfg.replace(dispatch="loop")).eval()
+    ref.load_state_dict(fast.state_dict())
+    idx = torch.randint(0, 97, (1, 3))  # 3 tokens × K=2 = 6 assignments ≤ gather_below
+    assert fast.dispatcher.gather_below >= 6
+    with torch.no_grad():
+        assert (fast(idx).logits - ref(idx).logits).abs().max() <= 1e-5
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ckpt")
+    MoM(preset("tiny-mom").replace(d_model=32, n_head=4, n_ctx=64)).save_pretrained(d)
+    return d
+
+
+def _mom(*args):
+    return subprocess.run([sys.executable, "-m", "mom.cli", *args], capture_output=True, text=True)
+
+
+def test_generate_cli(ckpt):
+    r = _mom("generate", "--ckpt", str(ckpt), "--prompt", "Hello world", "--max-new-tokens", "5", "--temperature", "0")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("Hello world")
+    s = _mom("generate", "--ckpt", str(ckpt), "--prompt", "Hello world", "--max-new-tokens", "5", "--temperature", "0",
+             "--stream")
+    assert s.returncode == 0 and s.stdout.strip() == r.stdout.strip()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--prompt", ""], "empty prompt"),
+        (["--prompt", "word " * 70], "exceed the context length n_ctx=64"),
+        (["--prompt", "hi", "--top-p", "0"], "top_p must be in (0, 1]"),
+        (["--prompt", "hi", "--temperature", "-0.5"], "temperature must be ≥ 0"),
+        ([], "no prompt"),
+    ],
+)
+def test_generate_cli_bad_input(ckpt, extra, message):
+    r = _mom("generate", "--ckpt", str(ckpt), *extra)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
+
+
+def test_generate_cli_missing_checkpoint(tmp_path):
+    r = _mom("generate", "--ckpt", str(tmp_path / "nope"), "--prompt", "hi")
+    assert r.returncode == 2 and "model directory not found" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bench_decode_smoke():
+    from mom.bench import bench_decode
+
+    r = bench_decode("tiny-mom", new_tokens=8, prompt_len=4, rounds=1, uncached_tokens=8)
+    assert r["tokens_per_s"]["mom_cached"] > 0 and r["cached_over_uncached"] > 0
