@@ -6,7 +6,9 @@ import sys
 
 import pytest
 
-import mom.tokenizer as tok
+import importlib
+
+tok = importlib.import_module("mom.tokenizer")  # the module; `mom.tokenizer` itself is the function
 from mom.errors import DataError, MomError
 from mom.tokenizer import EOT, N_VOCAB, TOKENIZER_SHA256, tokenizer
 
