@@ -69,3 +69,18 @@ def test_grouped_mm_matches_per_group_matmul_with_skip_tail():
     dx, dw = torch.autograd.grad(y, (x, w), g)
     rdx, rdw = torch.autograd.grad(ref, (x, w), g)
     assert torch.allclose(dx, rdx, atol=1e-5) and torch.allclose(dw, rdw, atol=1e-5)
+
+
+def test_bf16_autocast_forward_backward_close_to_fp32():
+    """The mixed-precision path (bf16 autocast, as on CUDA) runs through the grouped op and stays close to fp32."""
+    cfg = tiny_config(top_k=2, steps=2)
+    model = MoM(cfg)
+    ref = MoM(cfg)
+    ref.load_state_dict(model.state_dict())
+    idx = torch.randint(0, cfg.vocab_size, (2, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(idx, idx)
+    (out.loss + out.aux_loss).backward()
+    assert out.logits.dtype == torch.bfloat16
+    assert abs(out.loss.item() - ref(idx, idx).loss.item()) < 2e-2
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
