@@ -135,7 +135,7 @@ def cmd_generate(args, overrides) -> int:
     model = MoM.from_pretrained(args.ckpt, map_location=device, **overrides["model"])
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                             top_p=args.top_p, seed=args.seed, stop=args.stop or [])
-    engine = Engine(model, use_cache=not args.no_cache)
+    engine = Engine(model, use_cache=not args.no_cache, compile=args.compile)
     if args.stream:
         if len(prompts) > 1:
             raise MomError("--stream takes a single prompt")
@@ -186,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stop", action="append", help="stop string (repeatable)")
     g.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     g.add_argument("--no-cache", action="store_true", help="recompute the full forward every step (reference)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the decode step (pays off for long outputs)")
     g.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     g.set_defaults(func=cmd_generate, overrides=("model",))
 
@@ -198,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--prompt-len", type=int, default=16)
     b.add_argument("--rounds", type=int, default=3)
     b.add_argument("--device", default="cpu")
+    b.add_argument("--compile", action="store_true", help="torch.compile the cached decode steps")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench, overrides=())
 
@@ -206,6 +208,34 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("prepare", help="tokenise a corpus into train.bin/val.bin (nanoGPT format)")
     data.add_prepare_arguments(d)
     d.set_defaults(func=lambda a, o: data.cli_prepare(a), overrides=())
+
+    from mom import demo, train
+
+    t = sub.add_parser("train", help="train a model (phase 1, phase 2 with --init-from, resume, DDP via torchrun)")
+    train.add_train_arguments(t)
+    t.set_defaults(func=train.cli_train, overrides=("model", "train"))
+
+    m = sub.add_parser("demo", help="the whole two-phase pipeline at tiny scale, ending in runs/demo/report.md")
+    demo.add_demo_arguments(m)
+    m.set_defaults(func=lambda a, o: demo.cli_demo(a), overrides=())
+
+    from mom import analysis, flops, memory, prune
+
+    f = sub.add_parser("flops", help="forward/training FLOPs per token, measured routing, vs the vanilla counterpart")
+    flops.add_flops_arguments(f)
+    f.set_defaults(func=flops.cli_flops, overrides=("model",))
+
+    y = sub.add_parser("memory", help="measured peak forward and training-step memory, vs the vanilla counterpart")
+    memory.add_memory_arguments(y)
+    y.set_defaults(func=memory.cli_memory, overrides=("model",))
+
+    r = sub.add_parser("prune", help="remove the least used (or smallest) modules from every pool")
+    prune.add_prune_arguments(r)
+    r.set_defaults(func=prune.cli_prune, overrides=("model",))
+
+    a = sub.add_parser("routes", help="routing analysis: route heatmap, SKIP rate, effective depth, co-occurrence")
+    analysis.add_routes_arguments(a)
+    a.set_defaults(func=analysis.cli_routes, overrides=("model",))
     return p
 
 

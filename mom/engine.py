@@ -48,23 +48,28 @@ class CacheSlot:
         self.valid_BS = torch.zeros(B, max_len, dtype=torch.bool, device=device)
 
     def update(self, k_BHTd: Tensor, v_BHTd: Tensor, key_valid_BT: Tensor | None):
-        """Append T new tokens; return all keys, values so far and the (B, 1, T, S) attention mask."""
-        P, T = self.cache.pos, k_BHTd.shape[2]
-        S = P + T
-        self.k_BHSd[:, :, P:S] = k_BHTd.to(self.k_BHSd.dtype)
-        self.v_BHSd[:, :, P:S] = v_BHTd.to(self.v_BHSd.dtype)
-        real_BT = self.cache.real_BS[:, P:S]
-        self.valid_BS[:, P:S] = real_BT if key_valid_BT is None else real_BT & key_valid_BT
-        q_pos = torch.arange(P, S, device=k_BHTd.device).unsqueeze(1)  # (T, 1)
-        k_pos = torch.arange(S, device=k_BHTd.device).unsqueeze(0)  # (1, S)
-        causal_TS = k_pos <= q_pos
-        own_TS = k_pos == q_pos  # a query always sees its own key (as in the full forward)
-        mask_BTS = causal_TS & (self.valid_BS[:, None, :S] | own_TS)
-        return self.k_BHSd[:, :, :S].to(k_BHTd.dtype), self.v_BHSd[:, :, :S].to(v_BHTd.dtype), mask_BTS.unsqueeze(1)
+        """Write T new tokens at the cache position; return all keys, values and the (B, 1, T, S) mask.
+
+        Shapes never depend on the position (it is a tensor): the queries attend over all ``max_len`` slots with
+        the not-yet-written ones masked, so a decode step has static shapes and compiles once."""
+        c = self.cache
+        pos_T = c.pos_t + torch.arange(k_BHTd.shape[2], device=k_BHTd.device)
+        self.k_BHSd.index_copy_(2, pos_T, k_BHTd.to(self.k_BHSd.dtype))
+        self.v_BHSd.index_copy_(2, pos_T, v_BHTd.to(self.v_BHSd.dtype))
+        real_BT = c.real_BS.index_select(1, pos_T)
+        self.valid_BS.index_copy_(1, pos_T, real_BT if key_valid_BT is None else real_BT & key_valid_BT)
+        k_pos_S = c.k_pos_S
+        causal_TS = k_pos_S.unsqueeze(0) <= pos_T.unsqueeze(1)
+        own_TS = k_pos_S.unsqueeze(0) == pos_T.unsqueeze(1)  # a query always sees its own key (as in the full forward)
+        mask_BTS = causal_TS & (self.valid_BS.unsqueeze(1) | own_TS)
+        return self.k_BHSd.to(k_BHTd.dtype), self.v_BHSd.to(v_BHTd.dtype), mask_BTS.unsqueeze(1)
 
 
 class KVCache:
-    """All cache slots of a model for a batch of ``B`` sequences of at most ``max_len`` tokens."""
+    """All cache slots of a model for a batch of ``B`` sequences of at most ``max_len`` tokens.
+
+    The write position is a 0-d tensor (``pos_t``), advanced by the model's forward; callers keep the total
+    under ``max_len`` (the :class:`Engine` checks before it starts)."""
 
     def __init__(self, model, batch_size: int, max_len: int, *, pad_lengths: Sequence[int] | None = None,
                  device=None, dtype=None):
@@ -73,11 +78,12 @@ class KVCache:
             raise MomError(f"{max_len} tokens exceed the model's context length n_ctx={cfg.n_ctx}")
         p = next(model.parameters())
         device, dtype = device or p.device, dtype or p.dtype
-        self.pos = 0
         self.max_len = max_len
+        self.pos_t = torch.zeros((), dtype=torch.long, device=device)
         pads = torch.tensor(list(pad_lengths) if pad_lengths is not None else [0] * batch_size, device=device)
         self.pad_B = pads
-        self.real_BS = torch.arange(max_len, device=device).unsqueeze(0) >= pads.unsqueeze(1)
+        self.k_pos_S = torch.arange(max_len, device=device)
+        self.real_BS = self.k_pos_S.unsqueeze(0) >= pads.unsqueeze(1)
         self.slots = {name: CacheSlot(self, batch_size, cfg.n_head, max_len, cfg.head_dim, device, dtype)
                       for name in slot_names(cfg)}
 
@@ -86,13 +92,11 @@ class KVCache:
 
     def positions(self, T: int) -> Tensor:
         """(B, T) position ids of the next T tokens: 0 at each row's first real token (pads clamp to 0)."""
-        if self.pos + T > self.max_len:
-            raise MomError(f"the cache holds {self.max_len} tokens; {self.pos + T} requested")
-        pos_T = torch.arange(self.pos, self.pos + T, device=self.pad_B.device)
+        pos_T = self.pos_t + torch.arange(T, device=self.pad_B.device)
         return (pos_T.unsqueeze(0) - self.pad_B.unsqueeze(1)).clamp_min(0)
 
     def advance(self, T: int) -> None:
-        self.pos += T
+        self.pos_t += T
 
 
 # ---------------------------------------------------------------------------------------------- sampling
@@ -144,13 +148,15 @@ class Generation:
 
 class Engine:
     """Batched generation with a per-(chunk, step) KV cache. ``use_cache=False`` recomputes the full forward at
-    every step (with the causal routing rule), the reference the cache is tested against."""
+    every step (with the causal routing rule), the reference the cache is tested against. ``compile=True`` runs
+    the one-token decode step through ``torch.compile`` (static shapes: it compiles once per batch size)."""
 
-    def __init__(self, model, tokenizer=None, *, use_cache: bool = True):
+    def __init__(self, model, tokenizer=None, *, use_cache: bool = True, compile: bool = False):
         self.model = model.eval()
         self._tok = tokenizer
         self.use_cache = use_cache
         self.eot = 50256
+        self._decode = torch.compile(self.model) if compile and use_cache else self.model
 
     @property
     def tok(self):
@@ -228,7 +234,10 @@ class Engine:
             if all(f is not None for f in finish):
                 break
             idx_BT = torch.cat([idx_BT, nxt_B.unsqueeze(1)], dim=1)
-            logits_BV = self._logits(nxt_B.unsqueeze(1) if cache is not None else idx_BT, cache, pads)
+            if cache is not None:
+                logits_BV = self._decode(nxt_B.unsqueeze(1), cache=cache).logits[:, -1]
+            else:
+                logits_BV = self._logits(idx_BT, cache, pads)
         if results is not None:
             for b in range(B):
                 toks = out_tokens[b]

@@ -167,7 +167,18 @@ def test_generate_cli_missing_checkpoint(tmp_path):
 
 
 def test_bench_decode_smoke():
-    from mom.bench import bench_decode
+    from mom.bench import active_layers, bench_decode
 
+    assert active_layers(preset("tiny-mom")) == 14  # 1 bottom + anchor + 6 steps × K=2
     r = bench_decode("tiny-mom", new_tokens=8, prompt_len=4, rounds=1, uncached_tokens=8)
     assert r["tokens_per_s"]["mom_cached"] > 0 and r["cached_over_uncached"] > 0
+
+
+@pytest.mark.slow
+def test_compiled_decode_equals_eager():
+    torch._dynamo.reset()
+    model = _model(FAMILIES["NA!=NF-skip-K3"])
+    prompts = [[1, 2, 3, 4], [9, 8]]
+    eager = Engine(model).generate(prompts, max_new_tokens=10, temperature=0)
+    compiled = Engine(model, compile=True).generate(prompts, max_new_tokens=10, temperature=0)
+    assert [g.tokens for g in eager] == [g.tokens for g in compiled]
