@@ -1,6 +1,11 @@
 """Benchmarks, measured side by side in one process (these machines are noisy, so only ratios from one run mean
 much; the absolute figures are printed with the machine they came from).
 
+``mom bench train`` / ``mom bench forward``: a MoM (fast ``grouped`` dispatcher and the ``loop`` reference)
+against the dense GPT-2 with the same width and the same *active* matmul FLOPs per token (see
+:func:`active_layers`), alternating after warm-up; reports time per step, tokens/s, achieved FLOP/s (analytic
+FLOPs from :mod:`mom.flops`), peak-FLOPs utilisation on known GPUs, and the MoM/dense time per active FLOP.
+
 ``mom bench decode``: KV-cached vs uncached greedy decoding of the same model, and a MoM against the vanilla model
 of equal active depth (same width, as many vanilla layers as the MoM's depth), alternating the contenders over
 several rounds after a warm-up and keeping each one's best round.
@@ -101,8 +106,102 @@ def format_decode(r: dict) -> str:
     ])
 
 
+# Dense bf16 peak FLOP/s by device name (vendor data sheets, dense, no sparsity).
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+def peak_flops(device: str) -> float | None:
+    if device != "cuda":
+        return None
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+def bench_step(config: str = "K2H2S", mode: str = "train", batch: int = 4, seq_len: int = 128, rounds: int = 3,
+               warmup: int = 2, device: str = "cpu", seed: int = 0, overrides: dict | None = None) -> dict:
+    """Time one training (or forward) step of a MoM with both dispatchers and of its dense counterpart."""
+    from mom.flops import count
+    from mom.model import MoM
+
+    torch.manual_seed(seed)
+    cfg = resolve_config(config)
+    if overrides:
+        cfg = cfg.replace(**overrides)
+    dense_cfg = vanilla_with_layers(cfg, active_layers(cfg))
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu", enabled=False)
+    models = {
+        "mom_grouped": MoM(cfg.replace(dispatch="grouped")),
+        "mom_loop": MoM(cfg.replace(dispatch="loop")),
+        "dense": MoM(dense_cfg),
+    }
+    models["mom_loop"].load_state_dict(models["mom_grouped"].state_dict())
+    idx = torch.randint(0, cfg.vocab_size, (batch, seq_len), device=device)
+
+    def make_step(model):
+        model.to(device).train(mode == "train")
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4) if mode == "train" else None
+
+        def step():
+            if mode == "train":
+                with amp:
+                    out = model(idx, idx)
+                (out.loss + out.aux_loss).backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            else:
+                with torch.no_grad(), amp:
+                    model(idx)
+            if device == "cuda":
+                torch.cuda.synchronize()
+        return step
+
+    steps = {k: make_step(m) for k, m in models.items()}
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    best = {k: float("inf") for k in steps}
+    for _ in range(rounds):
+        for k, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            best[k] = min(best[k], time.perf_counter() - t0)
+    tokens = batch * seq_len
+    flops_tok = {k: count(m.config, seq_len) for k, m in models.items()}
+    per_tok = {k: (c.train_flops_per_token if mode == "train" else c.forward_flops_per_token) for k, c in flops_tok.items()}
+    peak = peak_flops(device)
+    rows = {}
+    for k in steps:
+        achieved = per_tok[k] * tokens / best[k]
+        rows[k] = {"seconds_per_step": best[k], "tokens_per_s": tokens / best[k], "flops_per_token": per_tok[k],
+                   "achieved_flops": achieved, "mfu": achieved / peak if peak else None}
+    per_flop = {k: best[k] / per_tok[k] for k in steps}
+    return {
+        "benchmark": mode, "machine": machine(), "device": device, "config": cfg.name, "dense_layers": dense_cfg.bottom,
+        "batch": batch, "seq_len": seq_len, "rounds": rounds, "results": rows,
+        "mom_over_dense_time_per_active_flop": per_flop["mom_grouped"] / per_flop["dense"],
+        "loop_over_grouped": best["mom_loop"] / best["mom_grouped"],
+    }
+
+
+def format_step(r: dict) -> str:
+    lines = [f"{r['benchmark']} benchmark on {r['machine']} — {r['config']} vs dense {r['dense_layers']}-layer GPT-2 "
+             f"(equal active matmul FLOPs), batch {r['batch']}×{r['seq_len']}, best of {r['rounds']} alternating rounds"]
+    for k, v in r["results"].items():
+        mfu = f", MFU {100 * v['mfu']:.1f}%" if v["mfu"] else ""
+        lines.append(f"  {k:<12} {v['seconds_per_step'] * 1e3:9.1f} ms/step {v['tokens_per_s']:10.0f} tok/s "
+                     f"{v['achieved_flops'] / 1e12:8.3f} TFLOP/s{mfu}")
+    lines.append(f"  MoM / dense time per active FLOP  {r['mom_over_dense_time_per_active_flop']:.2f}×")
+    lines.append(f"  loop / grouped time per step       {r['loop_over_grouped']:.2f}×")
+    return "\n".join(lines)
+
+
 def cmd_bench(args, overrides) -> int:
-    r = bench_decode(args.config, args.new_tokens, args.prompt_len, args.rounds, device=args.device,
-                     compile=args.compile)
-    print(json.dumps(r, indent=2) if args.json else format_decode(r))
+    if args.what == "decode":
+        r = bench_decode(args.config or "tiny-mom", args.new_tokens, args.prompt_len, args.rounds, device=args.device,
+                         compile=args.compile)
+        print(json.dumps(r, indent=2) if args.json else format_decode(r))
+        return 0
+    r = bench_step(args.config or "K2H2S", args.what, args.batch, args.seq_len, args.rounds, device=args.device,
+                   overrides=overrides["model"])
+    print(json.dumps(r, indent=2) if args.json else format_step(r))
     return 0

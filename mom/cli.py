@@ -193,15 +193,18 @@ def build_parser() -> argparse.ArgumentParser:
     from mom.bench import cmd_bench
 
     b = sub.add_parser("bench", help="benchmarks measured side by side in one process")
-    b.add_argument("what", choices=["decode"], help="decode: cached vs uncached, MoM vs vanilla of equal depth")
-    b.add_argument("--config", default="tiny-mom", help="preset or JSON config (random weights)")
+    b.add_argument("what", choices=["train", "forward", "decode"],
+                   help="train/forward: MoM (grouped, loop) vs dense of equal active FLOPs; decode: KV cache")
+    b.add_argument("--config", default=None, help="preset or JSON config, random weights (default: K2H2S; tiny-mom for decode)")
+    b.add_argument("--batch", type=int, default=4)
+    b.add_argument("--seq-len", type=int, default=128)
     b.add_argument("--new-tokens", type=int, default=256)
     b.add_argument("--prompt-len", type=int, default=16)
     b.add_argument("--rounds", type=int, default=3)
     b.add_argument("--device", default="cpu")
     b.add_argument("--compile", action="store_true", help="torch.compile the cached decode steps")
     b.add_argument("--json", action="store_true")
-    b.set_defaults(func=cmd_bench, overrides=())
+    b.set_defaults(func=cmd_bench, overrides=("model",))
 
     from mom import data
 
