@@ -93,3 +93,229 @@ def count(cfg: MoMConfig, seq_len: int | None = None, usage: dict[str, float] | 
     fwd = 2 * matmul + 4 * d * T * cores
     return Counts(params=params, active_params=active, matmul_params_active=matmul, attention_cores=cores,
                   depth=cfg.depth, forward_flops_per_token=fwd, train_flops_per_token=3 * fwd, seq_len=T)
+
+
+# ================================================================================================ vanilla counterpart
+def vanilla_counterpart(cfg: MoMConfig) -> MoMConfig:
+    """The vanilla GPT-2 a MoM config is compared with: same width, vocabulary and context, and as many layers as
+    the MoM decomposes (``cfg.gpt2_layers``), i.e. equal parameters up to the routers — the paper's comparison
+    (MoM_P and MoM_E against the GPT-2 of the same size). A vanilla config is its own counterpart."""
+    if cfg.is_vanilla:
+        return cfg
+    return MoMConfig(name=f"gpt2-{cfg.gpt2_layers}L", vocab_size=cfg.vocab_size, n_ctx=cfg.n_ctx,
+                     d_model=cfg.d_model, n_head=cfg.n_head, d_ff=cfg.d_ff, layer_norm_eps=cfg.layer_norm_eps,
+                     bottom=cfg.gpt2_layers, chunks=0, top=0, init_std=cfg.init_std, dispatch=cfg.dispatch)
+
+
+# ================================================================================================ measured usage
+def usage_from_routes(routes) -> dict[str, float]:
+    """Mean real (non-SKIP) modules a token runs per assembly step, per half, over ``routes``.
+
+    ``routes`` is an iterable of :class:`mom.model.RouteRecord` (of one forward or of many). Every (chunk, step)
+    sees the same tokens in a forward, so the plain mean over records and tokens is exactly the per-step figure
+    :func:`count` multiplies by ``chunks · steps``. Halves with no record (no assembled block) are left out, so
+    :func:`count` falls back to its own value for them."""
+    picks = {"attn": 0.0, "ffn": 0.0}
+    slots = {"attn": 0, "ffn": 0}
+    for r in routes:
+        picks[r.half] += float((r.idx_BTK < r.n_modules).sum())
+        slots[r.half] += r.idx_BTK.shape[0] * r.idx_BTK.shape[1]
+    return {h: picks[h] / slots[h] for h in picks if slots[h]}
+
+
+# ================================================================================================ FlopCounterMode
+def _rows_computed(x, offs) -> int:
+    """Rows of a grouped GEMM that belong to a module (the rest are SKIP assignments, left at zero).
+
+    FlopCounterMode runs eagerly, so ``offs`` holds real group ends and the exact count can be read from it.
+    Under fake or meta tensors (tracing) it cannot: then all rows are counted, an upper bound."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    if is_fake(offs) or offs.device.type == "meta" or offs.numel() == 0:
+        return int(x.shape[0])
+    return int(offs[-1])
+
+
+def register_flop_formulas() -> None:
+    """Teach ``torch.utils.flop_counter.FlopCounterMode`` the ops it cannot see into (idempotent).
+
+    * ``mom::grouped_mm`` (x (A, D), w (N, D, O), offs (N,)): a custom op is opaque to the counter (its inner
+      ``mm`` calls run with the mode disabled), so without a formula routed modules cost nothing. Formula:
+      2·rows·D·O with rows = offs[-1], the assignments that picked a real module — the same count as a loop of
+      matmuls over the groups.
+    * ``mom::grouped_mm_wgrad`` (its weight gradient): 2·rows·D·O likewise.
+    * ``aten._scaled_dot_product_flash_attention_for_cpu`` and its backward: the CPU attention kernel, which
+      torch counts on CUDA (flash/efficient/cudnn kernels) but not on CPU. Same formulas as torch's for those
+      kernels: 2 batched matmuls over the full T×T scores forward (our convention), 5 backward (scores are
+      recomputed).
+    """
+    import torch
+    from torch.utils import flop_counter as fc
+
+    import mom.dispatch  # noqa: F401  (defines the custom ops)
+
+    aten = torch.ops.aten
+
+    def add(target, formula, get_raw=False):
+        if target not in fc.flop_registry:
+            fc.register_flop_formula(target, get_raw=get_raw)(formula)
+
+    def grouped(x, w, offs, *args, out_val=None, **kwargs) -> int:
+        return 2 * _rows_computed(x, offs) * w.shape[1] * w.shape[2]
+
+    def grouped_wgrad(x, dy, offs, n, *args, out_val=None, **kwargs) -> int:
+        return 2 * _rows_computed(x, offs) * x.shape[1] * dy.shape[1]
+
+    def sdpa_cpu(q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
+        return fc.sdpa_flop_count(q_shape, k_shape, v_shape)
+
+    def sdpa_cpu_backward(grad_out_shape, q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
+        return fc.sdpa_backward_flop_count(grad_out_shape, q_shape, k_shape, v_shape)
+
+    add(torch.ops.mom.grouped_mm, grouped, get_raw=True)
+    add(torch.ops.mom.grouped_mm_wgrad, grouped_wgrad, get_raw=True)
+    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        add(aten._scaled_dot_product_flash_attention_for_cpu, sdpa_cpu)
+        add(aten._scaled_dot_product_flash_attention_for_cpu_backward, sdpa_cpu_backward)
+
+
+@dataclass
+class MeasuredFlops:
+    """FLOPs counted by ``FlopCounterMode`` on real forward (and backward) passes, with the routing they used."""
+
+    forward: int  # total forward FLOPs over all tokens
+    backward: int  # total backward FLOPs (0 unless measured with ``train=True``)
+    tokens: int
+    usage: dict[str, float]  # measured modules per step, per half, of the same passes (see usage_from_routes)
+    by_op: dict[str, int]  # forward FLOPs per operator
+
+    @property
+    def forward_per_token(self) -> float:
+        return self.forward / self.tokens
+
+    @property
+    def train_per_token(self) -> float:
+        return (self.forward + self.backward) / self.tokens
+
+
+def measure_flops(model, batches, *, train: bool = False) -> MeasuredFlops:
+    """Run ``model`` on each (B, T) token batch of ``batches`` under ``FlopCounterMode`` and return the counted
+    FLOPs together with the module usage of those very passes, so that ``count(cfg, T, usage)`` can be compared
+    with them like for like. With ``train=True`` each forward is followed by ``loss.backward()`` (gradients are
+    left in the parameters; callers own the model)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    register_flop_formulas()
+    forward = backward = tokens = 0
+    by_op: dict[str, int] = {}
+    routes = []
+    for idx_BT in batches:
+        with torch.set_grad_enabled(train), FlopCounterMode(display=False) as fwd_counter:
+            out = model(idx_BT, idx_BT if train else None, return_routes=True)
+        forward += fwd_counter.get_total_flops()
+        for op, n in fwd_counter.get_flop_counts()["Global"].items():
+            by_op[str(op)] = by_op.get(str(op), 0) + n
+        if train:
+            with FlopCounterMode(display=False) as bwd_counter:
+                out.loss.backward()
+            backward += bwd_counter.get_total_flops()
+        routes += [r for r in out.routes]
+        tokens += idx_BT.numel()
+    if tokens == 0:
+        raise ValueError("measure_flops needs at least one batch")
+    return MeasuredFlops(forward=forward, backward=backward, tokens=tokens, usage=usage_from_routes(routes),
+                         by_op=by_op)
+
+
+# ================================================================================================ CLI
+ROWS = (("params", "parameters"), ("active_params", "active parameters / token"),
+        ("forward_flops_per_token", "forward FLOPs / token"), ("train_flops_per_token", "training FLOPs / token"),
+        ("depth", "depth (layers)"), ("attention_cores", "attention cores"))
+
+
+def _si(v: float) -> str:
+    """A count with an SI prefix, 4 significant digits (12.35M, 1.105G)."""
+    for scale, unit in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= scale:
+            return f"{v / scale:.4g}{unit}"
+    return f"{v:g}"
+
+
+def add_flops_arguments(p):
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--config", help="a preset or JSON config: analytic counts (token choice: no SKIP assumed)")
+    src.add_argument("--ckpt", metavar="DIR", help="a mom model directory (or a training run): counts with the "
+                                                   "module usage and SKIP rate measured on data")
+    p.add_argument("--seq-len", type=int, default=None, help="sequence length T of the attention term and of the "
+                                                             "measuring windows (default: n_ctx)")
+    p.add_argument("--data", metavar="DIR", default=None,
+                   help="with --ckpt: dataset whose val split is measured (default: data/builtin if prepared)")
+    p.add_argument("--windows", type=int, default=8, help="with --ckpt: validation windows measured (default 8)")
+    p.add_argument("--batch-size", type=int, default=4, help="with --ckpt: windows per forward (default 4)")
+    p.add_argument("--device", default="auto", help="with --ckpt: cpu, cuda (default: cuda if available)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    return p
+
+
+def cli_flops(args, overrides) -> int:
+    from mom.analysis import check_positive, iter_batches, load_model, pick_device, resolve_data_dir, val_windows
+    from mom.config import resolve_config
+    from mom.errors import MomError
+
+    for name in ("seq_len", "windows", "batch_size"):
+        check_positive("--" + name.replace("_", "-"), getattr(args, name))
+    measured = None
+    if args.config:
+        if args.data:
+            raise MomError("--data needs --ckpt (a config has random weights: its routing means nothing)")
+        cfg = resolve_config(args.config)
+        if overrides.get("model"):
+            cfg = cfg.replace(**overrides["model"])
+        T = args.seq_len or cfg.n_ctx
+        usage, source = None, None
+    else:
+        device = pick_device(args.device)
+        model = load_model(args.ckpt, device, **overrides.get("model", {}))
+        cfg = model.config
+        T = args.seq_len or cfg.n_ctx
+        if T > cfg.n_ctx:
+            raise MomError(f"--seq-len {T} exceeds the model's context length {cfg.n_ctx}")
+        usage, source = None, None
+        if not cfg.is_vanilla:
+            data = resolve_data_dir(args.data)
+            windows = val_windows(data, cfg.vocab_size, T, args.windows)
+            measured = measure_flops(model, iter_batches(windows, args.batch_size, device))
+            usage = measured.usage
+            source = f"{windows.shape[0]} validation windows × {T} tokens of {data}"
+    base_cfg = vanilla_counterpart(cfg)
+    mine, base = count(cfg, T, usage), count(base_cfg, T)
+    ratios = {key: getattr(mine, key) / getattr(base, key) for key, _ in ROWS}
+    result = {"config": cfg.name, "vanilla_config": base_cfg.name, "seq_len": T, "model": mine.as_dict(),
+              "vanilla": base.as_dict(), "ratios": ratios, "usage": usage, "measured_on": source,
+              "usage_upper_bound": {h: modules_per_step(cfg, h) for h in ("attn", "ffn")} if cfg.chunks else None}
+    if measured is not None:
+        result["flop_counter_forward_per_token"] = measured.forward_per_token
+    if args.json:
+        import json
+
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"FLOPs of {cfg.name}{' (' + str(args.ckpt) + ')' if args.ckpt else ''}, T = {T}; vanilla counterpart "
+          f"{base_cfg.name}: {cfg.gpt2_layers} GPT-2 layers of the same width (equal parameters up to the routers)")
+    print(f"{'':<28} {cfg.name[:16]:>16} {base_cfg.name[:16]:>16} {'ratio':>7}")
+    for key, label in ROWS:
+        a, b = getattr(mine, key), getattr(base, key)
+        print(f"{label:<28} {_si(a):>16} {_si(b):>16} {ratios[key]:7.3f}")
+    if cfg.chunks and usage is None:
+        print("routing: analytic upper bound — every pick is a real module "
+              f"({', '.join(f'{h} {modules_per_step(cfg, h):g}' for h in ('attn', 'ffn'))} modules per step); "
+              "measure a checkpoint (--ckpt) for the real usage")
+    elif usage is not None:
+        parts = [f"{h} {usage[h]:.3f} of {modules_per_step(cfg, h):g}" for h in ("attn", "ffn") if h in usage]
+        print(f"routing measured on {source}: real modules per step {', '.join(parts)}")
+        print(f"FlopCounterMode on the same passes: {_si(measured.forward_per_token)} forward FLOPs / token "
+              f"(analytic / measured = {mine.forward_flops_per_token / measured.forward_per_token:.4f})")
+    print("Conventions: 2 FLOPs per matmul weight per token (routers and tied LM head included), attention "
+          "4·d·T per core with T in full; training = 3 × forward; LayerNorm/GELU/softmax not counted.")
+    return 0

@@ -1,0 +1,276 @@
+"""Module pruning: remove the least important modules from every assembled block's pool.
+
+The paper removes 50% of the attention modules and 25% of the FFN modules of a trained MoM and keeps its
+performance ("attention is more over-parameterised than FFN"). Here, for every chunk and half independently:
+
+1. rank the N modules by importance, either
+   * ``usage`` (default): the router weight a module received per token on data, summed over the chunk's
+     steps — for token choice the renormalised top-K weight of each pick (SKIP picks carry none), for expert
+     choice the router probability of the tokens it took. A module the routers never pick scores 0; or
+   * ``norm``: the Frobenius norm of the module's matmul weights (attention: ``c_attn`` and ``c_proj``; FFN:
+     ``c_fc`` and ``c_proj``), a data-free proxy;
+2. keep the ``ceil(keep · N)`` highest-ranked (ties: lower index first), in their original order;
+3. slice the stacked pool tensors (leading module axis), the router's output rows (module rows kept, the SKIP row
+   stays last) and, for expert choice, the per-module decode thresholds.
+
+Removing a module from the router's output drops its logit from the softmax. If the router never gave it any
+probability, nothing else changes and the pruned model computes exactly what the original did (a test proves
+it); otherwise the remaining choices are renormalised, as in the paper. The result is an ordinary checkpoint with
+smaller ``n_attn``/``n_ffn`` that loads with ``MoM.from_pretrained`` and trains further with
+``mom train --config OUT --init-from OUT``.
+
+Pruning needs ``attn_candidates``/``ffn_candidates`` = ``all`` and a learned router: with ``diagonal`` or
+``grouped`` candidates, step h owns fixed modules (layer-skip, MoD, MoE), and with ``fixed`` routing step h runs
+module h mod N, so removing a module would silently change which module the remaining steps run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mom.config import MoMConfig
+from mom.errors import ConfigError, MomError
+
+HALVES = ("attn", "ffn")
+# Tensors of a chunk's pool that carry one row per module of each half (names under chunks.{c}.pool.).
+POOL_TENSORS = {
+    "attn": ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight",
+             "attn.c_proj.bias"),
+    "ffn": ("ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias"),
+}
+# Matmul weights whose norm ranks modules with --by norm.
+NORM_TENSORS = {"attn": ("attn.c_attn.weight", "attn.c_proj.weight"), "ffn": ("mlp.c_fc.weight", "mlp.c_proj.weight")}
+
+
+def keep_count(n: int, fraction: float, flag: str = "keep") -> int:
+    """Modules kept out of ``n``: ``ceil(fraction · n)`` (so at least the requested fraction, and ≥ 1)."""
+    if not (isinstance(fraction, (int, float)) and math.isfinite(fraction)) or not 0 < fraction <= 1:
+        extra = " (0 would remove every module)" if fraction == 0 else ""
+        raise MomError(f"{flag} must be a fraction in (0, 1], got {fraction:g}{extra}")
+    return min(n, max(1, math.ceil(fraction * n - 1e-9)))
+
+
+def check_prunable(cfg: MoMConfig) -> None:
+    """Raise :class:`ConfigError` when removing modules is not well defined for ``cfg`` (see module docstring)."""
+    if cfg.is_vanilla:
+        raise ConfigError(f"'{cfg.name}' is a vanilla model (no assembled block): it has no module pool to prune")
+    if cfg.router == "fixed":
+        raise ConfigError("router='fixed' runs module h at step h: removing modules would change what every step "
+                          "runs; pruning needs a learned router")
+    for half in HALVES:
+        mode = getattr(cfg, f"{half}_candidates")
+        if mode != "all":
+            raise ConfigError(f"{half}_candidates='{mode}' ties each step to its own modules (layer-skip, MoD, MoE): "
+                              "pruning needs candidates 'all'")
+
+
+def module_importance(model, by: str, batches=None) -> tuple[dict[tuple[int, str], np.ndarray], int]:
+    """Importance of every module, per (chunk, half): an (N,) array, higher = more important; and the number
+    of tokens it was measured on (0 for ``norm``). ``batches`` (token id tensors) are needed for ``usage``."""
+    cfg = model.config
+    if by == "norm":
+        out = {}
+        for c, chunk in enumerate(model.chunks):
+            params = dict(chunk.pool.named_parameters())
+            for half in HALVES:
+                sq = sum(params[name].detach().float().pow(2).flatten(1).sum(1) for name in NORM_TENSORS[half])
+                out[(c, half)] = sq.sqrt().cpu().numpy()
+        return out, 0
+    if by == "usage":
+        from mom.analysis import collect_stats
+
+        if batches is None:
+            raise ValueError("usage importance needs batches of token ids")
+        stats, _ = collect_stats(model, batches)
+        return {(c, half): stats.pooled_weight(c, half) for c in range(cfg.chunks) for half in HALVES}, stats.tokens
+    raise MomError(f"--by must be 'usage' or 'norm', got '{by}'")
+
+
+def choose_kept(importance_N: np.ndarray, n_keep: int) -> list[int]:
+    """The ``n_keep`` most important module indices, in ascending order (ties: lower index first)."""
+    order = sorted(range(len(importance_N)), key=lambda m: (-float(importance_N[m]), m))
+    return sorted(order[:n_keep])
+
+
+def pruned_config(cfg: MoMConfig, n_attn: int, n_ffn: int) -> tuple[MoMConfig, list[str]]:
+    """``cfg`` with smaller pools; top-K is capped to the choices left (with a note saying so)."""
+    changes: dict[str, Any] = {"n_attn": n_attn, "n_ffn": n_ffn}
+    notes = []
+    if cfg.selection == "token":
+        for half, n in (("attn", n_attn), ("ffn", n_ffn)):
+            choices = n + int(cfg.skip)
+            if cfg.k(half) > choices:
+                changes[f"{half}_top_k"] = choices
+                notes.append(f"{half} top_k lowered from {cfg.k(half)} to {choices}: only {n} module(s)"
+                             f"{' + SKIP' if cfg.skip else ''} remain")
+    suffix = f"-pruned-a{n_attn}f{n_ffn}"
+    changes["name"] = cfg.name if cfg.name.endswith(suffix) else cfg.name + suffix
+    return cfg.replace(**changes), notes
+
+
+def prune_state_dict(state: dict[str, torch.Tensor], cfg: MoMConfig,
+                     kept: dict[tuple[int, str], list[int]]) -> dict[str, torch.Tensor]:
+    """A state dict with only the ``kept[(chunk, half)]`` modules (see the module docstring for what is sliced)."""
+    out = dict(state)
+    for (c, half), keep in kept.items():
+        n = getattr(cfg, f"n_{half}")
+        keep_t = torch.tensor(keep, dtype=torch.long)
+        for name in POOL_TENSORS[half]:
+            key = f"chunks.{c}.pool.{name}"
+            out[key] = state[key].index_select(0, keep_t).clone()
+        rows = torch.cat([keep_t, torch.tensor([n])])  # the SKIP output stays last
+        for name in ("weight", "bias"):
+            key = f"chunks.{c}.router_{half}.out.{name}"
+            if key in state:
+                out[key] = state[key].index_select(0, rows).clone()
+        key = f"chunks.{c}.threshold_{half}"
+        if key in state:  # expert choice: one decode threshold per (step, candidate); candidates 'all' = modules
+            out[key] = state[key].index_select(1, keep_t).clone()
+    return out
+
+
+def prune(model, attn_keep: float, ffn_keep: float, by: str = "usage", batches=None):
+    """Prune ``model`` (a :class:`~mom.model.MoM`); returns ``(pruned model, report dict)``."""
+    from mom.model import MoM
+
+    cfg = model.config
+    check_prunable(cfg)
+    n_attn = keep_count(cfg.n_attn, attn_keep, "--attn-keep")
+    n_ffn = keep_count(cfg.n_ffn, ffn_keep, "--ffn-keep")
+    new_cfg, notes = pruned_config(cfg, n_attn, n_ffn)
+    importance, tokens = module_importance(model, by, batches)
+    kept = {(c, half): choose_kept(importance[(c, half)], n_attn if half == "attn" else n_ffn)
+            for c in range(cfg.chunks) for half in HALVES}
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    pruned = MoM(new_cfg)
+    pruned.load_state_dict(prune_state_dict(state, cfg, kept), strict=True, source="pruned weights")
+    report = {
+        "by": by, "attn_keep": attn_keep, "ffn_keep": ffn_keep, "tokens_measured": tokens,
+        "n_attn": [cfg.n_attn, n_attn], "n_ffn": [cfg.n_ffn, n_ffn],
+        "params": [model.num_params(), pruned.num_params()], "notes": notes,
+        "chunks": [{half: {"kept": kept[(c, half)],
+                           "removed": [m for m in range(getattr(cfg, f"n_{half}")) if m not in kept[(c, half)]],
+                           "importance": [round(float(v), 6) for v in importance[(c, half)]]}
+                    for half in HALVES} for c in range(cfg.chunks)],
+    }
+    return pruned.to(next(model.parameters()).device).eval(), report
+
+
+# ================================================================================================ writing
+def save_atomic(model, out: Path, report: dict, force: bool) -> None:
+    """Write the pruned checkpoint (``model.safetensors``, ``config.json``, ``prune.json``) into a temporary
+    directory beside ``out`` and rename it into place, so ``out`` is never left half-written."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise MomError(f"--out {out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise MomError(f"--out {out}: exists and is not empty; pass --force to replace it")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    except OSError as e:
+        raise MomError(f"--out {out}: cannot create the output directory ({e.strerror or e})") from None
+    trash = None
+    try:
+        model.save_pretrained(tmp)
+        (tmp / "prune.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        mask = _umask()
+        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp/mkstemp create owner-only entries; use the usual permissions
+        for f in tmp.iterdir():
+            os.chmod(f, 0o666 & ~mask)
+        if out.exists():
+            trash = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.rename(out, trash)
+        os.rename(tmp, out)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if trash is not None and trash.exists() and not out.exists():
+            os.rename(trash, out)  # put the old contents back
+        raise MomError(f"--out {out}: cannot write the pruned checkpoint ({e.strerror or e})") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# ================================================================================================ CLI
+def add_prune_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--ckpt", required=True, metavar="DIR", help="a mom model directory (or a training run)")
+    p.add_argument("--out", required=True, metavar="DIR", help="directory for the pruned checkpoint")
+    p.add_argument("--attn-keep", type=float, default=1.0, metavar="F",
+                   help="fraction of each pool's attention modules to keep, in (0, 1] (paper: 0.5)")
+    p.add_argument("--ffn-keep", type=float, default=1.0, metavar="F",
+                   help="fraction of each pool's FFN modules to keep, in (0, 1] (paper: 0.75)")
+    p.add_argument("--by", choices=("usage", "norm"), default="usage",
+                   help="usage: router weight received on data (default); norm: weight norm (no data needed)")
+    p.add_argument("--data", metavar="DIR", default=None,
+                   help="with --by usage: dataset whose val split is measured (default: data/builtin if prepared)")
+    p.add_argument("--seq-len", type=int, default=None, help="with --by usage: tokens per window (default: n_ctx, ≤ 256)")
+    p.add_argument("--windows", type=int, default=None, help="with --by usage: validation windows (default 32)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--device", default="auto", help="cpu, cuda (default: cuda if available)")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    return p
+
+
+def cli_prune(args: argparse.Namespace, overrides: dict[str, dict[str, str]]) -> int:
+    from mom.analysis import (check_positive, iter_batches, load_model, pick_device, resolve_data_dir,
+                              resolve_model_dir, val_windows)
+
+    keep_count(1, args.attn_keep, "--attn-keep")  # bad fractions fail before any loading
+    keep_count(1, args.ffn_keep, "--ffn-keep")
+    for name in ("seq_len", "windows", "batch_size"):
+        check_positive("--" + name.replace("_", "-"), getattr(args, name))
+    if args.by == "norm":
+        given = [f for f, v in (("--data", args.data), ("--seq-len", args.seq_len), ("--windows", args.windows)) if v]
+        if given:
+            verb = "applies" if len(given) == 1 else "apply"
+            raise MomError(f"{', '.join(given)} {verb} only to --by usage (--by norm needs no data)")
+    src = resolve_model_dir(args.ckpt)
+    out = Path(args.out)
+    if out.resolve() == src.resolve():
+        raise MomError("--out must differ from the checkpoint being pruned")
+    if out.is_dir() and any(out.iterdir()) and not args.force:
+        raise MomError(f"--out {out}: exists and is not empty; pass --force to replace it")
+    device = pick_device(args.device)
+    model = load_model(src, device, **overrides.get("model", {}))
+    check_prunable(model.config)
+    batches, source = None, None
+    if args.by == "usage":
+        cfg = model.config
+        data = resolve_data_dir(args.data)
+        seq_len = args.seq_len or min(cfg.n_ctx, 256)
+        if seq_len > cfg.n_ctx:
+            raise MomError(f"--seq-len {seq_len} exceeds the model's context length {cfg.n_ctx}")
+        windows = val_windows(data, cfg.vocab_size, seq_len, args.windows or 32)
+        batches = iter_batches(windows, args.batch_size, device)
+        source = f"{windows.shape[0]} validation windows × {seq_len} tokens of {data}"
+    pruned, report = prune(model, args.attn_keep, args.ffn_keep, args.by, batches)
+    report = {"source": str(src), "data": source, **report}
+    save_atomic(pruned, out, report, args.force)
+    for note in report["notes"]:
+        print(f"note: {note}")
+    (a0, a1), (f0, f1), (p0, p1) = report["n_attn"], report["n_ffn"], report["params"]
+    print(f"pruned by {args.by}{' on ' + source if source else ''}: attention modules {a0} → {a1}, FFN modules "
+          f"{f0} → {f1} per chunk; parameters {p0 / 1e6:.3f}M → {p1 / 1e6:.3f}M ({p1 / p0 - 1:+.1%})")
+    for c, ch in enumerate(report["chunks"]):
+        print(f"  chunk {c}: removed attention {ch['attn']['removed'] or 'none'}, FFN {ch['ffn']['removed'] or 'none'}")
+    print(f"wrote {out}; train it further with: mom train --config {out} --init-from {out}")
+    return 0
