@@ -450,3 +450,157 @@ def resolve_config(spec: str) -> MoMConfig:
     if p.is_dir():
         return MoMConfig.load(p / "config.json")
     return preset(spec)
+
+
+# ---------------------------------------------------------------------------------------------- training
+TRAIN_CONFIG_FORMAT_VERSION = 1
+DeviceDtype = Literal["auto", "float32", "bfloat16"]
+Schedule = Literal["cosine", "constant"]
+
+
+@dataclass
+class TrainConfig:
+    """How a model is trained: optimiser, schedule, batch geometry, evaluation and checkpoint cadence.
+
+    The optimiser defaults are the paper's (AdamW β = (0.9, 0.95), ε = 1e-5, weight decay 0.1 on matrices only,
+    gradient clipping at 1.0, lr 1e-3 with linear warm-up then cosine decay to ``min_lr``). The batch geometry
+    and step counts default to something one machine can run; ``train_preset("paper-phase1")`` has the paper's
+    (524,288 tokens per step, 20k steps). One optimiser step consumes ``tokens_per_step`` tokens over all
+    processes: ``batch_size`` sequences of ``seq_len`` tokens per forward, accumulated ``accum_steps`` times.
+    """
+
+    max_steps: int = 2000  # optimiser steps of the whole run (the cosine decays to min_lr at this step)
+    batch_size: int = 8  # sequences per forward pass per process (the micro-batch)
+    seq_len: int = 0  # tokens per sequence; 0 means the model's n_ctx
+    tokens_per_step: int = 0  # global tokens per optimiser step; 0 means one micro-batch per process
+    lr: float = 1e-3  # peak learning rate
+    min_lr: float | None = None  # the cosine ends here; None means lr/10
+    warmup_steps: int | None = None  # linear warm-up from lr/warmup_steps to lr; None means 5% of max_steps
+    schedule: Schedule = "cosine"  # or "constant" (warm-up, then lr)
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-5
+    weight_decay: float = 0.1  # on matmul weights and embeddings; never on LayerNorms or biases
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping (the norm is still logged)
+    eval_interval: int = 200  # steps between validation passes (also at step 0 and at the end); 0 = only at the end
+    eval_tokens: int = 65536  # validation tokens per pass (consecutive windows from the start); 0 = the whole split
+    log_interval: int = 10  # steps between metrics.jsonl rows with routing statistics
+    ckpt_interval: int = 500  # steps between checkpoints (also at the end); 0 = only at the end
+    keep_checkpoints: int = 1  # how many step checkpoints to keep on disk (the newest ones)
+    seed: int = 1337  # initialisation, and with the step number the data order
+    device: str = "auto"  # auto (cuda if available, else cpu), cpu, cuda, cuda:N, mps
+    dtype: DeviceDtype = "auto"  # auto = bf16 autocast on CUDA, float32 elsewhere
+    compile: bool = False  # torch.compile the model
+
+    # Fields that may differ when a run is resumed: they change when things happen or where, not what is computed.
+    RESUMABLE_CHANGES = ("eval_interval", "log_interval", "ckpt_interval", "keep_checkpoints", "compile", "device")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        _check_types(self)
+        for f in ("max_steps", "batch_size"):
+            if getattr(self, f) < 1:
+                raise ConfigError(f"{f} must be ≥ 1, got {getattr(self, f)}")
+        for f in ("seq_len", "tokens_per_step", "warmup_steps", "eval_interval", "eval_tokens", "ckpt_interval"):
+            if (getattr(self, f) or 0) < 0:
+                raise ConfigError(f"{f} must be ≥ 0, got {getattr(self, f)}")
+        if self.log_interval < 1 or self.keep_checkpoints < 1:
+            raise ConfigError("log_interval and keep_checkpoints must be ≥ 1")
+        if not self.lr > 0 or not 0 <= self.final_lr <= self.lr:
+            raise ConfigError(f"need lr > 0 and 0 ≤ min_lr ≤ lr, got lr={self.lr}, min_lr={self.min_lr}")
+        if self.warmup > self.max_steps:
+            raise ConfigError(f"warmup_steps ({self.warmup_steps}) exceeds max_steps ({self.max_steps}); "
+                              "lower --train.warmup_steps")
+        for f in ("beta1", "beta2"):
+            if not 0 <= getattr(self, f) < 1:
+                raise ConfigError(f"{f} must be in [0, 1), got {getattr(self, f)}")
+        if not self.eps > 0 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise ConfigError("eps must be > 0, weight_decay and grad_clip ≥ 0")
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise ConfigError(f"device must be auto, cpu, mps, cuda or cuda:N, got {self.device!r}")
+
+    @property
+    def final_lr(self) -> float:
+        """Where the cosine ends: ``min_lr``, or lr/10 (nanoGPT's choice) when unset."""
+        return self.lr / 10 if self.min_lr is None else self.min_lr
+
+    @property
+    def warmup(self) -> int:
+        """Warm-up steps: ``warmup_steps``, or 5% of ``max_steps`` when unset."""
+        return round(0.05 * self.max_steps) if self.warmup_steps is None else self.warmup_steps
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, source: str = "train config") -> "TrainConfig":
+        if not isinstance(d, dict):
+            raise ConfigError(f"{source}: expected a JSON object of train fields, got {type(d).__name__}")
+        d = dict(d)
+        d.pop("format_version", None)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown train field(s) {', '.join(unknown)}{_suggest(unknown[0], known)}")
+        try:
+            return cls(**d)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+
+    def save(self, path: str | os.PathLike) -> None:
+        write_json_atomic(path, {"format_version": TRAIN_CONFIG_FORMAT_VERSION, **self.to_dict()})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "TrainConfig":
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: train config file not found") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read train config ({e})") from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+        if isinstance(d, dict) and d.get("format_version", TRAIN_CONFIG_FORMAT_VERSION) != TRAIN_CONFIG_FORMAT_VERSION:
+            raise ConfigError(f"{path}: train config format_version {d['format_version']} is not supported")
+        return cls.from_dict(d, source=str(path))
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """A validated copy with some fields changed (string values are parsed as the field's type)."""
+        d = self.to_dict()
+        types = _field_types(type(self))
+        for k, v in changes.items():
+            if k not in types:
+                raise ConfigError(f"unknown train field '{k}'{_suggest(k, set(types))}")
+            d[k] = parse_value(k, v, types[k]) if isinstance(v, str) else v
+        return type(self).from_dict(d, source="override")
+
+
+TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+    # One machine, small models: the paper's optimiser, a short schedule.
+    "default": {},
+    # The paper's phase 1 (vanilla GPT-2 pretraining) and phase 2 (routers and modules together) at GPT-2 scale.
+    "paper-phase1": dict(max_steps=20000, tokens_per_step=524288, seq_len=1024, warmup_steps=500, lr=1e-3,
+                         min_lr=1e-4, eval_interval=500, ckpt_interval=1000),
+    "paper-phase2": dict(max_steps=5000, tokens_per_step=524288, seq_len=1024, warmup_steps=500, lr=1e-3,
+                         min_lr=1e-4, eval_interval=500, ckpt_interval=1000),
+}
+
+
+def train_preset(name: str) -> TrainConfig:
+    if name not in TRAIN_PRESETS:
+        raise ConfigError(f"unknown train preset '{name}'{_suggest(name, set(TRAIN_PRESETS))}; "
+                          f"train presets: {', '.join(TRAIN_PRESETS)}")
+    return TrainConfig(**TRAIN_PRESETS[name])
+
+
+def resolve_train_config(spec: str) -> TrainConfig:
+    """A train preset name or a path to a train JSON config (a file, or a run directory holding train_config.json)."""
+    p = Path(spec)
+    if spec.endswith(".json") or p.is_file():
+        return TrainConfig.load(p)
+    if p.is_dir():
+        return TrainConfig.load(p / "train_config.json")
+    return train_preset(spec)
