@@ -21,7 +21,7 @@ $(STAMP): $(BIN)/python pyproject.toml requirements-data.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/mom configs
+	$(BIN)/mom demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
