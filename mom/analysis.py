@@ -31,10 +31,9 @@ import base64
 import html
 import io
 import json
-import math
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 

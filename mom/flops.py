@@ -139,14 +139,15 @@ def _rows_computed(x, offs) -> int:
 def register_flop_formulas() -> None:
     """Teach ``torch.utils.flop_counter.FlopCounterMode`` the ops it cannot see into (idempotent).
 
-    * ``mom::grouped_mm`` (x (A, D), w (N, D, O), offs (N,)): a custom op is opaque to the counter (its inner
-      ``mm`` calls run with the mode disabled), so without a formula routed modules cost nothing. Formula:
-      2·rows·D·O with rows = offs[-1], the assignments that picked a real module — the same count as a loop of
-      matmuls over the groups.
-    * ``mom::grouped_mm_wgrad`` (its weight gradient): 2·rows·D·O likewise.
+    * The grouped-GEMM custom ops of :mod:`mom.dispatch` (``mom::grouped_mm``, and where defined
+      ``mom::grouped_linear``, its input gradient ``mom::grouped_mm_t`` and weight gradient
+      ``mom::grouped_mm_wgrad``): a custom op is opaque to the counter (its inner matmuls run with the mode
+      disabled), so without a formula routed modules would cost nothing. Each is a product of an (A, D) by a
+      (D, O) matrix per group; formula 2·rows·D·O with rows = offs[-1], the assignments that picked a real module
+      (rows past it are SKIP assignments, left at zero) — the same count as a loop of matmuls over the groups.
     * ``aten._scaled_dot_product_flash_attention_for_cpu`` and its backward: the CPU attention kernel, which
       torch counts on CUDA (flash/efficient/cudnn kernels) but not on CPU. Same formulas as torch's for those
-      kernels: 2 batched matmuls over the full T×T scores forward (our convention), 5 backward (scores are
+      kernels: 2 batched matmuls over the full T×T scores forward (our convention), 5 backward (the scores are
       recomputed).
     """
     import torch
@@ -154,16 +155,19 @@ def register_flop_formulas() -> None:
 
     import mom.dispatch  # noqa: F401  (defines the custom ops)
 
-    aten = torch.ops.aten
-
-    def add(target, formula, get_raw=False):
-        if target not in fc.flop_registry:
+    def add(namespace, name: str, formula, get_raw: bool = False) -> None:
+        target = getattr(namespace, name, None)
+        if target is not None and target not in fc.flop_registry:
             fc.register_flop_formula(target, get_raw=get_raw)(formula)
 
-    def grouped(x, w, offs, *args, out_val=None, **kwargs) -> int:
-        return 2 * _rows_computed(x, offs) * w.shape[1] * w.shape[2]
+    # x: (A, D) or dy: (A, O); w: (N, D, O); the group ends `offs` are the last tensor argument.
+    def x_w(x, w, *rest, out_val=None, **kwargs) -> int:  # grouped_mm(x, w, offs), grouped_linear(x, w, b, offs)
+        return 2 * _rows_computed(x, rest[-1]) * w.shape[1] * w.shape[2]
 
-    def grouped_wgrad(x, dy, offs, n, *args, out_val=None, **kwargs) -> int:
+    def dy_w(dy, w, offs, *args, out_val=None, **kwargs) -> int:  # grouped_mm_t(dy, w, offs)
+        return 2 * _rows_computed(dy, offs) * w.shape[1] * w.shape[2]
+
+    def x_dy(x, dy, offs, n, *args, out_val=None, **kwargs) -> int:  # grouped_mm_wgrad(x, dy, offs, n)
         return 2 * _rows_computed(x, offs) * x.shape[1] * dy.shape[1]
 
     def sdpa_cpu(q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
@@ -172,11 +176,12 @@ def register_flop_formulas() -> None:
     def sdpa_cpu_backward(grad_out_shape, q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
         return fc.sdpa_backward_flop_count(grad_out_shape, q_shape, k_shape, v_shape)
 
-    add(torch.ops.mom.grouped_mm, grouped, get_raw=True)
-    add(torch.ops.mom.grouped_mm_wgrad, grouped_wgrad, get_raw=True)
-    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
-        add(aten._scaled_dot_product_flash_attention_for_cpu, sdpa_cpu)
-        add(aten._scaled_dot_product_flash_attention_for_cpu_backward, sdpa_cpu_backward)
+    add(torch.ops.mom, "grouped_mm", x_w, get_raw=True)
+    add(torch.ops.mom, "grouped_linear", x_w, get_raw=True)
+    add(torch.ops.mom, "grouped_mm_t", dy_w, get_raw=True)
+    add(torch.ops.mom, "grouped_mm_wgrad", x_dy, get_raw=True)
+    add(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", sdpa_cpu)
+    add(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", sdpa_cpu_backward)
 
 
 @dataclass

@@ -183,7 +183,7 @@ def save_atomic(model, out: Path, report: dict, force: bool) -> None:
     trash = None
     try:
         model.save_pretrained(tmp)
-        (tmp / "prune.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        (tmp / "prune.json").write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         mask = _umask()
         os.chmod(tmp, 0o777 & ~mask)  # mkdtemp/mkstemp create owner-only entries; use the usual permissions
         for f in tmp.iterdir():
