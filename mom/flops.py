@@ -270,29 +270,26 @@ def cli_flops(args, overrides) -> int:
 
     for name in ("seq_len", "windows", "batch_size"):
         check_positive("--" + name.replace("_", "-"), getattr(args, name))
-    measured = None
     if args.config:
         if args.data:
             raise MomError("--data needs --ckpt (a config has random weights: its routing means nothing)")
-        cfg = resolve_config(args.config)
+        model, cfg = None, resolve_config(args.config)
         if overrides.get("model"):
             cfg = cfg.replace(**overrides["model"])
-        T = args.seq_len or cfg.n_ctx
-        usage, source = None, None
     else:
         device = pick_device(args.device)
         model = load_model(args.ckpt, device, **overrides.get("model", {}))
         cfg = model.config
-        T = args.seq_len or cfg.n_ctx
-        if T > cfg.n_ctx:
-            raise MomError(f"--seq-len {T} exceeds the model's context length {cfg.n_ctx}")
-        usage, source = None, None
-        if not cfg.is_vanilla:
-            data = resolve_data_dir(args.data)
-            windows = val_windows(data, cfg.vocab_size, T, args.windows)
-            measured = measure_flops(model, iter_batches(windows, args.batch_size, device))
-            usage = measured.usage
-            source = f"{windows.shape[0]} validation windows × {T} tokens of {data}"
+    T = args.seq_len or cfg.n_ctx
+    if T > cfg.n_ctx:
+        raise MomError(f"--seq-len {T} exceeds the model's context length {cfg.n_ctx}")
+    measured = usage = source = None
+    if model is not None and not cfg.is_vanilla:  # a checkpoint's routers decide: measure what they pick
+        data = resolve_data_dir(args.data)
+        windows = val_windows(data, cfg.vocab_size, T, args.windows)
+        measured = measure_flops(model, iter_batches(windows, args.batch_size, device))
+        usage = measured.usage
+        source = f"{windows.shape[0]} validation windows × {T} tokens of {data}"
     base_cfg = vanilla_counterpart(cfg)
     mine, base = count(cfg, T, usage), count(base_cfg, T)
     ratios = {key: getattr(mine, key) / getattr(base, key) for key, _ in ROWS}
@@ -306,12 +303,19 @@ def cli_flops(args, overrides) -> int:
 
         print(json.dumps(result, indent=2))
         return 0
-    print(f"FLOPs of {cfg.name}{' (' + str(args.ckpt) + ')' if args.ckpt else ''}, T = {T}; vanilla counterpart "
-          f"{base_cfg.name}: {cfg.gpt2_layers} GPT-2 layers of the same width (equal parameters up to the routers)")
-    print(f"{'':<28} {cfg.name[:16]:>16} {base_cfg.name[:16]:>16} {'ratio':>7}")
-    for key, label in ROWS:
-        a, b = getattr(mine, key), getattr(base, key)
-        print(f"{label:<28} {_si(a):>16} {_si(b):>16} {ratios[key]:7.3f}")
+    what = f"{cfg.name}{' (' + str(args.ckpt) + ')' if args.ckpt else ''}, T = {T}"
+    if cfg.is_vanilla:
+        print(f"FLOPs of {what} (a vanilla model: its own counterpart)")
+        print(f"{'':<28} {cfg.name[:16]:>16}")
+        for key, label in ROWS:
+            print(f"{label:<28} {_si(getattr(mine, key)):>16}")
+    else:
+        print(f"FLOPs of {what}; vanilla counterpart {base_cfg.name}: {cfg.gpt2_layers} GPT-2 layers of the same "
+              "width (equal parameters up to the routers)")
+        print(f"{'':<28} {cfg.name[:16]:>16} {base_cfg.name[:16]:>16} {'ratio':>7}")
+        for key, label in ROWS:
+            a, b = getattr(mine, key), getattr(base, key)
+            print(f"{label:<28} {_si(a):>16} {_si(b):>16} {ratios[key]:7.3f}")
     if cfg.chunks and usage is None:
         print("routing: analytic upper bound — every pick is a real module "
               f"({', '.join(f'{h} {modules_per_step(cfg, h):g}' for h in ('attn', 'ffn'))} modules per step); "
