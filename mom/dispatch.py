@@ -50,6 +50,27 @@ def _zero_tail(y: Tensor, offs: Tensor) -> Tensor:
     return y.masked_fill((rows >= offs[-1].to(rows.dtype)).unsqueeze(-1), 0)
 
 
+def _groups(offs: Tensor):
+    """(group, start, end) of the non-empty groups; reads ``offs`` on the host (the loop fallback only)."""
+    start = 0
+    for g, end in enumerate(offs.tolist()):
+        if end > start:
+            yield g, start, end
+        start = end
+
+
+def _loop_linear(x: Tensor, w: Tensor, b: Tensor | None, offs: Tensor, transpose_w: bool = False) -> Tensor:
+    y = torch.empty(x.shape[0], w.shape[-2] if transpose_w else w.shape[-1], dtype=x.dtype, device=x.device)
+    for g, start, end in _groups(offs):
+        wg = w[g].t() if transpose_w else w[g]
+        if b is None:
+            torch.mm(x[start:end], wg, out=y[start:end])
+        else:
+            torch.addmm(b[g], x[start:end], wg, out=y[start:end])
+    y[int(offs[-1]):] = 0  # SKIP rows
+    return y
+
+
 @torch.library.custom_op("mom::grouped_mm", mutates_args=())
 def grouped_mm(x: Tensor, w: Tensor, offs: Tensor) -> Tensor:
     """``y[r] = x[r] @ w[g]`` for rows r of group g (rows offs[g-1]:offs[g]); rows past offs[-1] are 0.
@@ -58,13 +79,7 @@ def grouped_mm(x: Tensor, w: Tensor, offs: Tensor) -> Tensor:
     """
     if _use_native_grouped_mm(x, w):
         return _zero_tail(torch._grouped_mm(x, w, offs=offs), offs)
-    y = x.new_zeros(x.shape[0], w.shape[-1])
-    start = 0
-    for g, end in enumerate(offs.tolist()):  # host read: fine on CPU, the fallback path on GPU
-        if end > start:
-            torch.mm(x[start:end], w[g], out=y[start:end])
-        start = end
-    return y
+    return _loop_linear(x, w, None, offs)
 
 
 @grouped_mm.register_fake
@@ -72,17 +87,27 @@ def _(x: Tensor, w: Tensor, offs: Tensor) -> Tensor:
     return x.new_empty(x.shape[0], w.shape[-1])
 
 
+@torch.library.custom_op("mom::grouped_mm_t", mutates_args=())
+def grouped_mm_t(dy: Tensor, w: Tensor, offs: Tensor) -> Tensor:
+    """``dy[r] @ w[g].T``: the input gradient of a grouped linear, without materialising ``w.T``. Returns (A, D)."""
+    if _use_native_grouped_mm(dy, w):
+        return _zero_tail(torch._grouped_mm(dy, w.transpose(1, 2), offs=offs), offs)
+    return _loop_linear(dy, w, None, offs, transpose_w=True)
+
+
+@grouped_mm_t.register_fake
+def _(dy: Tensor, w: Tensor, offs: Tensor) -> Tensor:
+    return dy.new_empty(dy.shape[0], w.shape[-2])
+
+
 @torch.library.custom_op("mom::grouped_mm_wgrad", mutates_args=())
 def grouped_mm_wgrad(x: Tensor, dy: Tensor, offs: Tensor, n: int) -> Tensor:
-    """Per-group ``x_g.T @ dy_g``: the weight gradient of :func:`grouped_mm`. Returns (n, D, O)."""
+    """Per-group ``x_g.T @ dy_g``: the weight gradient of a grouped linear. Returns (n, D, O)."""
     if _use_native_grouped_mm(x, dy):
         return torch._grouped_mm(x.t(), dy, offs=offs)  # (D, A) column-major × (A, O), groups along A
     dw = x.new_zeros(n, x.shape[1], dy.shape[1])
-    start = 0
-    for g, end in enumerate(offs.tolist()):
-        if end > start:
-            torch.mm(x[start:end].t(), dy[start:end], out=dw[g])
-        start = end
+    for g, start, end in _groups(offs):
+        torch.mm(x[start:end].t(), dy[start:end], out=dw[g])
     return dw
 
 
@@ -91,20 +116,64 @@ def _(x: Tensor, dy: Tensor, offs: Tensor, n: int) -> Tensor:
     return x.new_empty(n, x.shape[1], dy.shape[1])
 
 
-def _grouped_mm_setup(ctx, inputs, output) -> None:
-    x, w, offs = inputs
-    ctx.save_for_backward(x, w, offs)
+@torch.library.custom_op("mom::grouped_bias_grad", mutates_args=())
+def grouped_bias_grad(dy: Tensor, offs: Tensor, n: int) -> Tensor:
+    """Per-group row sums of ``dy``: the bias gradient of a grouped linear. Returns (n, O)."""
+    if dy.is_cuda:  # segment sum without host reads: group id of every row, then one index_add
+        rows = torch.arange(dy.shape[0], device=dy.device, dtype=offs.dtype)
+        group = torch.searchsorted(offs, rows, right=True).clamp(max=n)  # tail rows → group n (dropped)
+        return dy.new_zeros(n + 1, dy.shape[1]).index_add_(0, group, dy)[:n]
+    db = dy.new_zeros(n, dy.shape[1])
+    for g, start, end in _groups(offs):
+        torch.sum(dy[start:end], dim=0, out=db[g])
+    return db
+
+
+@grouped_bias_grad.register_fake
+def _(dy: Tensor, offs: Tensor, n: int) -> Tensor:
+    return dy.new_empty(n, dy.shape[1])
+
+
+@torch.library.custom_op("mom::grouped_linear", mutates_args=())
+def grouped_linear(x: Tensor, w: Tensor, b: Tensor, offs: Tensor) -> Tensor:
+    """``y[r] = x[r] @ w[g] + b[g]`` for rows of group g; rows past offs[-1] (SKIP) are 0. b: (N, O)."""
+    if _use_native_grouped_mm(x, w):
+        rows = torch.arange(x.shape[0], device=x.device, dtype=offs.dtype)
+        group = torch.searchsorted(offs, rows, right=True).clamp(max=w.shape[0] - 1)
+        return _zero_tail(torch._grouped_mm(x, w, offs=offs) + b[group], offs)
+    return _loop_linear(x, w, b, offs)
+
+
+@grouped_linear.register_fake
+def _(x: Tensor, w: Tensor, b: Tensor, offs: Tensor) -> Tensor:
+    return x.new_empty(x.shape[0], w.shape[-1])
+
+
+def _setup(ctx, inputs, output) -> None:
+    ctx.save_for_backward(inputs[0], inputs[1], inputs[-1])
+
+
+def _input_and_weight_grads(ctx, dy: Tensor):
+    x, w, offs = ctx.saved_tensors
+    dy = _zero_tail(dy.contiguous(), offs)
+    dx = grouped_mm_t(dy, w, offs) if ctx.needs_input_grad[0] else None
+    dw = grouped_mm_wgrad(x, dy, offs, w.shape[0]) if ctx.needs_input_grad[1] else None
+    return dy, offs, dx, dw
 
 
 def _grouped_mm_backward(ctx, dy: Tensor):
-    x, w, offs = ctx.saved_tensors
-    dy = _zero_tail(dy.contiguous(), offs)
-    dx = grouped_mm(dy, w.transpose(1, 2).contiguous(), offs) if ctx.needs_input_grad[0] else None
-    dw = grouped_mm_wgrad(x, dy, offs, w.shape[0]) if ctx.needs_input_grad[1] else None
+    _, _, dx, dw = _input_and_weight_grads(ctx, dy)
     return dx, dw, None
 
 
-torch.library.register_autograd("mom::grouped_mm", _grouped_mm_backward, setup_context=_grouped_mm_setup)
+def _grouped_linear_backward(ctx, dy: Tensor):
+    dy, offs, dx, dw = _input_and_weight_grads(ctx, dy)
+    db = grouped_bias_grad(dy, offs, ctx.saved_tensors[1].shape[0]) if ctx.needs_input_grad[2] else None
+    return dx, dw, db, None
+
+
+torch.library.register_autograd("mom::grouped_mm", _grouped_mm_backward, setup_context=_setup)
+torch.library.register_autograd("mom::grouped_linear", _grouped_linear_backward, setup_context=_setup)
 
 
 # ---------------------------------------------------------------------------------------------- dispatchers
@@ -172,11 +241,11 @@ class GroupedDispatcher:
 
     def run(self, plan: GroupedPlan, x_TD: Tensor, w_TK: Tensor, single: SingleFn, grouped: GroupedFn,
             out_dim: int) -> Tensor:
-        xs_AD = x_TD[plan.token_A]
+        xs_AD = x_TD.index_select(0, plan.token_A)  # backward: index_add, not a slow accumulate-index_put
         ys_AO = grouped(xs_AD, plan.mod_A, plan.offs_N)
-        w_A = w_TK.reshape(-1)[plan.slot_A].to(ys_AO.dtype)
-        y_TO = x_TD.new_zeros(x_TD.shape[0], out_dim, dtype=ys_AO.dtype)
-        return y_TO.index_add(0, plan.token_A, ys_AO * w_A.unsqueeze(-1))
+        w_A = w_TK.reshape(-1).index_select(0, plan.slot_A).to(ys_AO.dtype)
+        y_TO = torch.zeros(x_TD.shape[0], out_dim, dtype=ys_AO.dtype, device=x_TD.device)
+        return y_TO.index_add_(0, plan.token_A, ys_AO * w_A.unsqueeze(-1))
 
 
 DISPATCHERS = {"loop": LoopDispatcher, "grouped": GroupedDispatcher}

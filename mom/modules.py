@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mom.dispatch import grouped_mm
+from mom.dispatch import grouped_linear
 
 
 class StackedLinear(nn.Module):
@@ -36,18 +36,28 @@ class StackedLinear(nn.Module):
     def single(self, x: Tensor, m: int) -> Tensor:
         return F.linear(x, self.weight[m].t(), self.bias[m])
 
-    def grouped(self, xs_AD: Tensor, mod_A: Tensor, offs_N: Tensor | None) -> Tensor:
-        """Rows sorted by module with group ends ``offs_N`` (grouped GEMM); or, with ``offs_N=None``, rows in any
-        order, each multiplied by its own gathered weight (cheaper for a handful of tokens, e.g. decoding)."""
+    def grouped(self, xs_AD: Tensor, mod_A: Tensor, offs_N: Tensor | None, ln: "StackedLayerNorm | None" = None) -> Tensor:
+        """All assignments at once (see :func:`routed_linear`); ``ln``: a pre-norm folded into the weights."""
         w, b = self.weight, self.bias
-        dtype = _compute_dtype(xs_AD)
-        # SKIP assignments carry module index N: clamp for the gathers; their rows are weighted by 0 later.
-        mod_A = mod_A.clamp(max=b.shape[0] - 1)
-        if offs_N is None:
-            y = torch.bmm(xs_AD.to(dtype).unsqueeze(1), w.to(dtype)[mod_A]).squeeze(1)
-        else:
-            y = grouped_mm(xs_AD.to(dtype), w.to(dtype), offs_N)
-        return y + b.to(dtype)[mod_A]
+        if ln is not None and offs_N is None:  # a few tokens: per-row affine is cheaper than folding
+            xs_AD = ln.gathered(xs_AD, mod_A)
+        elif ln is not None:
+            xs_AD = F.layer_norm(xs_AD, xs_AD.shape[-1:], eps=ln.eps)
+            w, b = ln.fold(w, b)
+        return routed_linear(xs_AD, w, b, mod_A, offs_N)
+
+
+def routed_linear(xs_AD: Tensor, w_NDO: Tensor, b_NO: Tensor, mod_A: Tensor, offs_N: Tensor | None) -> Tensor:
+    """``xs[a] @ w[mod[a]] + b[mod[a]]``. Rows sorted by module with group ends ``offs_N``: one grouped linear
+    (bias applied per group, no (A, O) gather). ``offs_N=None``: rows in any order, each multiplied by its own
+    gathered weight matrix (cheaper for a handful of tokens, e.g. decoding). SKIP rows (module N) are clamped for
+    the gathers; their results are weighted by 0 later."""
+    dtype = _compute_dtype(xs_AD)
+    if offs_N is None:
+        mod_A = mod_A.clamp(max=w_NDO.shape[0] - 1)
+        y = torch.bmm(xs_AD.to(dtype).unsqueeze(1), w_NDO.to(dtype)[mod_A]).squeeze(1)
+        return y + b_NO.to(dtype)[mod_A]
+    return grouped_linear(xs_AD.to(dtype), w_NDO.to(dtype), b_NO.to(dtype), offs_N)
 
 
 class StackedLayerNorm(nn.Module):
@@ -62,10 +72,20 @@ class StackedLayerNorm(nn.Module):
     def single(self, x: Tensor, m: int) -> Tensor:
         return F.layer_norm(x, x.shape[-1:], self.weight[m], self.bias[m], self.eps)
 
-    def grouped(self, xs_AD: Tensor, mod_A: Tensor) -> Tensor:
+    def gathered(self, xs_AD: Tensor, mod_A: Tensor) -> Tensor:
+        """Each row normalised with its own module's γ, β (gathered per row)."""
         mod_A = mod_A.clamp(max=self.weight.shape[0] - 1)
         xn = F.layer_norm(xs_AD, xs_AD.shape[-1:], eps=self.eps)
         return xn * self.weight[mod_A] + self.bias[mod_A]
+
+    def fold(self, w_NDO: Tensor, b_NO: Tensor) -> tuple[Tensor, Tensor]:
+        """Fold the affine part into the linear that follows: (x̂·γ + β) W + b = x̂ (γ∘W) + (βW + b).
+
+        Weight-sized work instead of gathering γ and β for every routed token (and scattering their gradients
+        back): cheaper whenever the pool sees more tokens than it has input features."""
+        w = self.weight.unsqueeze(-1) * w_NDO
+        b = b_NO + torch.bmm(self.bias.unsqueeze(1), w_NDO).squeeze(1)
+        return w, b
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
@@ -98,7 +118,7 @@ class ModulePool(nn.Module):
         return self.attn.c_attn.single(self.ln_1.single(x, m), m)
 
     def qkv_grouped(self, xs: Tensor, mod: Tensor, offs: Tensor) -> Tensor:
-        return self.attn.c_attn.grouped(self.ln_1.grouped(xs, mod), mod, offs)
+        return self.attn.c_attn.grouped(xs, mod, offs, ln=self.ln_1)
 
     def proj_single(self, o: Tensor, m: int) -> Tensor:
         return self.attn.c_proj.single(o, m)
@@ -112,7 +132,7 @@ class ModulePool(nn.Module):
         return self.mlp.c_proj.single(h, m)
 
     def ffn_grouped(self, xs: Tensor, mod: Tensor, offs: Tensor) -> Tensor:
-        h = F.gelu(self.mlp.c_fc.grouped(self.ln_2.grouped(xs, mod), mod, offs), approximate="tanh")
+        h = F.gelu(self.mlp.c_fc.grouped(xs, mod, offs, ln=self.ln_2), approximate="tanh")
         return self.mlp.c_proj.grouped(h, mod, offs)
 
     # --- init (GPT-2 / nanoGPT): N(0, std); residual projections scaled by 1/sqrt(2·depth)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mom.dispatch import grouped_mm
+from mom.dispatch import grouped_linear, grouped_mm
 from mom.model import MoM
 from tests.conftest import tiny_config
 
@@ -84,3 +84,19 @@ def test_bf16_autocast_forward_backward_close_to_fp32():
     assert out.logits.dtype == torch.bfloat16
     assert abs(out.loss.item() - ref(idx, idx).loss.item()) < 2e-2
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_grouped_linear_bias_and_gradients():
+    A, D, O, N = 21, 8, 4, 3
+    x = torch.randn(A, D, requires_grad=True)
+    w = torch.randn(N, D, O, requires_grad=True)
+    b = torch.randn(N, O, requires_grad=True)
+    offs = torch.tensor([5, 5, 17], dtype=torch.int32)  # empty group 1, 4 SKIP rows
+    y = grouped_linear(x, w, b, offs)
+    ref = torch.cat([x[0:5] @ w[0] + b[0], x[5:17] @ w[2] + b[2], torch.zeros(4, O)])
+    assert torch.allclose(y, ref, atol=1e-6)
+    g = torch.randn_like(y)
+    got = torch.autograd.grad(y, (x, w, b), g)
+    want = torch.autograd.grad(ref, (x, w, b), g)
+    for a, r in zip(got, want):
+        assert torch.allclose(a, r, atol=1e-5)
