@@ -562,13 +562,19 @@ def check_positive(name: str, value: int | None) -> None:
 
 @torch.no_grad()
 def collect_stats(model, batches: Iterable[Tensor]) -> tuple[RouteStats, list]:
-    """Route statistics of ``model`` over ``batches``; also returns the first batch's route records."""
+    """Route statistics of ``model`` over ``batches`` (in eval mode, so nothing is updated; the mode is restored);
+    also returns the first batch's route records."""
     stats = RouteStats(vanilla_layers=model.config.n_vanilla_layers)
     first = None
-    for idx_BT in batches:
-        routes = model(idx_BT, return_routes=True).routes
-        stats.add(routes)
-        first = routes if first is None else first
+    was_training = model.training
+    model.eval()
+    try:
+        for idx_BT in batches:
+            routes = model(idx_BT, return_routes=True).routes
+            stats.add(routes)
+            first = routes if first is None else first
+    finally:
+        model.train(was_training)
     return stats, first
 
 

@@ -206,8 +206,9 @@ class MeasuredFlops:
 def measure_flops(model, batches, *, train: bool = False) -> MeasuredFlops:
     """Run ``model`` on each (B, T) token batch of ``batches`` under ``FlopCounterMode`` and return the counted
     FLOPs together with the module usage of those very passes, so that ``count(cfg, T, usage)`` can be compared
-    with them like for like. With ``train=True`` each forward is followed by ``loss.backward()`` (gradients are
-    left in the parameters; callers own the model)."""
+    with them like for like. The model runs in the mode it is in (use eval mode to count inference: in training
+    mode expert choice also updates its decode thresholds). With ``train=True`` each forward is followed by
+    ``loss.backward()`` (gradients are left in the parameters; callers own the model)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
