@@ -239,6 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("routes", help="routing analysis: route heatmap, SKIP rate, effective depth, co-occurrence")
     analysis.add_routes_arguments(a)
     a.set_defaults(func=analysis.cli_routes, overrides=("model",))
+
+    from mom import evaluate
+
+    e = sub.add_parser("eval", help="perplexity, GLUE-format classification, XSUM-format summarisation")
+    evaluate.add_eval_arguments(e)
     return p
 
 
