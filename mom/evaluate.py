@@ -63,7 +63,7 @@ from mom.tokenizer import EOT
 
 __all__ = [
     "accuracy", "f1_binary", "matthews", "pearson", "spearman", "glue_metrics", "rouge", "perplexity",
-    "forward_at", "SequenceClassifier", "FinetuneParams", "run_glue", "run_xsum", "beam_search", "greedy",
+    "forward_at", "SequenceClassifier", "TrainParams", "GlueParams", "SummaryParams", "run_glue", "run_xsum", "beam_search", "greedy",
     "summary_example", "add_eval_arguments",
 ]
 
@@ -277,7 +277,8 @@ def perplexity(model, tokens: np.ndarray | Sequence[int], *, stride: int | None 
             total_nll += F.cross_entropy(logits_NV.float(), y_N, reduction="sum").item()
             scored += y_N.numel()
             done += len(batch)
-            log(f"  windows {done}/{len(windows)}: nll {total_nll / scored:.4f}")
+            if done == len(windows) or (done // batch_size) % 50 == 0:
+                log(f"  windows {done}/{len(windows)}: nll {total_nll / scored:.4f}")
     nll = total_nll / scored
     return PerplexityResult(int(toks.numel()), scored, nll, math.exp(nll), n_ctx, stride, len(windows))
 
@@ -305,8 +306,8 @@ def read_eval_tokens(data: str | os.PathLike, split: str, model) -> tuple[np.nda
 
 # ============================================================================================== fine-tuning
 @dataclass
-class FinetuneParams:
-    """Fine-tuning hyper-parameters (defaults: the usual GPT-2/BERT GLUE recipe)."""
+class TrainParams:
+    """Fine-tuning hyper-parameters shared by classification and summarisation (the usual GPT-2/BERT recipe)."""
 
     epochs: int = 3
     lr: float = 5e-5
@@ -314,13 +315,12 @@ class FinetuneParams:
     weight_decay: float = 0.01
     warmup: float = 0.06  # fraction of the updates spent warming up linearly
     grad_clip: float = 1.0
-    max_len: int = 128  # tokens per classification example (capped at n_ctx)
     eval_batch_size: int = 64
     max_train: int | None = None  # first N training examples only (quick runs)
     max_eval: int | None = None  # first N evaluation examples of each split
 
     def validate(self) -> None:
-        for name in ("epochs", "batch_size", "max_len", "eval_batch_size"):
+        for name in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise MomError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(self, name)}")
         for name in ("max_train", "max_eval"):
@@ -332,7 +332,19 @@ class FinetuneParams:
             raise MomError("--warmup must be in [0, 1), --weight-decay ≥ 0, grad clip > 0")
 
 
-def _optimizer(module: nn.Module, p: FinetuneParams) -> torch.optim.AdamW:
+@dataclass
+class GlueParams(TrainParams):
+    """Classification fine-tuning: ``max_len`` tokens per example (capped at n_ctx)."""
+
+    max_len: int = 128
+
+    def validate(self) -> None:
+        super().validate()
+        if self.max_len < 2:
+            raise MomError(f"--max-len must be ≥ 2, got {self.max_len}")
+
+
+def _optimizer(module: nn.Module, p: TrainParams) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices (linear and embedding weights, the head's weight) only."""
     from mom.train import decay_split
 
@@ -351,7 +363,7 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
-def _train_loop(module: nn.Module, n_examples: int, batch_loss: Callable[[list[int]], Tensor], p: FinetuneParams,
+def _train_loop(module: nn.Module, n_examples: int, batch_loss: Callable[[list[int]], Tensor], p: TrainParams,
                 seed: int, log: Log, what: str) -> dict[str, float]:
     """Shuffled mini-batches for ``p.epochs`` epochs; returns the loss at the start and the end of training
     (mean of the first and of the last ~10% of updates) and the number of updates."""
@@ -457,10 +469,10 @@ def _seeds(spec: str | Sequence[int]) -> list[int]:
     return seeds
 
 
-def run_glue(ckpt: str | os.PathLike, data: ClassificationData, *, params: FinetuneParams | None = None,
+def run_glue(ckpt: str | os.PathLike, data: ClassificationData, *, params: GlueParams | None = None,
              seeds: Sequence[int] | str = (0,), device: str | torch.device = "cpu", log: Log = _quiet) -> dict:
     """Fine-tune ``ckpt`` on ``data.train`` once per seed and score each dev split; returns the report dict."""
-    p = params or FinetuneParams()
+    p = params or GlueParams()
     p.validate()
     seeds = _seeds(seeds)
     device = torch.device(device)
@@ -622,7 +634,7 @@ def beam_search(model, prompt: list[int], beams: int, max_new_tokens: int, *, le
 
 
 @dataclass
-class SummaryParams(FinetuneParams):
+class SummaryParams(TrainParams):
     """Fine-tuning + decoding hyper-parameters for XSUM-format summarisation."""
 
     batch_size: int = 8
@@ -698,6 +710,8 @@ def run_xsum(ckpt: str | os.PathLike, data: SummaryData, *, params: SummaryParam
 def _fmt(mean: dict[str, float], std: dict[str, float] | None, runs: list[dict]) -> list[str]:
     lines = []
     for k, m in mean.items():
+        if k == "score" and len(mean) == 2:
+            continue  # a single-metric task: its score is that metric
         spread = f" ± {100 * std[k]:.2f}" if std else ""
         values = ", ".join(f"{100 * r['metrics'][k]:.2f}" for r in runs)
         per = f"   (seeds: {values})" if len(runs) > 1 else ""
@@ -742,7 +756,7 @@ def cli_ppl(args: argparse.Namespace, overrides) -> int:
     return 0
 
 
-def _params(cls, args) -> FinetuneParams:
+def _params(cls, args) -> TrainParams:
     fields = {k: getattr(args, k) for k in cls.__dataclass_fields__ if getattr(args, k, None) is not None}
     return cls(**fields)
 
@@ -751,7 +765,7 @@ def cli_glue(args: argparse.Namespace, overrides) -> int:
     from mom.tasks import load_classification
 
     device = pick_device(args.device)
-    params = _params(FinetuneParams, args)
+    params = _params(GlueParams, args)
     params.validate()
     seeds = _seeds(args.seeds)
     load_model(args.ckpt)  # fail on a missing checkpoint before reading data
