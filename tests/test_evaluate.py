@@ -313,3 +313,64 @@ def test_cli_error_in_a_fresh_process(tmp_path):
                            "--task", "cola", "--data", str(GLUE)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.startswith("mom: error: ") and proc.stderr.count("\n") == 1
+
+
+# ---------------------------------------------------------------------------------------------- lm-eval-harness
+_LM_EVAL_ROWS = [
+    {"q": "What colour is the sky on a clear day?", "choices": ["blue", "green", "red"], "answer": 0,
+     "text": "The sky is blue on a clear day, and the grass is green.", "target": "blue"},
+    {"q": "How many legs does a cat have?", "choices": ["two", "four", "six"], "answer": 1,
+     "text": "A cat has four legs and a long tail. " * 12, "target": "four"},  # longer than n_ctx: rolling windows
+    {"q": "Which animal barks?", "choices": ["cat", "fish", "dog"], "answer": 2,
+     "text": "Dogs bark at night when strangers pass.", "target": "dog"},
+]
+_LM_EVAL_TASKS = {
+    "mom_mc": 'output_type: multiple_choice\ndoc_to_text: "Question: {{q}}\\nAnswer:"\ndoc_to_choice: "{{choices}}"\n'
+              'doc_to_target: "{{answer}}"\nmetric_list:\n  - metric: acc\n',
+    "mom_roll": 'output_type: loglikelihood_rolling\ndoc_to_text: ""\ndoc_to_target: "{{text}}"\n'
+                'metric_list:\n  - metric: word_perplexity\n',
+    "mom_gen": 'output_type: generate_until\ndoc_to_text: "Question: {{q}}\\nAnswer:"\ndoc_to_target: "{{target}}"\n'
+               'generation_kwargs:\n  until: ["\\n"]\n  max_gen_toks: 8\n  do_sample: false\n'
+               'metric_list:\n  - metric: exact_match\n',
+}
+
+
+def test_lm_eval_adapter_on_local_task_yamls(ckpt, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("lm_eval")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in _LM_EVAL_ROWS))
+    tasks_dir = tmp_path / "tasks"
+    tasks_dir.mkdir()
+    for name, body in _LM_EVAL_TASKS.items():
+        (tasks_dir / f"{name}.yaml").write_text(
+            f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n{body}")
+    report = _run_json(capsys, ["eval", "lm-eval", "--ckpt", str(ckpt), "--tasks", "mom_mc,mom_roll,mom_gen",
+                                "--include-path", str(tasks_dir), "--json"])
+    res = report["results"]
+    assert 0 <= res["mom_mc"]["acc,none"] <= 1 and res["mom_roll"]["word_perplexity,none"] > 1
+    assert 0 <= res["mom_gen"]["exact_match,none"] <= 1
+
+    # the adapter's numbers are the model's: direct log-likelihoods of a continuation and of a whole text
+    from lm_eval.api.instance import Instance
+    from mom.tokenizer import tokenizer
+
+    model = ev.load_model(ckpt)
+    lm = ev.lm_eval_adapter(model, batch_size=2)
+    enc = tokenizer()
+    ctx, cont = enc.encode_ordinary("Question: Which animal barks?\nAnswer:"), enc.encode_ordinary(" dog")
+    req = lambda args: Instance("loglikelihood", {}, args, 0)  # noqa: E731
+    (lp, is_greedy), = lm.loglikelihood([req(("Question: Which animal barks?\nAnswer: ", "dog"))])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([ctx + cont[:-1]]), causal_routing=True).logits[0].double(), -1)
+    want = sum(logp[len(ctx) - 1 + i, t].item() for i, t in enumerate(cont))
+    assert lp == pytest.approx(want, abs=1e-4)  # the context's trailing space moved into the continuation
+    assert is_greedy == all(int(logp[len(ctx) - 1 + i].argmax()) == t for i, t in enumerate(cont))
+    text = _LM_EVAL_ROWS[0]["text"]
+    ids = enc.encode_ordinary(text)
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([[50256] + ids[:-1]]), causal_routing=True).logits[0].double(), -1)
+    (rolling,) = lm.loglikelihood_rolling([req((text,))])
+    assert rolling == pytest.approx(sum(logp[i, t].item() for i, t in enumerate(ids)), abs=1e-4)
+    assert "unknown lm-eval task" in _error(capsys, ["eval", "lm-eval", "--ckpt", str(ckpt), "--tasks", "nope",
+                                                      "--include-path", str(tasks_dir)])
