@@ -232,9 +232,15 @@ class PerplexityResult:
 
 def sliding_windows(n_tokens: int, n_ctx: int, stride: int) -> list[tuple[int, int, int]]:
     """(begin, end, first_target) of each window: tokens [begin, end) are the input; targets first_target ..
-    end-1 are scored there (the tokens no earlier window reached). HF's loop, with token 0 never a target."""
-    if not 1 <= stride <= n_ctx:
-        raise MomError(f"--stride must be in [1, n_ctx={n_ctx}], got {stride}")
+    end-1 are scored there (the tokens no earlier window reached). HF's loop, with token 0 never a target.
+
+    ``stride`` is at most n_ctx - 1: a window's first token has no left context inside the window, so
+    consecutive windows must share at least one token for every token to be scored (HF's loop with
+    stride = n_ctx silently skips each window's first token)."""
+    if n_ctx < 2:
+        raise MomError(f"perplexity needs n_ctx ≥ 2, the model has {n_ctx}")
+    if not 1 <= stride < n_ctx:
+        raise MomError(f"--stride must be in [1, n_ctx - 1 = {n_ctx - 1}], got {stride}")
     out = []
     prev_end = 1  # token 0 has no left context: it is never scored
     for begin in range(0, n_tokens, stride):
@@ -977,7 +983,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                    help="prepared dataset directory or .bin (mom prepare), or a UTF-8 text file "
                         "(default: data/builtin if prepared)")
     p.add_argument("--split", default="val", help="split of a dataset directory (default val)")
-    p.add_argument("--stride", type=int, default=None, help="window step in tokens (default n_ctx/2)")
+    p.add_argument("--stride", type=int, default=None,
+                   help="window step in tokens, at most n_ctx - 1 (default n_ctx/2)")
     p.add_argument("--max-tokens", type=int, default=None, metavar="N", help="score the first N tokens only")
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward (default 8)")
     p.add_argument("--train-routing", action="store_true",

@@ -98,7 +98,10 @@ def test_sliding_windows_by_hand():
     # N = 10, n_ctx = 4, stride 2: each token after the first is scored once, by the first window holding it
     assert ev.sliding_windows(10, 4, 2) == [(0, 4, 1), (2, 6, 4), (4, 8, 6), (6, 10, 8)]
     assert ev.sliding_windows(3, 4, 2) == [(0, 3, 1)]
-    assert ev.sliding_windows(9, 4, 4) == [(0, 4, 1), (4, 8, 4), (8, 9, 8)]  # no overlap: a window per 4
+    # the largest stride, n_ctx - 1: windows share one token, the first of each is scored by the one before
+    assert ev.sliding_windows(9, 4, 3) == [(0, 4, 1), (3, 7, 4), (6, 9, 7)]
+    with pytest.raises(ev.MomError, match="stride must be in"):
+        ev.sliding_windows(9, 4, 4)  # a window's first token would have no context
 
 
 def _brute_force_nll(model, toks, n_ctx, stride):
