@@ -1,12 +1,13 @@
 """Evaluation: perplexity, GLUE-format classification and XSUM-format summarisation (``mom eval ...``).
 
 Perplexity (``mom eval ppl``)
-    Sliding windows of the model's context n_ctx, advanced by ``stride`` (default n_ctx/2), the method of HF's
-    "perplexity of fixed-length models" guide, with exact counting: every token after the first is scored once,
-    by the first window that contains it, so it sees between ``n_ctx - stride`` and ``n_ctx - 1`` tokens of left
-    context (all of them near the start). ppl = exp(total NLL / scored tokens). Routing is causal
-    (``causal_routing=True``): a token's probability never depends on later tokens, which matters only for
-    expert-choice (MoD) models, whose training-time selection looks at the whole sequence.
+    Sliding windows of the model's context n_ctx, advanced by ``stride`` (default n_ctx/2, at most n_ctx - 1),
+    the method of HF's "perplexity of fixed-length models" guide, with exact counting: every token after the
+    first is scored once, by the first window that holds it and the token before it, so it sees between
+    ``n_ctx - stride`` and ``n_ctx - 1`` tokens of left context (all of them near the start).
+    ppl = exp(total NLL / scored tokens). Routing is causal (``causal_routing=True``): a token's probability
+    never depends on later tokens, which matters only for expert-choice (MoD) models, whose training-time
+    selection looks at the whole sequence.
 
 Classification (``mom eval glue``)
     The GPT-2 recipe: a linear head on the final hidden state (after ``ln_f``) of the last real token of each
