@@ -32,7 +32,6 @@ import html
 import io
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -41,6 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mom.fileio import atomic_write
 from mom.errors import CheckpointError, DataError, MomError
 
 HALVES = ("attn", "ffn")
@@ -412,7 +412,7 @@ def render_html(rep: RouteReport, embed_png: bool = True) -> str:
     rows = []
     for label, idx_T, w_T in zip(rep.labels, rep.idx_CT, rep.w_CT):
         cells = "".join(
-            f'<td class="skip" title="SKIP">S</td>' if m < 0 else
+            '<td class="skip" title="SKIP">S</td>' if m < 0 else
             f'<td style="background:{colours[m]}" title="module {m}, weight {w:.3f}">{m}</td>'
             for m, w in zip(idx_T.tolist(), w_T.tolist()))
         rows.append(f"<tr><th>{esc(label)}</th>{cells}</tr>")
@@ -457,38 +457,16 @@ def render_html(rep: RouteReport, embed_png: bool = True) -> str:
 
 # ================================================================================================ shared CLI helpers
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
-    """Write a file so that a crash or error leaves the old file or the new one, never a part of either."""
+    """:func:`mom.fileio.atomic_write` with every OS failure turned into one clear user error."""
     path = Path(path)
-    if isinstance(data, str):
-        data = data.encode("utf-8")
     if path.is_dir():
         raise MomError(f"{path}: is a directory; give a file name")
     if not path.parent.is_dir():
         raise MomError(f"{path.parent}: output directory does not exist")
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        return atomic_write(path, data)
     except OSError as e:
-        raise MomError(f"{path}: cannot write here ({e.strerror or e})") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
         raise MomError(f"{path}: cannot write ({e.strerror or e})") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def pick_device(spec: str | None) -> torch.device:

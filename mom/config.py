@@ -28,13 +28,13 @@ import json
 import math
 import os
 import re
-import tempfile
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from mom.errors import ConfigError
+from mom.fileio import write_json_atomic  # noqa: F401  (re-exported: configs are written with it)
 
 RouterKind = Literal["gru", "mlp", "fixed"]
 Selection = Literal["token", "expert"]
@@ -260,23 +260,6 @@ class MoMConfig:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON so that a crash leaves either the old file or the new one, never half of either."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _field_types(cls: type) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}

@@ -67,6 +67,7 @@ from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
+from mom.fileio import fsync_dir
 from mom.errors import DataError
 from mom.tokenizer import EOT, N_VOCAB, TOKENIZER_NAME, TOKENIZER_SHA256, tokenizer
 
@@ -464,19 +465,6 @@ def _single_document_cut(text: str, val_fraction: float) -> int:
     raise DataError("the corpus holds a single document too short to split into train and val")
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _make_scratch_dir(parent: Path, name: str) -> Path:
     """A fresh hidden scratch directory (on the output's file system, so the final renames are atomic).
 
@@ -691,13 +679,13 @@ def _install(tmp: Path, out: Path) -> None:
     try:
         if not out.exists():
             os.rename(tmp, out)
-            _fsync_dir(out.parent if str(out.parent) else Path("."))
+            fsync_dir(out.parent if str(out.parent) else Path("."))
             return
         # Existing directory (empty, holding other files, or an old dataset being overwritten): replace our
         # three files one by one, meta.json last; other files in it are left alone.
         for name in DATASET_FILES:
             os.replace(tmp / name, out / name)
-        _fsync_dir(out)
+        fsync_dir(out)
     except OSError as e:
         raise DataError(f"{out}: cannot move the prepared files into place ({e.strerror or e})") from None
 

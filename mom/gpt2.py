@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from mom.config import MoMConfig, write_json_atomic
+from mom.config import MoMConfig
+from mom.fileio import atomic_write, write_json_atomic
 from mom.errors import CheckpointError
 
 # Per-layer GPT-2 tensor names, split by the half of the block they belong to.
@@ -188,12 +189,8 @@ def to_hf(model, directory: str | os.PathLike) -> None:
     for l, layer in enumerate(layers):
         tensors.update({f"transformer.h.{l}.{k}": v.contiguous() for k, v in layer.items()})
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / ".model.safetensors.tmp"
-    save_file({k: v.detach().cpu() for k, v in tensors.items()}, str(tmp), metadata={"format": "pt"})
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, directory / "model.safetensors")
+    tensors = {k: v.detach().cpu() for k, v in tensors.items()}
+    atomic_write(directory / "model.safetensors", writer=lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
     write_json_atomic(directory / "config.json", {
         "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": cfg.vocab_size,
         "n_positions": cfg.n_ctx, "n_embd": cfg.d_model, "n_layer": len(layers), "n_head": cfg.n_head,

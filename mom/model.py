@@ -19,15 +19,15 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mom.config import MoMConfig, write_json_atomic
+from mom.config import MoMConfig
+from mom.fileio import atomic_write
 from mom.dispatch import make_dispatcher
 from mom.errors import CheckpointError, ConfigError
 from mom.modules import ModulePool, causal_attention
@@ -294,18 +294,9 @@ class MoM(nn.Module):
         from safetensors.torch import save_file
 
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".model.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata={"format": "mom", "config": json.dumps(self.config.to_dict())})
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, directory / "model.safetensors")
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        meta = {"format": "mom", "config": json.dumps(self.config.to_dict())}
+        atomic_write(directory / "model.safetensors", writer=lambda tmp: save_file(tensors, str(tmp), metadata=meta))
         self.config.save(directory / "config.json")
 
     @classmethod

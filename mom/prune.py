@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from mom.config import MoMConfig
+from mom.fileio import dir_mode
 from mom.errors import ConfigError, MomError
 
 HALVES = ("attn", "ffn")
@@ -184,10 +185,7 @@ def save_atomic(model, out: Path, report: dict, force: bool) -> None:
     try:
         model.save_pretrained(tmp)
         (tmp / "prune.json").write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        mask = _umask()
-        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp/mkstemp create owner-only entries; use the usual permissions
-        for f in tmp.iterdir():
-            os.chmod(f, 0o666 & ~mask)
+        os.chmod(tmp, dir_mode())  # mkdtemp creates an owner-only directory; use the usual permissions
         if out.exists():
             trash = out.parent / f".{out.name}.old-{os.getpid()}"
             os.rename(out, trash)
@@ -203,11 +201,6 @@ def save_atomic(model, out: Path, report: dict, force: bool) -> None:
     if trash is not None:
         shutil.rmtree(trash, ignore_errors=True)
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 # ================================================================================================ CLI
