@@ -70,7 +70,7 @@ def _layout(cfg) -> str:
 
 
 def cmd_configs(args, overrides) -> int:
-    from mom.config import preset, preset_names
+    from mom.config import preset_names
     from mom.flops import count
 
     names = [args.config] if args.config else preset_names()
