@@ -98,6 +98,8 @@ def init_distributed(device_spec: str) -> Dist:
     if world <= 1:
         return Dist()
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device_spec.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device '{device_spec}' requested but CUDA is not available (use --train.device cpu)")
     if not torch.distributed.is_initialized():
         use_cuda = device_spec.startswith("cuda") or (device_spec == "auto" and torch.cuda.is_available())
         if use_cuda:
@@ -280,12 +282,13 @@ def evaluate(model: nn.Module, batches: Batches, max_tokens: int, amp: torch.dty
     model.eval()
     starts = batches.val_windows(max_tokens)
     mine = starts[batches.dist.rank::batches.dist.world]
-    total = torch.zeros(2, dtype=torch.float64, device=batches.device)  # (sum of window losses, windows)
+    acc_dtype = torch.float32 if batches.device.type == "mps" else torch.float64  # MPS has no float64
+    total = torch.zeros(2, dtype=acc_dtype, device=batches.device)  # (sum of window losses, windows)
     for i in range(0, len(mine), batches.B):
         x_BT, y_BT = batches._gather(batches.val, mine[i:i + batches.B])
         with _autocast(batches.device, amp):
             loss = model(x_BT, y_BT).loss
-        total[0] += loss.double() * x_BT.shape[0]
+        total[0] += loss.to(acc_dtype) * x_BT.shape[0]
         total[1] += x_BT.shape[0]
     batches.dist.sum_(total)
     model.train(was_training)
@@ -694,9 +697,10 @@ def train(mcfg: MoMConfig | None, tcfg: TrainConfig | None, *, out: str | os.Pat
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        # Routed models may leave a module without tokens in a micro-batch (loop dispatch): let DDP know.
+        # A pool's stacked weights take part in every forward as whole tensors unless every token of a micro-batch
+        # picks SKIP everywhere: only SKIP can leave parameters unused, and then DDP must be told to expect it.
         fwd = DDP(fwd, device_ids=[device.index] if device.type == "cuda" else None,
-                  find_unused_parameters=not mcfg.is_vanilla)
+                  find_unused_parameters=not mcfg.is_vanilla and mcfg.skip)
 
     metrics = open(out / METRICS, "a", encoding="utf-8") if dist.is_main else None
 
@@ -771,15 +775,17 @@ def train(mcfg: MoMConfig | None, tcfg: TrainConfig | None, *, out: str | os.Pat
             if bar is not None:
                 bar.update(1)
             if (tcfg.eval_interval and done % tcfg.eval_interval == 0) or done == tcfg.max_steps:
+                t_pause = time.perf_counter()
                 last_val = run_eval(done)
                 model.train()
-                window.t0 = time.perf_counter()  # evaluation time is not training throughput
+                window.t0 += time.perf_counter() - t_pause  # evaluation time is not training throughput
             stopping = stop_at is not None and done >= stop_at
             if (tcfg.ckpt_interval and done % tcfg.ckpt_interval == 0) or done == tcfg.max_steps or stopping:
                 if done != last_ckpt:
+                    t_pause = time.perf_counter()
                     checkpoint(done)
                     last_ckpt = done
-                window.t0 = time.perf_counter()
+                    window.t0 += time.perf_counter() - t_pause
             if stopping:
                 break
     except KeyboardInterrupt:
@@ -925,8 +931,12 @@ def cli_train(args: argparse.Namespace, overrides: dict[str, dict[str, str]]) ->
         tcfg = TrainConfig.load(run[1] / "train_config.json") if run else TrainConfig()
     if tcfg is not None and train_over:
         tcfg = tcfg.replace(**train_over)
-    train(mcfg, tcfg, out=out, data=args.data, init=args.init_from, resume=args.resume, force=args.force,
-          progress=not args.no_progress, command=command_line(args, overrides, out))
+    try:
+        train(mcfg, tcfg, out=out, data=args.data, init=args.init_from, resume=args.resume, force=args.force,
+              progress=not args.no_progress, command=command_line(args, overrides, out))
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     return 0
 
 

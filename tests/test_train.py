@@ -331,6 +331,17 @@ def test_existing_run_needs_resume_or_force(tmp_path, data_dir, phase1):
     assert [r["step"] for r in val_rows(out)] == [0, 2]
 
 
+def test_without_data_the_builtin_corpus_is_prepared_once(tmp_path, monkeypatch):
+    from mom.data import read_meta
+
+    monkeypatch.chdir(tmp_path)
+    path = train_mod.resolve_data(None, train_mod.Dist(), progress=False)
+    assert path == Path("data/builtin") and read_meta(path)["train_tokens"] > 4_000_000
+    stamp = (path / "train.bin").stat().st_mtime_ns
+    assert train_mod.resolve_data(None, train_mod.Dist(), progress=False) == path
+    assert (path / "train.bin").stat().st_mtime_ns == stamp  # not prepared again
+
+
 # ---------------------------------------------------------------------------------------------- CLI errors
 @pytest.fixture(scope="module")
 def cli_setup(tmp_path_factory, data_dir, phase1):
@@ -408,7 +419,7 @@ def test_cli_resume_of_a_finished_run_is_a_no_op(cli_setup, tmp_path):
 def test_ddp_gloo_two_processes_match_one_process(tmp_path, data_dir):
     """2 gloo processes × 1 micro-batch of 2 == 1 process × 2 accumulated micro-batches of 2 (same global batch)."""
     cfg_path = tmp_path / "cfg.json"
-    mom_cfg(top_k=2, dispatch="loop").save(cfg_path)  # loop dispatch: modules without tokens get no gradient
+    mom_cfg(top_k=2, dispatch="loop").save(cfg_path)  # routed, with SKIP (find_unused_parameters), loop dispatch
     args = ["train", "--config", cfg_path, "--data", data_dir, "--no-progress", "--train.max_steps", "6",
             "--train.batch_size", "2", "--train.seq_len", "16", "--train.tokens_per_step", "64",
             "--train.warmup_steps", "1", "--train.lr", "3e-3", "--train.eval_interval", "3",
