@@ -23,16 +23,21 @@ import matplotlib.pyplot as plt  # noqa: E402
 from mom.train import read_metrics  # noqa: E402
 
 
-def _ema(values: Sequence[float], alpha: float | None = None) -> list[float]:
-    """Exponential moving average; by default its span is about an eighth of the curve (≥ 1/20 weight per row),
-    so short runs are not drawn with a lag that puts the training curve above the validation one."""
-    if alpha is None:
-        alpha = min(1.0, max(0.05, 8 / max(1, len(values))))
+SMOOTH_ABOVE = 100  # rows: shorter training curves are drawn as logged (each row already averages its steps)
+
+
+def _ema(values: Sequence[float], alpha: float = 0.05) -> list[float]:
+    """Exponential moving average (only drawn for curves of more than SMOOTH_ABOVE rows: on short curves its lag
+    would put the training loss visibly above the validation loss where the loss falls fast)."""
     out, acc = [], None
     for v in values:
         acc = v if acc is None else (1 - alpha) * acc + alpha * v
         out.append(acc)
     return out
+
+
+def _smooth(values: Sequence[float]) -> list[float]:
+    return _ema(values) if len(values) > SMOOTH_ABOVE else list(values)
 
 
 def _save(fig, path: Path) -> Path:
@@ -56,8 +61,11 @@ def plot_loss(run_dir: str | os.PathLike, rows: list[dict[str, Any]] | None = No
     if train:
         x = [r["tokens"] for r in train]
         y = [r["loss"] for r in train]
-        ax.plot(x, y, color="tab:blue", alpha=0.3, lw=1, label="train (per log window)")
-        ax.plot(x, _ema(y), color="tab:blue", lw=1.8, label="train (EMA)")
+        if len(y) > SMOOTH_ABOVE:
+            ax.plot(x, y, color="tab:blue", alpha=0.3, lw=1, label="train (per log window)")
+            ax.plot(x, _ema(y), color="tab:blue", lw=1.8, label="train (EMA)")
+        else:
+            ax.plot(x, y, color="tab:blue", lw=1.5, label="train (mean over each log window)")
         ax_lr.plot(x, [r["lr"] for r in train], color="tab:gray")
     if val:
         ax.plot([r["tokens"] for r in val], [r["val_loss"] for r in val], "o-", color="tab:red", lw=1.5,
@@ -144,7 +152,7 @@ def plot_comparison(runs: Sequence[tuple[str, str | os.PathLike, int]], path: st
         val = [r for r in rows if r["type"] == "val"]
         train = [r for r in rows if r["type"] == "train"]
         data.append((label, offset, [offset + r["tokens"] for r in val], [r["val_loss"] for r in val],
-                     [offset + r["tokens"] for r in train], _ema([r["loss"] for r in train])))
+                     [offset + r["tokens"] for r in train], _smooth([r["loss"] for r in train])))
     later = [d for d in data if d[1] > 0]
     fig, axes = plt.subplots(1, 2 if later else 1, figsize=(13 if later else 7.5, 4.8), squeeze=False,
                              layout="constrained")
@@ -154,7 +162,7 @@ def plot_comparison(runs: Sequence[tuple[str, str | os.PathLike, int]], path: st
             color = f"C{[d[0] for d in data].index(label)}"
             ax.plot(vx, vy, "o-", ms=4, lw=1.6, color=color, label=f"{label} (val)")
             if tx:
-                ax.plot(tx, ty, lw=1.0, alpha=0.45, color=color, label=f"{label} (train, EMA)")
+                ax.plot(tx, ty, lw=1.0, alpha=0.45, color=color, label=f"{label} (train)")
         ax.set_xlabel("tokens seen (phase 1 + phase 2)")
         ax.set_ylabel("LM cross-entropy (nats)")
         ax.set_title(sub_title)
