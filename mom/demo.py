@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -73,20 +72,22 @@ def _run_train(argv: list[str]) -> None:
 
 
 def _stage_argv(base: list[str], out: Path, force: bool) -> tuple[list[str], str]:
-    """Fresh, resumed (a run is there: reuse it if finished, continue it if not) or forced."""
-    from mom.train import LATEST
+    """Fresh; resumed (a checkpoint is there: reused if finished, continued if not); or forced."""
+    from mom.train import LATEST, RUN_FILES
 
     if force:
         return base + ["--force"], "fresh (--force)"
     if (out / LATEST).is_file():
         return base + ["--resume"], "resumed/reused"
+    if out.is_dir() and any((out / f).exists() for f in RUN_FILES):
+        return base + ["--force"], "restarted (killed before its first checkpoint)"
     return base, "fresh"
 
 
 def cli_demo(args: argparse.Namespace) -> int:
     from mom.config import preset
     from mom.flops import count
-    from mom.train import DEFAULT_DATA_DIR, read_metrics
+    from mom.train import DEFAULT_DATA_DIR
 
     for name in ("phase1_steps", "phase2_steps", "batch_size", "seq_len"):
         if getattr(args, name) < 1:
@@ -157,8 +158,11 @@ def cli_demo(args: argparse.Namespace) -> int:
         try:
             _run_train(argv)
         except MomError as e:
-            hint = " (the demo's settings changed since that run: pass --force to start the demo over)" if (
-                "--resume" in argv and "different" in str(e)) else ""
+            hint = ""
+            if "--resume" in argv and "different" in str(e):
+                hint = " (the demo's settings changed since that run: pass --force to start the demo over)"
+            elif "already holds" in str(e) or "exists and is not empty" in str(e):
+                hint = " (an unfinished or foreign run is in the way: pass --force to start the demo over)"
             raise MomError(f"demo stage '{name}': {e}{hint}") from None
         timings[name] = time.perf_counter() - t0
 
@@ -244,7 +248,8 @@ def write_report(out: Path, data: str, commands: dict[str, list[str]], timings: 
         c = r["cfg"]
         return (f"| {label} | `{c.name}` | {r['params'] / 1e6:.2f}M | {c.depth} | {r['steps']} | {r['tokens']:,} | "
                 f"{r['flops_tok'] / 1e6:.1f} | {r['train_flops'] / 1e12:.2f} | {_fmt(r['val_start'])} | "
-                f"{_fmt(r['val_end'])} | {_ppl(r['val_end'])} | {timings.get(stage, 0.0):.0f} s |")
+                f"{_fmt(r['val_end'])} | {_ppl(r['val_end'])} | {timings.get(stage, 0.0):.0f} s"
+                f"{' (*resumed/reused*)' if modes.get(stage) == 'resumed/reused' else ''} |")
 
     lines = [
         "# `mom demo` report",
@@ -258,7 +263,7 @@ def write_report(out: Path, data: str, commands: dict[str, list[str]], timings: 
         f"{', CUDA' if torch.cuda.is_available() else ''}); stages: "
         + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items() if k != "total")
         + ". " + ("Stages marked *resumed/reused* came from an earlier `mom demo`; their time is the time of "
-                  "this invocation only." if any(m != "fresh" and m != "fresh (--force)" for m in modes.values())
+                  "this invocation only." if any(m == "resumed/reused" for m in modes.values())
                   else ""),
         "",
         "## Result",

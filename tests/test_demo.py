@@ -48,6 +48,21 @@ def test_demo_pipeline_and_report(tmp_path, capsys):
     assert main(["demo", "--out", str(out), "--data", str(data), *SMALL]) == 0
     assert "already finished" in capsys.readouterr().out
     assert {run: (out / run / "metrics.jsonl").read_text() for run in before} == before
+    assert report.count("*resumed/reused*") == 0 and "(*resumed/reused*)" in (out / "report.md").read_text()
+
+    # A stage killed before its first checkpoint has nothing to resume: it is run again from its start.
+    import shutil
+
+    shutil.rmtree(out / "vanilla" / "checkpoints")
+    (out / "vanilla" / "latest.json").unlink()
+    assert main(["demo", "--out", str(out), "--data", str(data), *SMALL]) == 0
+    assert "restarted (killed before its first checkpoint)" in capsys.readouterr().out
+    def losses(rows):
+        return [(r["step"], r.get("loss"), r.get("val_loss")) for r in rows]
+
+    again = read_metrics(out / "vanilla")
+    first = [json.loads(line) for line in before["vanilla"].splitlines()]
+    assert losses(again) == losses(first)  # deterministic: the same run again
 
     # Different settings against existing runs: one clear error that names --force.
     changed = [a if a != "4" else "5" for a in SMALL]
