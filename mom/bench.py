@@ -122,7 +122,10 @@ def bench_step(config: str = "K2H2S", mode: str = "train", batch: int = 4, seq_l
     """Time one training (or forward) step of a MoM with both dispatchers and of its dense counterpart."""
     from mom.flops import count
     from mom.model import MoM
+    from mom.train import keep_freed_memory
 
+    if device == "cpu":
+        keep_freed_memory()  # as `mom train` does: no page-fault storm from glibc unmapping big blocks each step
     torch.manual_seed(seed)
     cfg = resolve_config(config)
     if overrides:
