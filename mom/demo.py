@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from mom.errors import MomError
+from mom.fileio import atomic_write, write_json_atomic
 
 # Sized so that the whole demo (prepare included) takes ≲ 10 minutes on 2 CPU cores: see docs/training.md.
 PHASE1_STEPS = 250
@@ -234,7 +235,6 @@ def write_report(out: Path, data: str, commands: dict[str, list[str]], timings: 
                  modes: dict[str, str], args: argparse.Namespace, comparison: Path) -> Path:
     import torch
 
-    from mom.config import write_json_atomic
     from mom.data import read_meta
 
     T = args.seq_len
@@ -340,10 +340,7 @@ def write_report(out: Path, data: str, commands: dict[str, list[str]], timings: 
               f"Every run directory holds `config.json`, `train_config.json`, `run.json` (command, data, init), "
               "`metrics.jsonl`, `checkpoints/`, the final `model.safetensors` and its plots. Rerunning `mom demo` "
               "reuses finished stages; `mom demo --force` starts over.", ""]
-    path = out / "report.md"
-    tmp = path.with_name(".report.md.tmp")
-    tmp.write_text("\n".join(lines), encoding="utf-8")
-    os.replace(tmp, path)
+    path = atomic_write(out / "report.md", "\n".join(lines))
     write_json_atomic(out / "summary.json", {
         k: {"config": v["cfg"].name, "steps": v["steps"], "tokens": v["tokens"], "val_loss_start": v["val_start"],
             "val_loss": v["val_end"], "train_flops": v["train_flops"], "params": v["params"]} for k, v in s.items()

@@ -20,6 +20,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from mom.fileio import atomic_write  # noqa: E402
 from mom.train import read_metrics  # noqa: E402
 
 
@@ -42,11 +43,10 @@ def _smooth(values: Sequence[float]) -> list[float]:
 
 def _save(fig, path: Path) -> Path:
     """Write a PNG atomically (a temporary file renamed into place)."""
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        return atomic_write(path, writer=lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def plot_loss(run_dir: str | os.PathLike, rows: list[dict[str, Any]] | None = None) -> Path | None:

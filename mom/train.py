@@ -55,7 +55,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mom.config import MoMConfig, TrainConfig, resolve_config, resolve_train_config, write_json_atomic
+from mom.config import MoMConfig, TrainConfig, resolve_config, resolve_train_config
+from mom.fileio import atomic_write, fsync_dir, write_json_atomic
 from mom.errors import CheckpointError, ConfigError, DataError, MomError
 
 STATE_FORMAT_VERSION = 1
@@ -325,26 +326,12 @@ def routing_stats(routes) -> list[dict[str, Any]]:
 
 
 # ================================================================================================ checkpoints
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _save_tensors(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    """safetensors file written in place and fsynced (callers write into a temporary directory)."""
+    """A safetensors file, written atomically and fsynced."""
     from safetensors.torch import save_file
 
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=metadata)
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    atomic_write(path, writer=lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def read_latest(run_dir: Path) -> tuple[int, Path] | None:
@@ -392,11 +379,11 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: torch
         _save_tensors(tensors, tmp / "train_state.safetensors", {"format": "mom-train-state"})
         write_json_atomic(tmp / "state.json", {"format_version": STATE_FORMAT_VERSION, **state, "step": step,
                                                "optimizer_step": opt_steps.pop() if opt_steps else 0.0})
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if final.exists():  # left by a crash between this rename and the pointer update: never the latest
             shutil.rmtree(final)
         os.rename(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
         write_json_atomic(run_dir / LATEST, {"step": step, "path": f"{CHECKPOINTS}/{name}"})
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -537,12 +524,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
                 keep.append(line)
         except (json.JSONDecodeError, KeyError, TypeError):
             break  # a torn last line from a kill: drop it and everything after
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("".join(line + "\n" for line in keep))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, "".join(line + "\n" for line in keep))
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
