@@ -31,7 +31,7 @@ import re
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from mom.errors import ConfigError
 from mom.fileio import write_json_atomic  # noqa: F401  (re-exported: configs are written with it)
@@ -46,9 +46,77 @@ BalanceSkip = Literal["exclude", "include"]
 CONFIG_FORMAT_VERSION = 1
 
 
+class _JsonConfig:
+    """JSON (de)serialisation and validated copies shared by :class:`MoMConfig` and :class:`TrainConfig`.
+
+    Subclasses are dataclasses that validate in ``__post_init__`` and set the class attributes below, which only
+    change the wording of errors and the file-format version."""
+
+    _FORMAT_VERSION: ClassVar[int]
+    _LABEL: ClassVar[str]  # "" or "train ": "unknown train field(s)", "train config file not found"
+    _KIND: ClassVar[str]  # "model" or "train": "unknown model field 'x'" in overrides
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, source: str | None = None):
+        source = source or f"{cls._LABEL}config"
+        if not isinstance(d, dict):
+            raise ConfigError(f"{source}: expected a JSON object of {cls._KIND} fields, got {type(d).__name__}")
+        d = dict(d)
+        d.pop("format_version", None)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown {cls._LABEL}field(s) {', '.join(unknown)}{_suggest(unknown[0], known)}")
+        try:
+            return cls(**d)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the config as JSON atomically (temporary file, fsync, rename)."""
+        write_json_atomic(path, {"format_version": self._FORMAT_VERSION, **self.to_dict()})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike):
+        path, what = Path(path), f"{cls._LABEL}config"
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: {what} file not found") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read {what} ({e})") from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+        if isinstance(d, dict) and d.get("format_version", cls._FORMAT_VERSION) != cls._FORMAT_VERSION:
+            raise ConfigError(f"{path}: {what} format_version {d['format_version']} is not supported "
+                              f"(expected {cls._FORMAT_VERSION})")
+        return cls.from_dict(d, source=str(path))
+
+    def replace(self, **changes: Any):
+        """A validated copy with some fields changed (string values are parsed as the field's type)."""
+        d = self.to_dict()
+        types = _field_types(type(self))
+        for k, v in changes.items():
+            if k not in types:
+                raise ConfigError(f"unknown {self._KIND} field '{k}'{_suggest(k, set(types))}")
+            d[k] = parse_value(k, v, types[k]) if isinstance(v, str) else v
+        self._adjust_replaced(d, changes)
+        return type(self).from_dict(d, source="override")
+
+    def _adjust_replaced(self, d: dict[str, Any], changes: dict[str, Any]) -> None:
+        """Hook: fix up derived fields of a copy made by :meth:`replace`."""
+
+
 @dataclass
-class MoMConfig:
+class MoMConfig(_JsonConfig):
     """Architecture of a Mixture-of-Modules model (and of a vanilla GPT-2: ``chunks = 0``)."""
+
+    _FORMAT_VERSION: ClassVar[int] = CONFIG_FORMAT_VERSION
+    _LABEL: ClassVar[str] = ""
+    _KIND: ClassVar[str] = "model"
 
     name: str = "custom"
     # --- shapes (GPT-2 names in comments) ---
@@ -206,57 +274,9 @@ class MoMConfig:
             return True
         return self.selection == "token" and not self.skip and self.n_candidates(half) == 1
 
-    # ------------------------------------------------------------------ (de)serialisation
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], *, source: str = "config") -> "MoMConfig":
-        if not isinstance(d, dict):
-            raise ConfigError(f"{source}: expected a JSON object of config fields, got {type(d).__name__}")
-        d = dict(d)
-        d.pop("format_version", None)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"{source}: unknown field(s) {', '.join(unknown)}{_suggest(unknown[0], known)}")
-        try:
-            return cls(**d)
-        except ConfigError as e:
-            raise ConfigError(f"{source}: {e}") from None
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the config as JSON atomically (temporary file, fsync, rename)."""
-        write_json_atomic(path, {"format_version": CONFIG_FORMAT_VERSION, **self.to_dict()})
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "MoMConfig":
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path}: cannot read config ({e})") from None
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
-        if isinstance(d, dict) and d.get("format_version", CONFIG_FORMAT_VERSION) != CONFIG_FORMAT_VERSION:
-            raise ConfigError(f"{path}: config format_version {d['format_version']} is not supported (expected {CONFIG_FORMAT_VERSION})")
-        return cls.from_dict(d, source=str(path))
-
-    def replace(self, **changes: Any) -> "MoMConfig":
-        """A validated copy with some fields changed (string values are parsed as the field's type)."""
-        d = self.to_dict()
-        types = _field_types(type(self))
-        for k, v in changes.items():
-            if k not in types:
-                raise ConfigError(f"unknown model field '{k}'{_suggest(k, set(types))}")
-            d[k] = parse_value(k, v, types[k]) if isinstance(v, str) else v
+    def _adjust_replaced(self, d: dict[str, Any], changes: dict[str, Any]) -> None:
         if "d_model" in changes and "d_ff" not in changes:
             d["d_ff"] = 0  # keep GPT-2's 4·d unless the user sets d_ff too
-        return type(self).from_dict(d, source="override")
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -442,7 +462,7 @@ Schedule = Literal["cosine", "constant"]
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(_JsonConfig):
     """How a model is trained: optimiser, schedule, batch geometry, evaluation and checkpoint cadence.
 
     The optimiser defaults are the paper's (AdamW β = (0.9, 0.95), ε = 1e-5, weight decay 0.1 on matrices only,
@@ -451,6 +471,10 @@ class TrainConfig:
     (524,288 tokens per step, 20k steps). One optimiser step consumes ``tokens_per_step`` tokens over all
     processes: ``batch_size`` sequences of ``seq_len`` tokens per forward, accumulated ``accum_steps`` times.
     """
+
+    _FORMAT_VERSION: ClassVar[int] = TRAIN_CONFIG_FORMAT_VERSION
+    _LABEL: ClassVar[str] = "train "
+    _KIND: ClassVar[str] = "train"
 
     max_steps: int = 2000  # optimiser steps of the whole run (the cosine decays to min_lr at this step)
     batch_size: int = 8  # sequences per forward pass per process (the micro-batch)
@@ -513,52 +537,6 @@ class TrainConfig:
     def warmup(self) -> int:
         """Warm-up steps: ``warmup_steps``, or 5% of ``max_steps`` when unset."""
         return round(0.05 * self.max_steps) if self.warmup_steps is None else self.warmup_steps
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], *, source: str = "train config") -> "TrainConfig":
-        if not isinstance(d, dict):
-            raise ConfigError(f"{source}: expected a JSON object of train fields, got {type(d).__name__}")
-        d = dict(d)
-        d.pop("format_version", None)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"{source}: unknown train field(s) {', '.join(unknown)}{_suggest(unknown[0], known)}")
-        try:
-            return cls(**d)
-        except ConfigError as e:
-            raise ConfigError(f"{source}: {e}") from None
-
-    def save(self, path: str | os.PathLike) -> None:
-        write_json_atomic(path, {"format_version": TRAIN_CONFIG_FORMAT_VERSION, **self.to_dict()})
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "TrainConfig":
-        path = Path(path)
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: train config file not found") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path}: cannot read train config ({e})") from None
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
-        if isinstance(d, dict) and d.get("format_version", TRAIN_CONFIG_FORMAT_VERSION) != TRAIN_CONFIG_FORMAT_VERSION:
-            raise ConfigError(f"{path}: train config format_version {d['format_version']} is not supported")
-        return cls.from_dict(d, source=str(path))
-
-    def replace(self, **changes: Any) -> "TrainConfig":
-        """A validated copy with some fields changed (string values are parsed as the field's type)."""
-        d = self.to_dict()
-        types = _field_types(type(self))
-        for k, v in changes.items():
-            if k not in types:
-                raise ConfigError(f"unknown train field '{k}'{_suggest(k, set(types))}")
-            d[k] = parse_value(k, v, types[k]) if isinstance(v, str) else v
-        return type(self).from_dict(d, source="override")
 
 
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {

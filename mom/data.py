@@ -63,7 +63,7 @@ import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
@@ -336,15 +336,20 @@ def _txt_documents(path: Path) -> Iterator[str]:
         yield text
 
 
-def _jsonl_documents(path: Path) -> Iterator[str]:
-    text = _read_text_file(path)
-    for lineno, line in enumerate(text.split("\n"), start=1):
+def jsonl_rows(path: Path, lines: Iterable[str]) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) of every non-blank line of a jsonl file; a line that is not JSON is a
+    DataError naming the file and the line."""
+    for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            yield lineno, json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}: line {lineno} is not valid JSON ({e.msg})") from None
+
+
+def _jsonl_documents(path: Path) -> Iterator[str]:
+    for lineno, obj in jsonl_rows(path, _read_text_file(path).split("\n")):
         if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
             what = "has no \"text\" field" if not isinstance(obj, dict) or "text" not in obj else (
                 f"has a \"text\" field of type {type(obj['text']).__name__}"

@@ -65,6 +65,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
+from mom.data import jsonl_rows
 from mom.errors import DataError
 
 __all__ = [
@@ -326,13 +327,7 @@ def read_xsum_jsonl(path: Path) -> tuple[list[SummaryExample], int]:
     """Rows of one XSUM-format file; a row with an empty document or summary is skipped (and counted)."""
     out: list[SummaryExample] = []
     skipped = 0
-    for lineno, line in enumerate(_read_lines(path), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: line {lineno} is not valid JSON ({e.msg})") from None
+    for lineno, obj in jsonl_rows(path, _read_lines(path)):
         if not isinstance(obj, dict):
             raise DataError(f"{path}: line {lineno} is not a JSON object with \"document\" and \"summary\"")
         for key in ("document", "summary"):
