@@ -445,14 +445,19 @@ def preset(name: str) -> MoMConfig:
                       f"presets: {', '.join(PRESETS)}, or a grid point like K3H1S")
 
 
-def resolve_config(spec: str) -> MoMConfig:
-    """A preset name or a path to a JSON config (a file, or a directory holding config.json)."""
+def _resolve(spec: str, cls, file_name: str, by_name):
+    """``spec`` is a JSON file, a directory holding ``file_name``, or else a name for ``by_name``."""
     p = Path(spec)
     if spec.endswith(".json") or p.is_file():
-        return MoMConfig.load(p)
+        return cls.load(p)
     if p.is_dir():
-        return MoMConfig.load(p / "config.json")
-    return preset(spec)
+        return cls.load(p / file_name)
+    return by_name(spec)
+
+
+def resolve_config(spec: str) -> MoMConfig:
+    """A preset name or a path to a JSON config (a file, or a directory holding config.json)."""
+    return _resolve(spec, MoMConfig, "config.json", preset)
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -559,9 +564,4 @@ def train_preset(name: str) -> TrainConfig:
 
 def resolve_train_config(spec: str) -> TrainConfig:
     """A train preset name or a path to a train JSON config (a file, or a run directory holding train_config.json)."""
-    p = Path(spec)
-    if spec.endswith(".json") or p.is_file():
-        return TrainConfig.load(p)
-    if p.is_dir():
-        return TrainConfig.load(p / "train_config.json")
-    return train_preset(spec)
+    return _resolve(spec, TrainConfig, "train_config.json", train_preset)
