@@ -233,10 +233,10 @@ class Engine:
             yield step
             if all(f is not None for f in finish):
                 break
-            idx_BT = torch.cat([idx_BT, nxt_B.unsqueeze(1)], dim=1)
             if cache is not None:
                 logits_BV = self._decode(nxt_B.unsqueeze(1), cache=cache).logits[:, -1]
-            else:
+            else:  # the uncached reference recomputes the whole sequence
+                idx_BT = torch.cat([idx_BT, nxt_B.unsqueeze(1)], dim=1)
                 logits_BV = self._logits(idx_BT, cache, pads)
         if results is not None:
             for b in range(B):

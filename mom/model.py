@@ -91,6 +91,11 @@ def ffn_half(pool: ModulePool, x_TD: Tensor, route: Route, dispatcher) -> Tensor
     return dispatcher.run(plan, x_TD, route.w_TK, pool.ffn_single, pool.ffn_grouped, x_TD.shape[-1])
 
 
+def cache_slot(cache, name: str):
+    """The KV-cache slot of the attention core ``name`` (see :func:`mom.engine.slot_names`); None without a cache."""
+    return None if cache is None else cache.slot(name)
+
+
 def vanilla_layer(pool: ModulePool, x_TD: Tensor, B: int, T: int, slot=None) -> Tensor:
     """A GPT-2 block: the one-module pool on the static route."""
     route = static_route(x_TD.shape[0], 0, 1, x_TD.device)
@@ -151,7 +156,7 @@ class Chunk(nn.Module):
             for half in HALVES:
                 route, state[half] = self.route(half, x_TD, state[half], h, B, causal)
                 if half == "attn":
-                    slot = None if cache is None else cache.slot(f"chunks.{self.index}.step{h}")
+                    slot = cache_slot(cache, f"chunks.{self.index}.step{h}")
                     x_TD = x_TD + attention_half(self.pool, x_TD, route, B, T, dispatcher, mask_keys, slot)
                 else:
                     x_TD = x_TD + ffn_half(self.pool, x_TD, route, dispatcher)
@@ -162,12 +167,12 @@ class Chunk(nn.Module):
                         self.index, h, half, route.idx_TK.view(B, T, -1), route.w_TK.view(B, T, -1),
                         None if route.probs_TN is None else route.probs_TN.view(B, T, -1), route.n))
         if cfg.balance_scope == "pooled":
-            for half, stats in pooled.items():
+            for stats in pooled.values():
                 if stats:
                     counts, probsum, active = (torch.stack(s).sum(0) for s in zip(*stats))
                     aux.balance.append(balance_loss(counts, probsum, active.bool()))
         if self.anchor is not None:
-            x_TD = vanilla_layer(self.anchor, x_TD, B, T, None if cache is None else cache.slot(f"chunks.{self.index}.anchor"))
+            x_TD = vanilla_layer(self.anchor, x_TD, B, T, cache_slot(cache, f"chunks.{self.index}.anchor"))
         return x_TD.view(B, T, D)
 
     def _collect_aux(self, route: Route, half: str, step: int, aux: _AuxAccumulator, pooled: dict) -> None:
@@ -223,14 +228,6 @@ class MoM(nn.Module):
             chunk.reset_parameters()
         self.ln_f.reset_parameters()
 
-    def set_dispatch(self, name: str) -> "MoM":
-        """Switch the dispatch backend (``grouped`` or ``loop``) without touching the weights."""
-        self.config = self.config.replace(dispatch=name)
-        for chunk in self.chunks:
-            chunk.cfg = self.config
-        self.dispatcher = make_dispatcher(name)
-        return self
-
     # ------------------------------------------------------------------ forward
     def forward(self, idx_BT: Tensor, targets_BT: Tensor | None = None, *, return_routes: bool = False,
                 cache=None, causal_routing: bool = False) -> MoMOutput:
@@ -251,16 +248,12 @@ class MoM(nn.Module):
             causal_routing = True
         aux = _AuxAccumulator()
         records: list[RouteRecord] | None = [] if return_routes else None
-
-        def slot(name: str):
-            return None if cache is None else cache.slot(name)
-
         for i, pool in enumerate(self.bottom):
-            x_BTD = vanilla_layer(pool, x_BTD.reshape(B * T, -1), B, T, slot(f"bottom.{i}")).view(B, T, -1)
+            x_BTD = vanilla_layer(pool, x_BTD.reshape(B * T, -1), B, T, cache_slot(cache, f"bottom.{i}")).view(B, T, -1)
         for chunk in self.chunks:
             x_BTD = chunk(x_BTD, self.dispatcher, aux, records, cache, causal_routing)
         for i, pool in enumerate(self.top):
-            x_BTD = vanilla_layer(pool, x_BTD.reshape(B * T, -1), B, T, slot(f"top.{i}")).view(B, T, -1)
+            x_BTD = vanilla_layer(pool, x_BTD.reshape(B * T, -1), B, T, cache_slot(cache, f"top.{i}")).view(B, T, -1)
         if cache is not None:
             cache.advance(T)
         x_BTD = self.ln_f(x_BTD)
