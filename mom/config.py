@@ -69,7 +69,8 @@ class _JsonConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ConfigError(f"{source}: unknown {cls._LABEL}field(s) {', '.join(unknown)}{_suggest(unknown[0], known)}")
+            names = ", ".join(_field_name(u) for u in unknown)
+            raise ConfigError(f"{source}: unknown {cls._LABEL}field(s) {names}{_suggest(unknown[0], known)}")
         try:
             return cls(**d)
         except ConfigError as e:
@@ -101,7 +102,7 @@ class _JsonConfig:
         types = _field_types(type(self))
         for k, v in changes.items():
             if k not in types:
-                raise ConfigError(f"unknown {self._KIND} field '{k}'{_suggest(k, set(types))}")
+                raise ConfigError(f"unknown {self._KIND} field {k!r}{_suggest(k, set(types))}")
             d[k] = parse_value(k, v, types[k]) if isinstance(v, str) else v
         self._adjust_replaced(d, changes)
         return type(self).from_dict(d, source="override")
@@ -156,8 +157,8 @@ class MoMConfig(_JsonConfig):
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
-        if self.d_ff == 0:
-            self.d_ff = 4 * self.d_model
+        if _is_instance(self.d_ff, int) and self.d_ff == 0 and _is_instance(self.d_model, int):
+            self.d_ff = 4 * self.d_model  # (a d_model of the wrong type is left for validate() to name)
         self.validate()
 
     # ------------------------------------------------------------------ validation
@@ -344,6 +345,11 @@ def parse_value(name: str, text: str, tp: Any) -> Any:
     return text
 
 
+def _field_name(name: str) -> str:
+    """A field name as written in an error: quoted when it is not a plain identifier (keeps the error one line)."""
+    return name if name.isidentifier() else repr(name)
+
+
 def _suggest(word: str, options: set[str]) -> str:
     import difflib
 
@@ -503,9 +509,15 @@ class TrainConfig(_JsonConfig):
     device: str = "auto"  # auto (cuda if available, else cpu), cpu, cuda, cuda:N, mps
     dtype: DeviceDtype = "auto"  # auto = bf16 autocast on CUDA, float32 elsewhere
     compile: bool = False  # torch.compile the model
+    max_bad_steps: int = 3  # stop after this many optimiser steps in a row skipped for a non-finite loss or gradient
+    collapse_share: float = 0.9  # router collapse: one module picked by more than this fraction of the tokens …
+    collapse_patience: int = 3  # … at this many metrics rows in a row is reported as a warning in metrics.jsonl
 
     # Fields that may differ when a run is resumed: they change when things happen or where, not what is computed.
-    RESUMABLE_CHANGES = ("eval_interval", "log_interval", "ckpt_interval", "keep_checkpoints", "compile", "device")
+    # batch_size and tokens_per_step may change (e.g. after running out of memory) because the rows of a step do not
+    # depend on the micro-batch size; the resume check on the effective tokens per step keeps each step the same.
+    RESUMABLE_CHANGES = ("eval_interval", "log_interval", "ckpt_interval", "keep_checkpoints", "compile", "device",
+                         "batch_size", "tokens_per_step", "max_bad_steps", "collapse_share", "collapse_patience")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -518,8 +530,11 @@ class TrainConfig(_JsonConfig):
         for f in ("seq_len", "tokens_per_step", "warmup_steps", "eval_interval", "eval_tokens", "ckpt_interval"):
             if (getattr(self, f) or 0) < 0:
                 raise ConfigError(f"{f} must be ≥ 0, got {getattr(self, f)}")
-        if self.log_interval < 1 or self.keep_checkpoints < 1:
-            raise ConfigError("log_interval and keep_checkpoints must be ≥ 1")
+        for f in ("log_interval", "keep_checkpoints", "max_bad_steps", "collapse_patience"):
+            if getattr(self, f) < 1:
+                raise ConfigError(f"{f} must be ≥ 1, got {getattr(self, f)}")
+        if not 0 < self.collapse_share <= 1:
+            raise ConfigError(f"collapse_share must be in (0, 1], got {self.collapse_share}")
         if not self.lr > 0 or not 0 <= self.final_lr <= self.lr:
             raise ConfigError(f"need lr > 0 and 0 ≤ min_lr ≤ lr, got lr={self.lr}, min_lr={self.min_lr}")
         if self.warmup > self.max_steps:

@@ -1,4 +1,4 @@
-"""Crash-safe file writing, shared by everything that puts a file on disk.
+"""Crash-safe file writing and integrity manifests, shared by everything that puts a file on disk.
 
 A file is written to a temporary name in its destination directory, flushed and fsynced, given the usual
 permissions (``mkstemp`` creates owner-only files), renamed over the destination, and the directory is fsynced
@@ -73,3 +73,70 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | None = None, *,
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     """Atomically write ``obj`` as indented JSON."""
     return atomic_write(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+# ------------------------------------------------------------------------------------------------ manifests
+# A directory of files that belong together (a model, a training checkpoint) carries ``manifest.json``: every
+# file's size and sha256, written last. Reading verifies it, so a file truncated, edited or swapped since it was
+# written is named with what is wrong instead of surfacing later as an obscure tensor error or wrong numbers.
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "mom-manifest"
+MANIFEST_VERSION = 1
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(directory: str | os.PathLike, names: list[str]) -> Path:
+    """Record size and sha256 of ``directory/name`` for each name, atomically, as the directory's manifest."""
+    directory = Path(directory)
+    files = {n: {"bytes": (directory / n).stat().st_size, "sha256": sha256_file(directory / n)} for n in names}
+    return write_json_atomic(directory / MANIFEST, {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION,
+                                                    "files": files})
+
+
+def verify_manifest(directory: str | os.PathLike, *, required: bool = False) -> list[str] | None:
+    """Check every file the manifest of ``directory`` lists; return the names checked (None: no manifest).
+
+    Raises :class:`mom.errors.CheckpointError` naming the first file that is missing, truncated, grown or changed,
+    or the manifest itself when it is unreadable, foreign or from a newer format."""
+    from mom.errors import CheckpointError
+
+    directory = Path(directory)
+    path = directory / MANIFEST
+    if not path.is_file():
+        if required:
+            raise CheckpointError(f"{path}: missing (the checkpoint is incomplete)")
+        return None
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: unreadable manifest ({e})") from None
+    if not isinstance(m, dict) or m.get("format") != MANIFEST_FORMAT or not isinstance(m.get("files"), dict):
+        raise CheckpointError(f"{path}: not a mom manifest")
+    if m.get("version") != MANIFEST_VERSION:
+        raise CheckpointError(f"{path}: manifest version {m.get('version')!r} is not supported (this mom reads "
+                              f"version {MANIFEST_VERSION}; was it written by another mom release?)")
+    for name, entry in m["files"].items():
+        f = directory / name
+        try:
+            want_bytes, want_sha = int(entry["bytes"]), str(entry["sha256"])
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{path}: malformed entry for {name}") from None
+        if not f.is_file():
+            raise CheckpointError(f"{f}: missing (listed in {MANIFEST})")
+        size = f.stat().st_size
+        if size < want_bytes:
+            raise CheckpointError(f"{f}: truncated ({size:,} of {want_bytes:,} bytes)")
+        if size > want_bytes:
+            raise CheckpointError(f"{f}: {size:,} bytes, {want_bytes:,} expected (appended to or replaced)")
+        if sha256_file(f) != want_sha:
+            raise CheckpointError(f"{f}: corrupted (sha256 differs from {MANIFEST}: changed since it was written)")
+    return list(m["files"])

@@ -27,12 +27,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mom.config import MoMConfig
-from mom.fileio import atomic_write
+from mom.fileio import atomic_write, verify_manifest, write_manifest
 from mom.dispatch import make_dispatcher
 from mom.errors import CheckpointError, ConfigError
 from mom.modules import ModulePool, causal_attention
 from mom.routers import (ROUTERS, Route, balance_loss, balance_stats, candidate_mask, capacity_cutoff, select,
                           static_route, z_loss)
+
+# The ``format`` a mom model file names in its safetensors metadata.
+MODEL_FORMAT = "mom"
 
 HALVES = ("attn", "ffn")
 
@@ -282,15 +285,18 @@ class MoM(nn.Module):
         return from_gpt2(directory, resolve_config(config) if isinstance(config, str) else config)
 
     # ------------------------------------------------------------------ our checkpoint format
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write ``model.safetensors`` + ``config.json`` (each atomically: temporary file, fsync, rename)."""
+    def save_pretrained(self, directory: str | os.PathLike, *, manifest: bool = True) -> None:
+        """Write ``model.safetensors`` + ``config.json`` (each atomically: temporary file, fsync, rename), then
+        ``manifest.json`` with their sizes and sha256 (``manifest=False``: the caller writes a larger one)."""
         from safetensors.torch import save_file
 
         directory = Path(directory)
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        meta = {"format": "mom", "config": json.dumps(self.config.to_dict())}
+        meta = {"format": MODEL_FORMAT, "config": json.dumps(self.config.to_dict())}
         atomic_write(directory / "model.safetensors", writer=lambda tmp: save_file(tensors, str(tmp), metadata=meta))
         self.config.save(directory / "config.json")
+        if manifest:
+            write_manifest(directory, ["model.safetensors", "config.json"])
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, *, map_location: str | torch.device = "cpu",
@@ -303,11 +309,13 @@ class MoM(nn.Module):
         cfg_path, weights = directory / "config.json", directory / "model.safetensors"
         if not cfg_path.is_file():
             raise CheckpointError(f"{cfg_path}: missing (is {directory} a mom model directory?)")
+        verify_manifest(directory)  # directories written before manifests existed load unverified
         cfg = MoMConfig.load(cfg_path)
         if overrides:
             cfg = cfg.replace(**overrides)
         model = cls(cfg)
-        model.load_state_dict(load_safetensors(weights, device=map_location), strict=True, source=weights)
+        model.load_state_dict(load_safetensors(weights, device=map_location, expect_format=MODEL_FORMAT),
+                              strict=True, source=weights)
         return model.to(map_location)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False, *, source=None):
@@ -329,15 +337,28 @@ class MoM(nn.Module):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
-def load_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, Tensor]:
-    """Read a safetensors file, turning every way it can be broken into one :class:`CheckpointError`."""
+def load_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu",
+                     expect_format: str | None = None) -> dict[str, Tensor]:
+    """Read a safetensors file, turning every way it can be broken into one :class:`CheckpointError`.
+
+    ``expect_format``: the ``format`` its metadata must name (mom writes ``mom`` for models and ``mom-train-state``
+    for optimiser state), so a foreign file (HF weights, another tool's tensors) is refused by name."""
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: weights file not found")
     try:
+        if expect_format is not None:
+            with safe_open(str(path), framework="pt") as f:
+                found = (f.metadata() or {}).get("format")
+            if found != expect_format:
+                raise CheckpointError(f"{path}: not a {expect_format} file (its metadata names format {found!r}; "
+                                      "a file from another tool?)")
         return load_file(str(path), device=str(device))
+    except CheckpointError:
+        raise
     except Exception as e:  # safetensors raises its own error types for truncated/corrupt headers
         raise CheckpointError(f"{path}: not a readable safetensors file ({type(e).__name__}: {str(e)[:200]})") from None
 

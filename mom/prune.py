@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from mom.config import MoMConfig
-from mom.fileio import dir_mode
+from mom.fileio import dir_mode, write_manifest
 from mom.errors import ConfigError, MomError
 
 HALVES = ("attn", "ffn")
@@ -183,8 +183,9 @@ def save_atomic(model, out: Path, report: dict, force: bool) -> None:
         raise MomError(f"--out {out}: cannot create the output directory ({e.strerror or e})") from None
     trash = None
     try:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, manifest=False)
         (tmp / "prune.json").write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        write_manifest(tmp, ["model.safetensors", "config.json", "prune.json"])
         os.chmod(tmp, dir_mode())  # mkdtemp creates an owner-only directory; use the usual permissions
         if out.exists():
             trash = out.parent / f".{out.name}.old-{os.getpid()}"

@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
 import json
 import math
 import os
@@ -56,7 +57,7 @@ import torch
 from torch import Tensor, nn
 
 from mom.config import MoMConfig, TrainConfig, resolve_config, resolve_train_config
-from mom.fileio import atomic_write, fsync_dir, write_json_atomic
+from mom.fileio import MANIFEST, atomic_write, fsync_dir, verify_manifest, write_json_atomic, write_manifest
 from mom.errors import CheckpointError, ConfigError, DataError, MomError
 
 STATE_FORMAT_VERSION = 1
@@ -66,7 +67,10 @@ LATEST = "latest.json"
 METRICS = "metrics.jsonl"
 # Everything a run writes into its directory (``--force`` removes these and nothing else).
 RUN_FILES = ("config.json", "train_config.json", "run.json", METRICS, LATEST, CHECKPOINTS, "model.safetensors",
-             "loss.png", "routing.png")
+             MANIFEST, "loss.png", "routing.png")
+TRAIN_STATE_FORMAT = "mom-train-state"
+# A checkpoint directory's files, all listed in its manifest (written last, just before the directory's rename).
+CHECKPOINT_FILES = ("model.safetensors", "config.json", "train_config.json", "train_state.safetensors", "state.json")
 
 
 # ================================================================================================ distributed
@@ -303,7 +307,8 @@ def routing_stats(routes) -> list[dict[str, Any]]:
     ``usage``: fraction of all picks going to module 0 … N-1 and, last, SKIP (sums to 1); ``entropy``: of that
     distribution, in nats (ln(N+1) when uniform); ``skip``: the SKIP share of picks (= usage[-1]); ``skip_all``:
     fraction of tokens whose every pick is SKIP (they bypass the half entirely); ``modules_per_token``: mean
-    real modules a token runs (≤ K; what the compute actually is)."""
+    real modules a token runs (≤ K; what the compute actually is); ``token_share``: fraction of tokens that picked
+    each choice (a token's K picks are distinct); ``choices``: real modules the step allows; ``picks``: K."""
     out = []
     for r in routes or []:
         if r.probs_BTN is None:  # static route: nothing was decided
@@ -314,15 +319,79 @@ def routing_stats(routes) -> list[dict[str, Any]]:
         usage_N = counts_N / counts_N.sum()
         entropy = -(usage_N * usage_N.clamp_min(1e-30).log()).sum()
         skip_PK = idx_PK == n
+        allowed_N = (r.probs_BTN.reshape(-1, n + 1) > 0).any(0)  # disallowed choices get probability exactly 0
         out.append({
             "chunk": r.chunk, "step": r.step, "half": r.half,
             "usage": [round(u, 5) for u in usage_N.tolist()],
+            "token_share": [round(u, 5) for u in (counts_N / idx_PK.shape[0]).tolist()],
+            "choices": int(allowed_N[:n].sum()), "picks": idx_PK.shape[-1],
             "entropy": round(entropy.item(), 5),
             "skip": round(usage_N[n].item(), 5),
             "skip_all": round(skip_PK.all(-1).double().mean().item(), 5),
             "modules_per_token": round((~skip_PK).sum(-1).double().mean().item(), 5),
         })
     return out
+
+
+class CollapseWatch:
+    """Router collapse: one module picked by more than ``share`` of the tokens at ``patience`` metrics rows in a
+    row. Only steps that allow more real modules than picks count (a layer-skip step that may pick only its own
+    module, or K = N, has nothing to collapse). Each episode is reported once."""
+
+    def __init__(self, share: float, patience: int) -> None:
+        self.share, self.patience = share, patience
+        self.streak: dict[tuple, int] = {}
+
+    def update(self, stats: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        warnings, seen = [], set()
+        for row in stats:
+            if row["choices"] <= row["picks"]:
+                continue
+            shares = row["token_share"][:-1]  # real modules (the last entry is SKIP)
+            m = max(range(len(shares)), key=shares.__getitem__)
+            if shares[m] <= self.share:
+                continue
+            key = (row["chunk"], row["step"], row["half"], m)
+            seen.add(key)
+            self.streak[key] = self.streak.get(key, 0) + 1
+            if self.streak[key] == self.patience:
+                warnings.append({"chunk": row["chunk"], "routing_step": row["step"], "half": row["half"],
+                                 "module": m, "token_share": shares[m], "rows": self.patience})
+        self.streak = {k: v for k, v in self.streak.items() if k in seen}
+        return warnings
+
+    def state(self) -> list[list]:
+        """For checkpoints: a resumed run reports exactly what an uninterrupted one would."""
+        return [[*k, v] for k, v in sorted(self.streak.items())]
+
+    def load(self, state: list[list]) -> None:
+        self.streak = {tuple(e[:-1]): int(e[-1]) for e in state}
+
+
+def nonfinite_gradients(model: nn.Module) -> list[str]:
+    """Parameters whose gradient holds NaN or Inf; for a module pool's stacked weights, which modules."""
+    out = []
+    for name, p in model.named_parameters():
+        if p.grad is None:
+            continue
+        bad = ~torch.isfinite(p.grad)
+        if not bad.any():
+            continue
+        if ".pool." in name and p.dim() >= 2 and p.shape[0] > 1:  # leading axis = module index
+            mods = bad.flatten(1).any(1).nonzero().flatten().tolist()
+            out.append(f"{name} (module{'s' if len(mods) > 1 else ''} {', '.join(map(str, mods))})")
+        else:
+            out.append(name)
+    return out
+
+
+def describe_fault(loss: float, grad_norm: float, where: list[str], limit: int = 4) -> str:
+    parts = [f"loss {loss}" if not math.isfinite(loss) else None,
+             f"gradient norm {grad_norm}" if not math.isfinite(grad_norm) else None]
+    if where:
+        shown = ", ".join(where[:limit]) + (f" and {len(where) - limit} more" if len(where) > limit else "")
+        parts.append(f"non-finite gradients in {shown}")
+    return "; ".join(p for p in parts if p)
 
 
 # ================================================================================================ checkpoints
@@ -334,8 +403,15 @@ def _save_tensors(tensors: dict[str, Tensor], path: Path, metadata: dict[str, st
     atomic_write(path, writer=lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
+def _complete(ckpt: Path) -> bool:
+    return (ckpt / MANIFEST).is_file() or (ckpt / "state.json").is_file()  # (older checkpoints: no manifest)
+
+
 def read_latest(run_dir: Path) -> tuple[int, Path] | None:
-    """(step, directory) of the run's latest complete checkpoint, or None."""
+    """(step, directory) of the run's latest complete checkpoint, or None.
+
+    ``latest.json`` names it; if that directory was removed (a damaged checkpoint deleted by hand), the newest
+    complete ``step-*`` directory left is the latest."""
     p = run_dir / LATEST
     if not p.is_file():
         return None
@@ -344,9 +420,14 @@ def read_latest(run_dir: Path) -> tuple[int, Path] | None:
         step, ckpt = int(d["step"]), run_dir / d["path"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{p}: unreadable checkpoint pointer ({e})") from None
-    if not (ckpt / "state.json").is_file():
-        raise CheckpointError(f"{p} points at {ckpt}, which is not a complete checkpoint")
-    return step, ckpt
+    if ckpt.is_dir() and _complete(ckpt):
+        return step, ckpt
+    if not ckpt.exists():
+        left = sorted((c for c in (run_dir / CHECKPOINTS).glob("step-*") if c.is_dir() and _complete(c)),
+                      key=lambda c: c.name)
+        if left:
+            return int(left[-1].name.removeprefix("step-")), left[-1]
+    raise CheckpointError(f"{p} points at {ckpt}, which is not a complete checkpoint")
 
 
 def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -361,7 +442,7 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: torch
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        model.save_pretrained(tmp)  # model.safetensors + config.json, each fsynced
+        model.save_pretrained(tmp, manifest=False)  # model.safetensors + config.json, each fsynced
         tcfg.save(tmp / "train_config.json")
         tensors: dict[str, Tensor] = {"rng/cpu": torch.get_rng_state()}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -376,9 +457,10 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: torch
                 opt_steps.add(float(st["step"]))
         if len(opt_steps) > 1:
             raise RuntimeError(f"AdamW step counts differ across parameters: {sorted(opt_steps)}")
-        _save_tensors(tensors, tmp / "train_state.safetensors", {"format": "mom-train-state"})
+        _save_tensors(tensors, tmp / "train_state.safetensors", {"format": TRAIN_STATE_FORMAT})
         write_json_atomic(tmp / "state.json", {"format_version": STATE_FORMAT_VERSION, **state, "step": step,
                                                "optimizer_step": opt_steps.pop() if opt_steps else 0.0})
+        write_manifest(tmp, list(CHECKPOINT_FILES))  # last: a directory with a manifest is complete
         fsync_dir(tmp)
         if final.exists():  # left by a crash between this rename and the pointer update: never the latest
             shutil.rmtree(final)
@@ -408,25 +490,44 @@ def _prune(root: Path, keep: int, latest: Path) -> None:
 
 def load_checkpoint(ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimizer, names: list[str],
                     device: torch.device) -> dict[str, Any]:
-    """Restore weights, AdamW moments/step and RNG from ``ckpt``; returns its state.json."""
-    from mom.model import load_safetensors
+    """Restore weights, AdamW moments/step and RNG from ``ckpt``; returns its state.json.
 
-    model.load_state_dict(load_safetensors(ckpt / "model.safetensors", device=device), source=ckpt)
-    tensors = load_safetensors(ckpt / "train_state.safetensors")
+    Every file is checked against the manifest first, so a damaged checkpoint is named before anything loads."""
+    from mom.model import MODEL_FORMAT, load_safetensors
+
+    try:
+        verify_manifest(ckpt)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}; to resume from the checkpoint before it, delete {ckpt}") from None
     try:
         state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{ckpt / 'state.json'}: unreadable ({e})") from None
+    if not isinstance(state, dict) or state.get("format_version") != STATE_FORMAT_VERSION:
+        found = state.get("format_version") if isinstance(state, dict) else None
+        raise CheckpointError(f"{ckpt / 'state.json'}: training-state format_version {found!r} is not supported "
+                              f"(this mom reads {STATE_FORMAT_VERSION})")
+    model.load_state_dict(load_safetensors(ckpt / "model.safetensors", device=device, expect_format=MODEL_FORMAT),
+                          source=ckpt)
+    tensors = load_safetensors(ckpt / "train_state.safetensors", expect_format=TRAIN_STATE_FORMAT)
     # Rebuild AdamW's state_dict in its own format (params numbered in group order) and let it place tensors.
+    where = ckpt / "train_state.safetensors"
     sd = optimizer.state_dict()
+    params = dict(model.named_parameters())
     opt_state = {}
     for i, n in enumerate(names):
         if f"exp_avg/{n}" in tensors:
+            m, v = tensors[f"exp_avg/{n}"], tensors.get(f"exp_avg_sq/{n}")
+            if v is None or m.shape != params[n].shape or v.shape != params[n].shape:
+                raise CheckpointError(f"{where}: optimiser state for {n} is missing or has the wrong shape "
+                                      f"({tuple(m.shape)}, parameter {tuple(params[n].shape)})")
             opt_state[i] = {"step": torch.tensor(float(state["optimizer_step"]), dtype=torch.float32),
-                            "exp_avg": tensors[f"exp_avg/{n}"], "exp_avg_sq": tensors[f"exp_avg_sq/{n}"]}
+                            "exp_avg": m, "exp_avg_sq": v}
     unknown = {k.split("/", 1)[1] for k in tensors if k.startswith("exp_avg/")} - set(names)
     if unknown:
-        raise CheckpointError(f"{ckpt}: optimiser state for unknown parameter(s), e.g. {sorted(unknown)[0]}")
+        raise CheckpointError(f"{where}: optimiser state for unknown parameter(s), e.g. {sorted(unknown)[0]}")
+    if "rng/cpu" not in tensors:
+        raise CheckpointError(f"{where}: no random-number-generator state (rng/cpu)")
     sd["state"] = opt_state
     optimizer.load_state_dict(sd)
     torch.set_rng_state(tensors["rng/cpu"])
@@ -635,8 +736,9 @@ def train(mcfg: MoMConfig | None, tcfg: TrainConfig | None, *, out: str | os.Pat
     model.to(device)
     optimizer, names = make_optimizer(model, tcfg, device)
     start, tokens_seen, elapsed_before = 0, 0, 0.0
+    resumed_state: dict[str, Any] = {}
     if resume_from is not None:
-        state = load_checkpoint(resume_from[1], model, optimizer, names, device)
+        state = resumed_state = load_checkpoint(resume_from[1], model, optimizer, names, device)
         start, tokens_seen, elapsed_before = int(state["step"]), int(state["tokens"]), float(state["elapsed_s"])
         if int(state.get("tokens_per_step", tokens_per_step)) != tokens_per_step:
             raise ConfigError(f"--resume: the run used {state['tokens_per_step']} tokens per step, this launch "
@@ -693,7 +795,8 @@ def train(mcfg: MoMConfig | None, tcfg: TrainConfig | None, *, out: str | os.Pat
 
     def state_dict_for_ckpt(step: int) -> dict[str, Any]:
         return {"tokens": tokens_seen, "elapsed_s": elapsed_before + (time.perf_counter() - t_start),
-                "tokens_per_step": tokens_per_step, "world_size": dist.world, "val_loss": last_val}
+                "tokens_per_step": tokens_per_step, "world_size": dist.world, "val_loss": last_val,
+                "collapse_streak": collapse.state()}
 
     def checkpoint(step: int) -> None:
         if dist.is_main:
@@ -719,6 +822,10 @@ def train(mcfg: MoMConfig | None, tcfg: TrainConfig | None, *, out: str | os.Pat
             last_val = run_eval(0)
         model.train()
         window = _Window()
+        collapse = CollapseWatch(tcfg.collapse_share, tcfg.collapse_patience)
+        collapse.load(resumed_state.get("collapse_streak", []))
+        max_norm = tcfg.grad_clip if tcfg.grad_clip > 0 else float("inf")
+        bad_in_a_row = 0
         last_ckpt = start
         for step in range(start, tcfg.max_steps):
             want_routes = ((step + 1) % tcfg.log_interval == 0 or step + 1 == tcfg.max_steps) and not mcfg.is_vanilla
@@ -736,21 +843,42 @@ def train(mcfg: MoMConfig | None, tcfg: TrainConfig | None, *, out: str | os.Pat
                 window.add_micro(res, accum)
                 if res.routes is not None:
                     routes = res.routes
-            max_norm = tcfg.grad_clip if tcfg.grad_clip > 0 else float("inf")
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-            optimizer.step()
+            # The norm first, clipping after the check: clipping by a NaN norm would smear NaN over every gradient
+            # and hide which parameters went bad. (clip_grad_norm_ is exactly these two calls.)
+            params = [p for p in model.parameters() if p.grad is not None]
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+            finite_t = torch.isfinite(grad_norm) & torch.isfinite(window.pending_loss())
+            if dist.enabled:  # every process must take the same decision (losses differ across processes)
+                finite_t = finite_t.to(torch.int32)
+                torch.distributed.all_reduce(finite_t, op=torch.distributed.ReduceOp.MIN)
+            # One host sync per step (the training loop, not the routing path): a poisoned update is never applied.
+            if bool(finite_t):
+                torch.nn.utils.clip_grads_with_norm_(params, max_norm, grad_norm)
+                optimizer.step()
+                window.add_step(grad_norm)
+                bad_in_a_row = 0
+            else:
+                bad_in_a_row += 1
+                fault = describe_fault(float(window.pending_loss()), float(grad_norm), nonfinite_gradients(model))
+                window.drop_step()
+                log({"type": "fault", "step": step + 1, "skipped": True, "in_a_row": bad_in_a_row, "what": fault})
+                say(f"step {step + 1}: update skipped ({fault})", bar)
+                if bad_in_a_row >= tcfg.max_bad_steps:
+                    raise MomError(f"training stopped at step {step + 1}: {bad_in_a_row} step(s) in a row had a "
+                                   f"non-finite loss or gradients ({fault}); none of them was applied and "
+                                   f"{_kept(out, dist)} — lower --train.lr or check the data, then --resume")
             optimizer.zero_grad(set_to_none=True)
             done = step + 1
             tokens_seen += tokens_per_step
-            window.add_step(grad_norm)
-            if done % tcfg.log_interval == 0 or done == tcfg.max_steps:
+            if (done % tcfg.log_interval == 0 or done == tcfg.max_steps) and window.steps:
                 row = window.row(done, lr, tokens_seen, dist, tokens_per_step)
-                if not math.isfinite(row["loss"]):
-                    kept = read_latest(out) if dist.is_main else None
-                    raise MomError(f"training diverged: the loss is {row['loss']} at step {done} (lower "
-                                   f"--train.lr?); last checkpoint: {f'step {kept[0]}' if kept else 'none'}")
                 if routes is not None:
                     row["routing"] = routing_stats(routes)
+                    for w in collapse.update(row["routing"]):
+                        log({"type": "warning", "kind": "router_collapse", "step": done, **w})
+                        say(f"warning: router collapse at step {done}: chunk {w['chunk']} step {w['routing_step']} "
+                            f"{w['half']}: module {w['module']} took {w['token_share']:.0%} of the tokens "
+                            f"at {w['rows']} metrics rows in a row", bar)
                 log(row)
                 if bar is not None:
                     bar.set_postfix_str(f"loss {row['loss']:.3f}, {row['tokens_per_s']:,.0f} tok/s", refresh=False)
@@ -774,6 +902,18 @@ def train(mcfg: MoMConfig | None, tcfg: TrainConfig | None, *, out: str | os.Pat
         latest = read_latest(out) if dist.is_main else None
         say(f"interrupted after step {done}; continue from step {latest[0] if latest else 0} with --resume", bar)
         raise
+    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
+        if not isinstance(e, (torch.OutOfMemoryError, MemoryError)) and not _is_host_oom(e):
+            raise
+        raise MomError(f"out of memory at step {done + 1} on {device} (micro-batch {tcfg.batch_size}×{T}); "
+                       f"{_kept(out, dist)} — continue with --resume and a smaller --train.batch_size plus "
+                       f"--train.tokens_per_step {tokens_per_step} (gradient accumulation keeps the step the same)"
+                       ) from None
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise MomError(f"{out}: disk full at step {done} ({e.strerror}); {_kept(out, dist)} — free some space "
+                       "and continue with --resume") from None
     finally:
         if bar is not None:
             bar.close()
@@ -798,6 +938,16 @@ def train(mcfg: MoMConfig | None, tcfg: TrainConfig | None, *, out: str | os.Pat
     return TrainResult(out, done, last_val, tokens_seen, elapsed, finished)
 
 
+def _is_host_oom(e: BaseException) -> bool:
+    """PyTorch's CPU allocator reports exhaustion as a plain RuntimeError."""
+    return "can't allocate memory" in str(e) or "DefaultCPUAllocator" in str(e)
+
+
+def _kept(out: Path, dist: Dist) -> str:
+    latest = read_latest(out) if dist.is_main else None
+    return f"the last checkpoint (step {latest[0]}) is intact" if latest else "no checkpoint was written yet"
+
+
 class _Window:
     """Sums over the steps since the last metrics row (device tensors: no host sync until the row is written)."""
 
@@ -807,21 +957,34 @@ class _Window:
 
     def reset(self) -> None:
         self.sums: dict[str, Tensor] = {}
+        self.pending: dict[str, Tensor] = {}  # the current step's micro-batches, kept apart until it is applied
         self.steps = 0
 
-    def _add(self, key: str, value: Tensor, scale: float = 1.0) -> None:
-        v = value.detach().float() * scale
-        self.sums[key] = self.sums[key] + v if key in self.sums else v
+    @staticmethod
+    def _add(into: dict[str, Tensor], key: str, value: Tensor) -> None:
+        into[key] = into[key] + value if key in into else value
 
     def add_micro(self, out, accum: int) -> None:
         for key in ("loss", "aux_loss", "balance_loss", "z_loss"):
             value = getattr(out, key)
             if value is not None:
-                self._add(key, value, 1.0 / accum)
+                self._add(self.pending, key, value.detach().float() / accum)
+
+    def pending_loss(self) -> Tensor:
+        """The current step's training objective (LM loss + auxiliary losses)."""
+        loss = self.pending["loss"]
+        return loss + self.pending["aux_loss"] if "aux_loss" in self.pending else loss
 
     def add_step(self, grad_norm: Tensor) -> None:
-        self._add("grad_norm", grad_norm)
+        for key, value in self.pending.items():
+            self._add(self.sums, key, value)
+        self._add(self.sums, "grad_norm", grad_norm.detach().float())
+        self.pending = {}
         self.steps += 1
+
+    def drop_step(self) -> None:
+        """A skipped step: its values stay out of the averages."""
+        self.pending = {}
 
     def row(self, step: int, lr: float, tokens: int, dist: Dist, tokens_per_step: int) -> dict[str, Any]:
         keys = sorted(self.sums)

@@ -186,5 +186,6 @@ def test_cli_force_replaces_an_existing_output(ckpt, tmp_path, capsys):
     out.mkdir()
     (out / "old.txt").write_text("old")
     assert main(["prune", "--ckpt", str(ck), "--by", "norm", "--ffn-keep", "0.5", "--out", str(out), "--force"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "prune.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "manifest.json", "model.safetensors",
+                                                        "prune.json"]
     assert MoM.from_pretrained(out).config.n_ffn == 2
