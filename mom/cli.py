@@ -15,6 +15,9 @@ from pathlib import Path
 from mom.errors import MomError
 
 EXIT_USAGE = 2
+# Characters that end a line (str.splitlines' set): a message quoting a user's path or argument that holds one
+# is still printed as one line, with the character escaped.
+_LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -94,20 +97,32 @@ def cmd_configs(args, overrides) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- convert
+def _make_dir(out: Path) -> None:
+    """Create an output directory (with parents) once the inputs have loaded; an OS refusal is one error line."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MomError(f"{out}: cannot create the output directory ({e.strerror or e})") from None
+
+
 def cmd_convert(args, overrides) -> int:
     from mom.gpt2 import from_gpt2, to_hf
     from mom.model import MoM
 
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise MomError(f"{out} exists and is not a directory")
     if out.exists() and any(out.iterdir()) and not args.force:
         raise MomError(f"{out} exists and is not empty; pass --force to overwrite")
     if args.from_hf:
         cfg = _model_config(args.config, overrides["model"]) if args.config else None
         model = from_gpt2(args.from_hf, cfg)
+        _make_dir(out)
         model.save_pretrained(out)
         print(f"wrote {model.config.name} ({model.num_params() / 1e6:.2f}M params, depth {model.config.depth}) to {out}")
     else:
         model = MoM.from_pretrained(args.to_hf)
+        _make_dir(out)
         to_hf(model, out)
         print(f"wrote HF GPT2LMHeadModel ({model.config.depth} layers) to {out}")
     return 0
@@ -254,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides = _split_overrides(extra, args.overrides)
         return args.func(args, overrides)
     except MomError as e:
-        print(f"mom: error: {e}", file=sys.stderr)
+        print(f"mom: error: {str(e).translate(_LINE_BREAKS)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("mom: interrupted", file=sys.stderr)

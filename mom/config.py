@@ -453,6 +453,8 @@ def preset(name: str) -> MoMConfig:
 
 def _resolve(spec: str, cls, file_name: str, by_name):
     """``spec`` is a JSON file, a directory holding ``file_name``, or else a name for ``by_name``."""
+    if not spec.strip():  # Path("") is the current directory: say what is wrong instead of looking there
+        raise ConfigError(f"empty {cls._LABEL}config name: give a preset name or a JSON config path")
     p = Path(spec)
     if spec.endswith(".json") or p.is_file():
         return cls.load(p)

@@ -271,7 +271,7 @@ def cli_flops(args, overrides) -> int:
 
     for name in ("seq_len", "windows", "batch_size"):
         check_positive("--" + name.replace("_", "-"), getattr(args, name))
-    if args.config:
+    if args.config is not None:
         if args.data:
             raise MomError("--data needs --ckpt (a config has random weights: its routing means nothing)")
         model, cfg = None, resolve_config(args.config)

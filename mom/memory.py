@@ -245,7 +245,7 @@ def cli_memory(args: argparse.Namespace, overrides: dict[str, dict[str, str]]) -
     check_positive("--batch", args.batch)
     check_positive("--seq-len", args.seq_len)
     device = pick_device(args.device)
-    if args.config:
+    if args.config is not None:
         cfg = resolve_config(args.config)
         if overrides.get("model"):
             cfg = cfg.replace(**overrides["model"])

@@ -607,7 +607,10 @@ def export_proxy(task: str, out: str | os.PathLike) -> dict[str, int]:
     name = task.lower()
     if name not in (*PROXY_TASKS, *SUMMARY_PROXIES):
         raise DataError(f"unknown proxy '{task}'; proxies: {', '.join([*PROXY_TASKS, *SUMMARY_PROXIES])}")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file in the way, no permission
+        raise DataError(f"{out}: cannot create the output directory ({e.strerror or e})") from None
     if name == "news-xsum":
         data = news_xsum()
         for split, rows in (("train", data.train), ("test", data.test)):

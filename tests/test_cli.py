@@ -73,3 +73,23 @@ def test_convert_from_and_to_hf(tmp_path):
     # A MoM layout cannot be exported as GPT-2.
     r = run_cli("convert", "--to-hf", str(tmp_path / "mom2"), "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and "only a vanilla (chunks=0) model" in r.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        # found by tests/test_fuzz.py: each was a traceback or a multi-line error before
+        (["convert", "--to-hf", "{tmp}/missing", "--out", "{tmp}/file.txt"], "file.txt exists and is not a directory"),
+        (["eval", "export-proxy", "--task", "rt-polarity", "--out", "{tmp}/file.txt"],
+         "file.txt: cannot create the output directory"),
+        (["flops", "--config="], "empty config name"),
+        (["memory", "--config="], "empty config name"),
+        (["eval", "ppl", "--ckpt", "a\rb"], "a\\rb: checkpoint directory not found"),
+        (["configs", "x\ny"], "unrecognized argument 'x\\ny'"),
+    ],
+)
+def test_odd_arguments_are_one_error_line(tmp_path, capsys, args, message):
+    (tmp_path / "file.txt").write_text("x\n")
+    assert main([a.replace("{tmp}", str(tmp_path)) for a in args]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("mom: error: ") and message in err, err

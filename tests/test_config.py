@@ -77,3 +77,17 @@ def test_replace_parses_strings_and_keeps_gpt2_ffn_ratio():
     assert cfg.top_k == 2 and cfg.skip is False and cfg.d_ff == 256 and cfg.attn_top_k is None
     with pytest.raises(ConfigError, match="skip must be true or false"):
         preset("tiny").replace(skip="maybe")
+
+
+def test_wrong_types_and_odd_field_names_are_one_line_errors():
+    # found by tests/test_fuzz.py: d_ff=0 (4·d_model) was computed before d_model's type was checked
+    with pytest.raises(ConfigError, match="d_model must be an integer, got {}"):
+        MoMConfig(d_model={}, d_ff=0)
+    for bad in ({"a\nb": 1}, {"x": 1, "\r": 2}):
+        with pytest.raises(ConfigError) as e:
+            MoMConfig.from_dict(bad)
+        assert "\n" not in str(e.value) and "\r" not in str(e.value)
+    with pytest.raises(ConfigError, match="unknown model field 'a\\\\nb'"):
+        preset("tiny").replace(**{"a\nb": "1"})
+    with pytest.raises(ConfigError, match="empty config name"):
+        resolve_config(" ")
