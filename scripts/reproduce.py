@@ -197,12 +197,29 @@ class RunSpec:
             out.append(self.source)
         return out
 
-    def fingerprint(self, setting: Setting) -> str:
-        """Changes whenever anything that decides this run's numbers changes (a finished run is reused only when
-        its fingerprint matches)."""
+    def data_seed(self, seed: int) -> int:
+        """Seed of the training data order. A phase-2 run must not replay phase 1's batches (the order is a pure
+        function of (data seed, step), so the same seed would feed phase 2 the batches of phase 1's first steps);
+        further training after pruning gets a third stream."""
+        if self.init is None:
+            return 1000 + seed  # phase 1 and from-scratch runs
+        if self.init.removeprefix("upcycle:") == "phase1":
+            return 2000 + seed
+        return 3000 + seed
+
+    def fingerprint(self, setting: Setting, runs: dict[str, "RunSpec"]) -> str:
+        """Changes whenever anything that decides this run's numbers changes, including the runs it starts from
+        (a finished run is reused only when its fingerprint matches)."""
         d = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("label", "cfg")}
         d["cfg"] = self.cfg.to_dict() if self.cfg is not None else None
-        d["setting"] = {k: v for k, v in dataclasses.asdict(setting).items() if k not in ("seeds", "experiments")}
+        # step counts and learning rates are in the spec itself; proxy sizes matter only to runs that use them
+        skip = {"name", "seeds", "experiments", "phase1_steps", "phase2_steps", "finetune_steps", "phase1_lr",
+                "phase2_lr", "paper_scale_seq"}
+        if not self.proxies:
+            skip |= {f.name for f in dataclasses.fields(Setting) if f.name.startswith(("glue_", "xsum_"))}
+            skip.add("finetune_lr")
+        d["setting"] = {k: v for k, v in dataclasses.asdict(setting).items() if k not in skip}
+        d["deps"] = [runs[n].fingerprint(setting, runs) for n in self.deps()]
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -290,7 +307,7 @@ def train_config(setting: Setting, spec: RunSpec, seed: int):
 
     return TrainConfig(max_steps=spec.steps, batch_size=setting.batch, seq_len=setting.seq_len, lr=spec.lr,
                        warmup_steps=max(1, spec.steps // 10), eval_interval=0, eval_tokens=setting.eval_tokens,
-                       log_interval=max(1, min(10, spec.steps // 4)), ckpt_interval=0, seed=1000 + seed,
+                       log_interval=max(1, min(10, spec.steps // 4)), ckpt_interval=0, seed=spec.data_seed(seed),
                        device=setting.device)
 
 
@@ -544,7 +561,7 @@ def reproduce(setting: Setting, out: Path, json_path: Path, data: Path, experime
         for name in order:
             n += 1
             spec = runs[name]
-            fp = spec.fingerprint(setting)
+            fp = spec.fingerprint(setting, runs)
             old = done.get((seed, name))
             # A finished record is reused only if its fingerprint matches and the run's model is on disk when a
             # later run of this invocation still needs it as an initialisation.

@@ -70,7 +70,7 @@ def test_smoke_json_holds_every_run(smoke):
     got = {(r["seed"], r["name"]) for r in res["runs"]}
     assert got == {(s, n) for s in setting.seeds for n in want}
     for r in res["runs"]:
-        assert math.isfinite(r["val_loss"]) and r["fingerprint"] == runs[r["name"]].fingerprint(setting)
+        assert math.isfinite(r["val_loss"]) and r["fingerprint"] == runs[r["name"]].fingerprint(setting, runs)
         assert r["fwd_flops_per_token"] > 0 and r["fwd_peak_bytes"] > r["param_bytes"] > 0
         if runs[r["name"]].proxies:
             assert set(r["proxies"]) == {"rt-polarity", "bible-para", "news-xsum"}
