@@ -159,7 +159,7 @@ def cmd_generate(args, overrides) -> int:
         for step in engine.stream(prompts, params):
             if step[0] is not None and step[0] != engine.eot:
                 done.append(step[0])
-                print(engine.tok.decode(done[-1:]), end="", flush=True)
+                print(engine.decode(done[-1:]), end="", flush=True)
         print()
         return 0
     for g in engine.generate(prompts, params):

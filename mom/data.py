@@ -719,6 +719,9 @@ def read_meta(path: str | os.PathLike) -> dict | None:
             )
         if meta.get("dtype") != "uint16":
             raise DataError(f"{meta_path}: dtype {meta.get('dtype')!r} is not supported (uint16 only)")
+        vocab = meta.get("vocab_size", N_VOCAB)
+        if not isinstance(vocab, int) or isinstance(vocab, bool) or vocab < 1:
+            raise DataError(f"{meta_path}: vocab_size {vocab!r} is not a positive integer")
     return meta
 
 

@@ -118,13 +118,19 @@ class SamplingParams:
             raise MomError(f"top_k must be ≥ 1, got {self.top_k}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise MomError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.seed is not None and not -(2**63) <= self.seed < 2**64:  # what torch.Generator can hold
+            raise MomError(f"seed must be between -2**63 and 2**64 - 1, got {self.seed}")
 
 
 def sample_next(logits_BV: Tensor, p: SamplingParams, gen: torch.Generator | None) -> Tensor:
     """Next token per row: greedy at temperature 0, else top-k / top-p filtered sampling."""
     if p.temperature == 0:
         return logits_BV.argmax(-1)
-    logits = logits_BV.float() / p.temperature
+    # Shift the largest logit to 0 first (softmax does not change) and divide by at least float32's smallest
+    # normal number: a tiny temperature then sends the other logits to -inf (greedy, its limit) instead of
+    # overflowing to inf, or dividing by a temperature rounded to 0, and sampling from NaN probabilities.
+    logits_BV = logits_BV.float()
+    logits = (logits_BV - logits_BV.amax(-1, keepdim=True)) / max(p.temperature, torch.finfo(torch.float32).tiny)
     if p.top_k is not None:
         kth = logits.topk(min(p.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -165,6 +171,12 @@ class Engine:
 
             self._tok = tokenizer()
         return self._tok
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of generated ids (ids past the tokenizer's vocabulary, from a padded embedding, have none)."""
+        from mom.tokenizer import decode_generated
+
+        return decode_generated(self.tok, ids)
 
     def _encode(self, prompts) -> tuple[list[str | None], list[list[int]]]:
         if isinstance(prompts, (str, bytes)) or (prompts and isinstance(prompts[0], int)):
@@ -228,7 +240,7 @@ class Engine:
                 step.append(t)
                 if t == self.eot:
                     finish[b] = "eos"
-                elif p.stop and texts[b] is not None and any(s in self.tok.decode(out_tokens[b]) for s in p.stop):
+                elif p.stop and texts[b] is not None and any(s in self.decode(out_tokens[b]) for s in p.stop):
                     finish[b] = "stop"
             yield step
             if all(f is not None for f in finish):
@@ -243,7 +255,7 @@ class Engine:
                 toks = out_tokens[b]
                 text = None
                 if texts[b] is not None:
-                    text = self.tok.decode([t for t in toks if t != self.eot])
+                    text = self.decode([t for t in toks if t != self.eot])
                     for s in p.stop:
                         if s in text:
                             text = text[: text.index(s)]

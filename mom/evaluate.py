@@ -60,7 +60,7 @@ from torch import Tensor, nn
 
 from mom.errors import DataError, MomError
 from mom.tasks import ClassificationData, Example, SummaryData, TaskSpec
-from mom.tokenizer import EOT
+from mom.tokenizer import EOT, decode_generated
 
 __all__ = [
     "accuracy", "f1_binary", "matthews", "pearson", "spearman", "glue_metrics", "rouge", "perplexity",
@@ -694,7 +694,7 @@ def run_xsum(ckpt: str | os.PathLike, data: SummaryData, *, params: SummaryParam
         else:
             outs = [beam_search(lm, pr, p.beams, p.max_new_tokens, length_penalty=p.length_penalty)
                     for pr in test_prompts]
-        texts = [enc.decode(o).strip() for o in outs]
+        texts = [decode_generated(enc, o).strip() for o in outs]
         scores = rouge(texts, [r.summary for r in test])
         log(f"xsum seed {seed}: " + ", ".join(f"{k} {100 * v:.2f}" for k, v in scores.items())
             + f" ({time.perf_counter() - t0:.0f}s decoding)")
@@ -800,7 +800,7 @@ def lm_eval_adapter(model, *, batch_size: int = 8, max_gen_toks: int = 256):
                 if new >= n_ctx:
                     raise MomError(f"max_gen_toks {new} leaves no room for a prompt in n_ctx={n_ctx}")
                 prompt = (enc.encode_ordinary(context) or [EOT])[-(n_ctx - new):]
-                text = enc.decode(greedy(model, [prompt], new)[0])
+                text = decode_generated(enc, greedy(model, [prompt], new)[0])
                 cuts = [text.index(s) for s in until if s and s in text]
                 out.append(text[:min(cuts)] if cuts else text)
             return out

@@ -24,7 +24,7 @@ import tiktoken
 
 from mom.errors import DataError
 
-__all__ = ["EOT", "N_VOCAB", "TOKENIZER_NAME", "TOKENIZER_SHA256", "tokenizer", "tokenizer_files"]
+__all__ = ["EOT", "N_VOCAB", "TOKENIZER_NAME", "TOKENIZER_SHA256", "decode_generated", "tokenizer", "tokenizer_files"]
 
 #: ``<|endoftext|>``: appended after every document when preparing data.
 EOT = 50256
@@ -124,3 +124,9 @@ def tokenizer() -> tiktoken.Encoding:
     )
     assert enc.n_vocab == N_VOCAB and enc.eot_token == EOT
     return enc
+
+
+def decode_generated(enc: tiktoken.Encoding, ids) -> str:
+    """``enc.decode`` for ids a model generated: a model's vocabulary may be padded past the tokenizer's (nanoGPT
+    uses 50304), and ids with no token have no text: they are left out instead of raising ``KeyError``."""
+    return enc.decode([t for t in ids if t < enc.n_vocab])

@@ -435,3 +435,13 @@ def test_cli_arguments_and_summary(tmp_path, capsys):
     assert (meta["split_seed"], meta["val_fraction"]) == (3, 0.2)
     with pytest.raises(SystemExit):
         parser.parse_args([])  # --out is required
+
+
+def test_meta_vocab_size_must_be_a_positive_integer(tmp_path):
+    # found by tests/test_fuzz.py: int(meta["vocab_size"]) raised ValueError on a hand-edited meta.json
+    (tmp_path / "train.bin").write_bytes(b"\x01\x00")
+    for bad in ("x", None, 0, True):
+        (tmp_path / "meta.json").write_text(json.dumps(
+            {"format": "mom-tokens", "format_version": 1, "dtype": "uint16", "vocab_size": bad}))
+        with pytest.raises(DataError, match=f"vocab_size {re.escape(repr(bad))} is not a positive integer"):
+            data.load_tokens(tmp_path)

@@ -101,12 +101,29 @@ def test_streaming_yields_the_same_tokens():
         ([[1]], dict(top_p=1.5), "top_p must be in \\(0, 1\\]"),
         ([[1]], dict(top_k=0), "top_k must be ≥ 1"),
         ([[1000]], dict(), "token id 1000 outside the vocabulary"),
+        ([[1]], dict(seed=2**64), "seed must be between"),  # found by tests/test_fuzz.py (was a torch overflow)
     ],
 )
 def test_bad_generation_input(prompts, params, message):
     model = _model(FAMILIES["vanilla"])
     with pytest.raises(MomError, match=message):
         Engine(model).generate(prompts, SamplingParams(**params))
+
+
+def test_tiny_temperatures_and_padded_vocabularies():
+    # Found by tests/test_fuzz.py. A temperature too small for float32 (logits/τ overflowed to inf, NaN
+    # probabilities) samples the greedy token.
+    model = _model(FAMILIES["vanilla"])
+    greedy = Engine(model).generate([[1, 2, 3]], max_new_tokens=4, temperature=0)[0].tokens
+    for tiny in (1e-30, 1e-300, 5e-324):
+        assert Engine(model).generate([[1, 2, 3]], max_new_tokens=4, temperature=tiny, seed=0)[0].tokens == greedy
+    # A vocabulary padded past GPT-2's (nanoGPT's 50304): ids without a token have no text (was a KeyError).
+    torch.manual_seed(0)
+    padded = MoM(preset("tiny").replace(vocab_size=50304, n_ctx=16, d_model=16, n_head=2, bottom=1)).eval()
+    with torch.no_grad():
+        padded.wte.weight[50300].mul_(1000.0)  # the tied head now prefers id 50300 after any prompt
+    g = Engine(padded).generate("Hello", max_new_tokens=3, temperature=0, stop=["x"])[0]
+    assert g.tokens == [50300] * 3 and g.text == ""
 
 
 def test_gathered_decode_path_equals_loop():
