@@ -43,8 +43,9 @@ def _split_overrides(extra: list[str], allowed: tuple[str, ...]) -> dict[str, di
             i += 1
         group, _, field = key.partition(".")
         if group not in allowed or not field:
-            raise MomError(f"unrecognized argument '{arg}' (overrides look like "
-                           f"{' or '.join(f'--{g}.FIELD VALUE' for g in allowed)})")
+            hint = (f"overrides look like {' or '.join(f'--{g}.FIELD VALUE' for g in allowed)}" if allowed
+                    else "this command takes no --model./--train. overrides")
+            raise MomError(f"unrecognized argument '{arg}' ({hint})")
         out[group][field] = value
         i += 1
     return out
@@ -146,7 +147,9 @@ def cmd_generate(args, overrides) -> int:
         raise MomError("no prompt: give --prompt TEXT or --prompt-file FILE")
     if any(not p.strip() for p in prompts):
         raise MomError("empty prompt")
-    device = args.device or ("cuda" if __import__("torch").cuda.is_available() else "cpu")
+    from mom.analysis import pick_device
+
+    device = pick_device(args.device)  # like every other command: auto, and one line for a device that is not there
     model = MoM.from_pretrained(args.ckpt, map_location=device, **overrides["model"])
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                             top_p=args.top_p, seed=args.seed, stop=args.stop or [])
@@ -202,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     g.add_argument("--no-cache", action="store_true", help="recompute the full forward every step (reference)")
     g.add_argument("--compile", action="store_true", help="torch.compile the decode step (pays off for long outputs)")
-    g.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    g.add_argument("--device", default=None, help="cpu, cuda or auto (default: cuda if available)")
     g.set_defaults(func=cmd_generate, overrides=("model",))
 
     from mom.bench import cmd_bench

@@ -86,6 +86,7 @@ def test_convert_from_and_to_hf(tmp_path):
         (["memory", "--config="], "empty config name"),
         (["eval", "ppl", "--ckpt", "a\rb"], "a\\rb: checkpoint directory not found"),
         (["configs", "x\ny"], "unrecognized argument 'x\\ny'"),
+        (["prepare", "--out", "{tmp}/o", "--model.top_k", "1"], "this command takes no --model./--train. overrides"),
     ],
 )
 def test_odd_arguments_are_one_error_line(tmp_path, capsys, args, message):

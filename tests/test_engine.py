@@ -155,7 +155,9 @@ def _mom(*args):
 
 
 def test_generate_cli(ckpt):
-    r = _mom("generate", "--ckpt", str(ckpt), "--prompt", "Hello world", "--max-new-tokens", "5", "--temperature", "0")
+    # --device auto as in every other command (found while fuzzing: it was passed to safetensors as a device name)
+    r = _mom("generate", "--ckpt", str(ckpt), "--prompt", "Hello world", "--max-new-tokens", "5", "--temperature", "0",
+             "--device", "auto")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("Hello world")
     s = _mom("generate", "--ckpt", str(ckpt), "--prompt", "Hello world", "--max-new-tokens", "5", "--temperature", "0",
@@ -170,6 +172,7 @@ def test_generate_cli(ckpt):
         (["--prompt", "word " * 70], "exceed the context length n_ctx=64"),
         (["--prompt", "hi", "--top-p", "0"], "top_p must be in (0, 1]"),
         (["--prompt", "hi", "--temperature", "-0.5"], "temperature must be ≥ 0"),
+        (["--prompt", "hi", "--device", "xyz"], "--device: unknown device 'xyz'"),
         ([], "no prompt"),
     ],
 )
