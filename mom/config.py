@@ -472,6 +472,7 @@ def resolve_config(spec: str) -> MoMConfig:
 TRAIN_CONFIG_FORMAT_VERSION = 1
 DeviceDtype = Literal["auto", "float32", "bfloat16"]
 Schedule = Literal["cosine", "constant"]
+Parallel = Literal["ddp", "fsdp"]
 
 
 @dataclass
@@ -511,6 +512,7 @@ class TrainConfig(_JsonConfig):
     device: str = "auto"  # auto (cuda if available, else cpu), cpu, cuda, cuda:N, mps
     dtype: DeviceDtype = "auto"  # auto = bf16 autocast on CUDA, float32 elsewhere
     compile: bool = False  # torch.compile the model
+    parallel: Parallel = "ddp"  # under torchrun: ddp (replicas) or fsdp (FSDP2: sharded gradients and AdamW state)
     max_bad_steps: int = 3  # stop after this many optimiser steps in a row skipped for a non-finite loss or gradient
     collapse_share: float = 0.9  # router collapse: one module picked by more than this fraction of the tokens …
     collapse_patience: int = 3  # … at this many metrics rows in a row is reported as a warning in metrics.jsonl
@@ -519,7 +521,8 @@ class TrainConfig(_JsonConfig):
     # batch_size and tokens_per_step may change (e.g. after running out of memory) because the rows of a step do not
     # depend on the micro-batch size; the resume check on the effective tokens per step keeps each step the same.
     RESUMABLE_CHANGES = ("eval_interval", "log_interval", "ckpt_interval", "keep_checkpoints", "compile", "device",
-                         "batch_size", "tokens_per_step", "max_bad_steps", "collapse_share", "collapse_patience")
+                         "batch_size", "tokens_per_step", "max_bad_steps", "collapse_share", "collapse_patience",
+                         "parallel")
 
     def __post_init__(self) -> None:
         self.validate()

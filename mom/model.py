@@ -285,13 +285,16 @@ class MoM(nn.Module):
         return from_gpt2(directory, resolve_config(config) if isinstance(config, str) else config)
 
     # ------------------------------------------------------------------ our checkpoint format
-    def save_pretrained(self, directory: str | os.PathLike, *, manifest: bool = True) -> None:
+    def save_pretrained(self, directory: str | os.PathLike, *, manifest: bool = True,
+                        state_dict: dict[str, Tensor] | None = None) -> None:
         """Write ``model.safetensors`` + ``config.json`` (each atomically: temporary file, fsync, rename), then
-        ``manifest.json`` with their sizes and sha256 (``manifest=False``: the caller writes a larger one)."""
+        ``manifest.json`` with their sizes and sha256 (``manifest=False``: the caller writes a larger one).
+        ``state_dict``: the tensors to write instead of this module's own (e.g. gathered from FSDP shards)."""
         from safetensors.torch import save_file
 
         directory = Path(directory)
-        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        state = self.state_dict() if state_dict is None else state_dict
+        tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
         meta = {"format": MODEL_FORMAT, "config": json.dumps(self.config.to_dict())}
         atomic_write(directory / "model.safetensors", writer=lambda tmp: save_file(tensors, str(tmp), metadata=meta))
         self.config.save(directory / "config.json")

@@ -125,6 +125,35 @@ def resolve_device(spec: str, dist: Dist) -> torch.device:
     return torch.device(spec)
 
 
+def shard_model(model: nn.Module) -> None:
+    """FSDP2 (``--train.parallel fsdp``): shard parameters, gradients and AdamW moments over the processes.
+
+    The whole model is one FSDP unit: a module pool's weights are applied by the dispatcher as tensors, not by
+    calling a submodule, so per-layer units would never see their forward hooks fire. Parameters are therefore
+    all-gathered for the forward and the backward of each micro-batch and resharded after; what is saved is the
+    persistent memory of gradients and AdamW moments (3/4 of a DDP replica's), not activations. Autocast handles
+    bf16 exactly as under DDP, so the two compute the same numbers."""
+    from torch.distributed.fsdp import fully_shard
+
+    fully_shard(model)
+
+
+def _no_grad_sync(fwd: nn.Module, fsdp: bool):
+    """Accumulating a micro-batch without reducing gradients: DDP's ``no_sync``, or FSDP2's switch."""
+    if not fsdp:
+        return fwd.no_sync()
+
+    @contextlib.contextmanager
+    def off():
+        fwd.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            fwd.set_requires_gradient_sync(True)
+
+    return off()
+
+
 def autocast_dtype(tcfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     """The autocast dtype (None: plain float32). ``auto`` is bf16 on CUDA GPUs that support it."""
     if tcfg.dtype == "float32":
@@ -281,21 +310,30 @@ class Batches:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Batches, max_tokens: int, amp: torch.dtype | None) -> float:
-    """Mean LM cross-entropy over the validation windows (split over processes; aux losses excluded)."""
+def evaluate(model: nn.Module, batches: Batches, max_tokens: int, amp: torch.dtype | None,
+             lockstep: bool = False) -> float:
+    """Mean LM cross-entropy over the validation windows (split over processes; aux losses excluded).
+
+    ``lockstep`` (FSDP: every forward all-gathers, so all processes must run the same number): a process whose
+    share ran out runs a zero-weight forward on window 0 while the others finish."""
     was_training = model.training
     model.eval()
     starts = batches.val_windows(max_tokens)
     mine = starts[batches.dist.rank::batches.dist.world]
+    most = len(starts[0::batches.dist.world]) if lockstep else len(mine)  # rank 0 holds the most windows
     acc_dtype = torch.float32 if batches.device.type == "mps" else torch.float64  # MPS has no float64
     total = torch.zeros(2, dtype=acc_dtype, device=batches.device)  # (sum of window losses, windows)
-    for i in range(0, len(mine), batches.B):
-        x_BT, y_BT = batches._gather(batches.val, mine[i:i + batches.B])
+    for i in range(0, most, batches.B):
+        rows = mine[i:i + batches.B]
+        weight = 1.0 if len(rows) else 0.0
+        x_BT, y_BT = batches._gather(batches.val, rows if len(rows) else starts[:1])
         with _autocast(batches.device, amp):
             loss = model(x_BT, y_BT).loss
-        total[0] += loss.to(acc_dtype) * x_BT.shape[0]
-        total[1] += x_BT.shape[0]
+        total[0] += loss.to(acc_dtype) * x_BT.shape[0] * weight
+        total[1] += x_BT.shape[0] * weight
     batches.dist.sum_(total)
+    if lockstep:  # FSDP2 keeps the root's parameters gathered after a forward with no backward: shard them again
+        model.reshard()
     model.train(was_training)
     return (total[0] / total[1]).item()
 
@@ -374,7 +412,7 @@ def nonfinite_gradients(model: nn.Module) -> list[str]:
     for name, p in model.named_parameters():
         if p.grad is None:
             continue
-        bad = ~torch.isfinite(p.grad)
+        bad = ~torch.isfinite(_full(p.grad))  # (FSDP: every process gathers; only on a bad step)
         if not bad.any():
             continue
         if ".pool." in name and p.dim() >= 2 and p.shape[0] > 1:  # leading axis = module index
@@ -430,8 +468,42 @@ def read_latest(run_dir: Path) -> tuple[int, Path] | None:
     raise CheckpointError(f"{p} points at {ckpt}, which is not a complete checkpoint")
 
 
-def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    names: list[str], tcfg: TrainConfig, state: dict[str, Any]) -> Path:
+def _full(t: Tensor) -> Tensor:
+    """The whole tensor: an FSDP2 shard (DTensor) is all-gathered — every process must call this — others as is."""
+    from torch.distributed.tensor import DTensor
+
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+@dataclass
+class FullState:
+    """Unsharded weights and AdamW moments, as a checkpoint stores them (the same for 1 process, DDP or FSDP)."""
+
+    model: dict[str, Tensor]
+    moments: dict[str, Tensor]  # "exp_avg/NAME", "exp_avg_sq/NAME"
+    optimizer_step: float
+
+
+def full_state(model: nn.Module, optimizer: torch.optim.Optimizer, names: list[str]) -> FullState:
+    """Collect the training state to write; under FSDP every process must call it (shards are all-gathered)."""
+    if hasattr(model, "reshard"):  # FSDP2: the optimiser's state is keyed by the sharded parameters
+        model.reshard()
+    params = dict(model.named_parameters())
+    moments, steps = {}, set()
+    for n in names:
+        st = optimizer.state.get(params[n])
+        if st:
+            moments[f"exp_avg/{n}"] = _full(st["exp_avg"])
+            moments[f"exp_avg_sq/{n}"] = _full(st["exp_avg_sq"])
+            steps.add(float(st["step"]))
+    if len(steps) > 1:
+        raise RuntimeError(f"AdamW step counts differ across parameters: {sorted(steps)}")
+    sd = {k: _full(v) for k, v in model.state_dict().items()}
+    return FullState(sd, moments, steps.pop() if steps else 0.0)
+
+
+def save_checkpoint(run_dir: Path, step: int, model: nn.Module, full: FullState, tcfg: TrainConfig,
+                    state: dict[str, Any]) -> Path:
     """Write checkpoint ``step`` atomically and make it the latest; raise CheckpointError (previous one intact)."""
     root = run_dir / CHECKPOINTS
     name = f"step-{step:08d}"
@@ -442,24 +514,15 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: torch
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        model.save_pretrained(tmp, manifest=False)  # model.safetensors + config.json, each fsynced
+        # model.safetensors + config.json, each fsynced
+        model.save_pretrained(tmp, manifest=False, state_dict=full.model)
         tcfg.save(tmp / "train_config.json")
-        tensors: dict[str, Tensor] = {"rng/cpu": torch.get_rng_state()}
+        tensors: dict[str, Tensor] = {"rng/cpu": torch.get_rng_state(), **full.moments}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             tensors["rng/cuda"] = torch.cuda.get_rng_state()
-        params = dict(model.named_parameters())
-        opt_steps = set()
-        for n in names:
-            st = optimizer.state.get(params[n])
-            if st:
-                tensors[f"exp_avg/{n}"] = st["exp_avg"]
-                tensors[f"exp_avg_sq/{n}"] = st["exp_avg_sq"]
-                opt_steps.add(float(st["step"]))
-        if len(opt_steps) > 1:
-            raise RuntimeError(f"AdamW step counts differ across parameters: {sorted(opt_steps)}")
         _save_tensors(tensors, tmp / "train_state.safetensors", {"format": TRAIN_STATE_FORMAT})
         write_json_atomic(tmp / "state.json", {"format_version": STATE_FORMAT_VERSION, **state, "step": step,
-                                               "optimizer_step": opt_steps.pop() if opt_steps else 0.0})
+                                               "optimizer_step": full.optimizer_step})
         write_manifest(tmp, list(CHECKPOINT_FILES))  # last: a directory with a manifest is complete
         fsync_dir(tmp)
         if final.exists():  # left by a crash between this rename and the pointer update: never the latest
@@ -488,11 +551,13 @@ def _prune(root: Path, keep: int, latest: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def load_checkpoint(ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimizer, names: list[str],
+def load_checkpoint(ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, names: list[str],
                     device: torch.device) -> dict[str, Any]:
     """Restore weights, AdamW moments/step and RNG from ``ckpt``; returns its state.json.
 
-    Every file is checked against the manifest first, so a damaged checkpoint is named before anything loads."""
+    Every file is checked against the manifest first, so a damaged checkpoint is named before anything loads.
+    With ``optimizer=None`` only the weights are loaded (FSDP: into the model before it is sharded; the moments
+    follow with :func:`load_optimizer_state` once the optimiser exists)."""
     from mom.model import MODEL_FORMAT, load_safetensors
 
     try:
@@ -509,11 +574,27 @@ def load_checkpoint(ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimiz
                               f"(this mom reads {STATE_FORMAT_VERSION})")
     model.load_state_dict(load_safetensors(ckpt / "model.safetensors", device=device, expect_format=MODEL_FORMAT),
                           source=ckpt)
+    if optimizer is not None:
+        load_optimizer_state(ckpt, model, optimizer, names, state, device)
+    return state
+
+
+def load_optimizer_state(ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimizer, names: list[str],
+                         state: dict[str, Any], device: torch.device) -> None:
+    """AdamW moments and step, and the RNG, from ``ckpt`` (verified by :func:`load_checkpoint` already)."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    from mom.model import load_safetensors
+
     tensors = load_safetensors(ckpt / "train_state.safetensors", expect_format=TRAIN_STATE_FORMAT)
-    # Rebuild AdamW's state_dict in its own format (params numbered in group order) and let it place tensors.
     where = ckpt / "train_state.safetensors"
+    # Rebuild AdamW's state_dict in its own format (params numbered in group order) and let it place tensors.
     sd = optimizer.state_dict()
     params = dict(model.named_parameters())
+
+    def placed(t: Tensor, p: Tensor) -> Tensor:  # a moment goes where its parameter is, sharded the same way
+        return distribute_tensor(t.to(device), p.device_mesh, p.placements) if isinstance(p, DTensor) else t
+
     opt_state = {}
     for i, n in enumerate(names):
         if f"exp_avg/{n}" in tensors:
@@ -522,7 +603,7 @@ def load_checkpoint(ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimiz
                 raise CheckpointError(f"{where}: optimiser state for {n} is missing or has the wrong shape "
                                       f"({tuple(m.shape)}, parameter {tuple(params[n].shape)})")
             opt_state[i] = {"step": torch.tensor(float(state["optimizer_step"]), dtype=torch.float32),
-                            "exp_avg": m, "exp_avg_sq": v}
+                            "exp_avg": placed(m, params[n]), "exp_avg_sq": placed(v, params[n])}
     unknown = {k.split("/", 1)[1] for k in tensors if k.startswith("exp_avg/")} - set(names)
     if unknown:
         raise CheckpointError(f"{where}: optimiser state for unknown parameter(s), e.g. {sorted(unknown)[0]}")
@@ -533,7 +614,6 @@ def load_checkpoint(ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     torch.set_rng_state(tensors["rng/cpu"])
     if "rng/cuda" in tensors and device.type == "cuda":
         torch.cuda.set_rng_state(tensors["rng/cuda"], device)
-    return state
 
 
 # ================================================================================================ init-from
@@ -734,11 +814,17 @@ def train(mcfg: MoMConfig | None, tcfg: TrainConfig | None, *, out: str | os.Pat
     if init is not None and resume_from is None:
         init_note = init_from(model, init)
     model.to(device)
-    optimizer, names = make_optimizer(model, tcfg, device)
+    fsdp = dist.enabled and tcfg.parallel == "fsdp"
     start, tokens_seen, elapsed_before = 0, 0, 0.0
     resumed_state: dict[str, Any] = {}
+    if resume_from is not None:  # the weights now, into the whole model; the optimiser state once it exists
+        resumed_state = load_checkpoint(resume_from[1], model, None, [], device)
+    if fsdp:
+        shard_model(model)
+    optimizer, names = make_optimizer(model, tcfg, device)
     if resume_from is not None:
-        state = resumed_state = load_checkpoint(resume_from[1], model, optimizer, names, device)
+        state = resumed_state
+        load_optimizer_state(resume_from[1], model, optimizer, names, state, device)
         start, tokens_seen, elapsed_before = int(state["step"]), int(state["tokens"]), float(state["elapsed_s"])
         if int(state.get("tokens_per_step", tokens_per_step)) != tokens_per_step:
             raise ConfigError(f"--resume: the run used {state['tokens_per_step']} tokens per step, this launch "
@@ -778,7 +864,7 @@ def train(mcfg: MoMConfig | None, tcfg: TrainConfig | None, *, out: str | os.Pat
     fwd: nn.Module = model
     if tcfg.compile:
         fwd = torch.compile(model)
-    if dist.enabled:
+    if dist.enabled and not fsdp:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         # A pool's stacked weights take part in every forward as whole tensors unless every token of a micro-batch
@@ -799,13 +885,14 @@ def train(mcfg: MoMConfig | None, tcfg: TrainConfig | None, *, out: str | os.Pat
                 "collapse_streak": collapse.state()}
 
     def checkpoint(step: int) -> None:
+        full = full_state(model, optimizer, names)  # on every process: FSDP shards are all-gathered
         if dist.is_main:
-            save_checkpoint(out, step, model, optimizer, names, tcfg, state_dict_for_ckpt(step))
+            save_checkpoint(out, step, model, full, tcfg, state_dict_for_ckpt(step))
         dist.barrier()
 
     def run_eval(step: int) -> float:
         t0 = time.perf_counter()
-        loss = evaluate(fwd if not dist.enabled else model, batches, tcfg.eval_tokens, amp)
+        loss = evaluate(fwd if not dist.enabled else model, batches, tcfg.eval_tokens, amp, lockstep=fsdp)
         log({"type": "val", "step": step, "tokens": tokens_seen, "val_loss": loss, "val_ppl": math.exp(min(loss, 50)),
              "seconds": round(time.perf_counter() - t0, 3)})
         say(f"step {step}: val loss {loss:.4f} (ppl {math.exp(min(loss, 50)):.1f})", bar)
@@ -836,7 +923,7 @@ def train(mcfg: MoMConfig | None, tcfg: TrainConfig | None, *, out: str | os.Pat
             for micro in range(accum):
                 x_BT, y_BT = batches.micro_batch(step, micro)
                 sync = micro == accum - 1 or not dist.enabled
-                with (contextlib.nullcontext() if sync else fwd.no_sync()):
+                with (contextlib.nullcontext() if sync else _no_grad_sync(fwd, fsdp)):
                     with _autocast(device, amp):
                         res = fwd(x_BT, y_BT, return_routes=want_routes and micro == 0)
                     ((res.loss + res.aux_loss) / accum).backward()
@@ -847,7 +934,8 @@ def train(mcfg: MoMConfig | None, tcfg: TrainConfig | None, *, out: str | os.Pat
             # and hide which parameters went bad. (clip_grad_norm_ is exactly these two calls.)
             params = [p for p in model.parameters() if p.grad is not None]
             grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-            finite_t = torch.isfinite(grad_norm) & torch.isfinite(window.pending_loss())
+            norm_t = _full(grad_norm)  # (FSDP: a DTensor; the check and the log want the number)
+            finite_t = torch.isfinite(norm_t) & torch.isfinite(window.pending_loss())
             if dist.enabled:  # every process must take the same decision (losses differ across processes)
                 finite_t = finite_t.to(torch.int32)
                 torch.distributed.all_reduce(finite_t, op=torch.distributed.ReduceOp.MIN)
@@ -855,11 +943,11 @@ def train(mcfg: MoMConfig | None, tcfg: TrainConfig | None, *, out: str | os.Pat
             if bool(finite_t):
                 torch.nn.utils.clip_grads_with_norm_(params, max_norm, grad_norm)
                 optimizer.step()
-                window.add_step(grad_norm)
+                window.add_step(norm_t)
                 bad_in_a_row = 0
             else:
                 bad_in_a_row += 1
-                fault = describe_fault(float(window.pending_loss()), float(grad_norm), nonfinite_gradients(model))
+                fault = describe_fault(float(window.pending_loss()), float(norm_t), nonfinite_gradients(model))
                 window.drop_step()
                 log({"type": "fault", "step": step + 1, "skipped": True, "in_a_row": bad_in_a_row, "what": fault})
                 say(f"step {step + 1}: update skipped ({fault})", bar)
@@ -922,10 +1010,11 @@ def train(mcfg: MoMConfig | None, tcfg: TrainConfig | None, *, out: str | os.Pat
 
     finished = done >= tcfg.max_steps
     elapsed = elapsed_before + time.perf_counter() - t_start
+    final_sd = {k: _full(v) for k, v in model.state_dict().items()} if finished and fsdp else None
     if finished and dist.is_main:
         if not (out / "model.safetensors").is_file() or start < tcfg.max_steps:
             try:
-                model.save_pretrained(out)
+                model.save_pretrained(out, state_dict=final_sd)
             except OSError as e:
                 raise CheckpointError(f"{out}: cannot write the final model ({e.strerror or e}); the last "
                                       f"checkpoint is intact") from None

@@ -416,8 +416,11 @@ def test_cli_resume_of_a_finished_run_is_a_no_op(cli_setup, tmp_path):
 
 # ---------------------------------------------------------------------------------------------- DDP
 @pytest.mark.slow
-def test_ddp_gloo_two_processes_match_one_process(tmp_path, data_dir):
-    """2 gloo processes × 1 micro-batch of 2 == 1 process × 2 accumulated micro-batches of 2 (same global batch)."""
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_gloo_two_processes_match_one_process(tmp_path, data_dir, parallel):
+    """2 gloo processes × 1 micro-batch of 2 == 1 process × 2 accumulated micro-batches of 2 (same global batch),
+    with DDP replicas and with FSDP2 shards; an FSDP run's checkpoints are ordinary full ones (resumable by one
+    process)."""
     cfg_path = tmp_path / "cfg.json"
     mom_cfg(top_k=2, dispatch="loop").save(cfg_path)  # routed, with SKIP (find_unused_parameters), loop dispatch
     args = ["train", "--config", cfg_path, "--data", data_dir, "--no-progress", "--train.max_steps", "6",
@@ -427,8 +430,10 @@ def test_ddp_gloo_two_processes_match_one_process(tmp_path, data_dir):
     one = cli(*args, "--out", tmp_path / "one", timeout=300)
     assert one.returncode == 0, one.stderr
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "mom.cli"]
-    two = subprocess.run([*torchrun, *map(str, args), "--out", str(tmp_path / "two")], capture_output=True,
-                         text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    two = subprocess.run([*torchrun, *map(str, args), "--train.parallel", parallel, "--train.ckpt_interval", "3",
+                          "--train.keep_checkpoints", "2",
+                          "--out", str(tmp_path / "two")], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
     assert two.returncode == 0, two.stderr[-3000:]
     assert "× 2 processes" in two.stdout and "1 accumulated" not in two.stdout
     a, b = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
@@ -440,3 +445,14 @@ def test_ddp_gloo_two_processes_match_one_process(tmp_path, data_dir):
     assert json.loads((tmp_path / "two" / "run.json").read_text())["world_size"] == 2
     wa, wb = MoM.from_pretrained(tmp_path / "one").state_dict(), MoM.from_pretrained(tmp_path / "two").state_dict()
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
+    # The step-3 checkpoint of the 2-process run, continued by one process, ends where the 2-process run ended.
+    import shutil
+
+    cont = tmp_path / "cont"
+    shutil.copytree(tmp_path / "two", cont)
+    shutil.rmtree(cont / "checkpoints" / "step-00000006")
+    (cont / "model.safetensors").unlink()
+    res = train(None, None, out=cont, resume=True, progress=False)
+    assert res.finished and read_latest(cont)[0] == 6
+    wc = MoM.from_pretrained(cont).state_dict()
+    assert max((wc[k] - wb[k]).abs().max().item() for k in wc) < 1e-4
