@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -277,6 +278,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mom: interrupted", file=sys.stderr)
         return 130
+    except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
+        # Too large a model, batch or sequence for this machine is the user's to change, not a bug; PyTorch's CPU
+        # allocator reports it as a plain RuntimeError (with a C++ stack in the message).
+        if not (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError"
+                or "can't allocate memory" in str(e)):
+            raise
+        size = re.search(r"tried to allocate ([0-9.]+) ?(\w*)", str(e), re.IGNORECASE)
+        what = f" (tried to allocate {size.group(1)} {size.group(2) or 'bytes'})" if size else ""
+        print(f"mom: error: out of memory{what}: use a smaller model (--model.*), batch or sequence length",
+              file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -165,6 +165,12 @@ class MoMConfig(_JsonConfig):
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first problem found."""
         _check_types(self)
+        for f in _field_types(type(self)):
+            # Every integer field is a size or a count: past 2**31 no model can be built from it (torch takes
+            # sizes as int64, and products of two sizes must fit too), so say so here instead of inside torch.
+            v = getattr(self, f)
+            if isinstance(v, int) and not isinstance(v, bool) and v >= 2**31:
+                raise ConfigError(f"{f} must be < 2**31, got {v}")
         for f in ("vocab_size", "n_ctx", "d_model", "n_head", "d_ff", "router_hidden"):
             if getattr(self, f) < 1:
                 raise ConfigError(f"{f} must be ≥ 1, got {getattr(self, f)}")
@@ -175,13 +181,23 @@ class MoMConfig(_JsonConfig):
             raise ConfigError(f"n_head ({self.n_head}) must divide d_model ({self.d_model})")
         if self.depth == 0:
             raise ConfigError("the model has no layers: set bottom/top > 0 or chunks > 0")
-        if not self.temperature > 0:
-            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
-        if self.layer_norm_eps <= 0 or self.init_std <= 0:
-            raise ConfigError("layer_norm_eps and init_std must be > 0")
+        # The bounds below keep a random model's forward finite in float32 (below them: NaN outputs or losses).
+        if not self.temperature >= 1e-6:  # router logits / τ overflow, and the z-loss squares them
+            raise ConfigError(f"temperature must be ≥ 1e-6, got {self.temperature}")
+        if self.layer_norm_eps <= 0 or not 0 < self.init_std <= 1:  # GPT-2's init_std is 0.02
+            raise ConfigError(f"layer_norm_eps must be > 0 and init_std in (0, 1], got {self.layer_norm_eps} and "
+                              f"{self.init_std}")
         for f in ("balance_coef", "z_coef"):
-            if getattr(self, f) < 0 or not math.isfinite(getattr(self, f)):
-                raise ConfigError(f"{f} must be a finite number ≥ 0, got {getattr(self, f)}")
+            if not 0 <= getattr(self, f) <= 1e6:
+                raise ConfigError(f"{f} must be a number in [0, 1e6], got {getattr(self, f)}")
+        # Each weight must be a tensor torch can describe (its fp32 byte size an int64): a pool stacks its
+        # modules' matrices, the GRU router's is (d + r) × 3r.
+        pool = max(self.n_attn, self.n_ffn) if self.chunks else 1
+        largest = max(max(self.vocab_size, self.n_ctx, pool * max(3 * self.d_model, self.d_ff)) * self.d_model,
+                      3 * self.router_hidden * (self.d_model + self.router_hidden) if self.chunks else 0)
+        if largest >= 2**60:
+            raise ConfigError(f"the largest weight would hold {largest:.3g} numbers, more than a tensor can: "
+                              "reduce d_model, d_ff, vocab_size, n_ctx, router_hidden or the modules per pool")
         if self.chunks == 0:
             return  # routing fields are inert without assembled blocks
         if self.steps < 1:

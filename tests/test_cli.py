@@ -94,3 +94,22 @@ def test_odd_arguments_are_one_error_line(tmp_path, capsys, args, message):
     assert main([a.replace("{tmp}", str(tmp_path)) for a in args]) == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and err.startswith("mom: error: ") and message in err, err
+
+
+def test_out_of_memory_is_one_error_line(monkeypatch, capsys):
+    # found while fuzzing: `mom memory --config tiny --model.n_ctx 999999999` ended in the CPU allocator's
+    # RuntimeError (the allocation is simulated here: a real one could succeed under memory overcommit)
+    import mom.model
+
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you "
+                           "tried to allocate 511999999488 bytes.\nframe #0: c10::alloc_cpu")
+
+    monkeypatch.setattr(mom.model.MoM, "__init__", no_memory)
+    assert main(["memory", "--config", "tiny", "--forward-only"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("mom: error: out of memory (tried to allocate 511999999488 bytes): use a smaller model "
+                   "(--model.*), batch or sequence length\n")
+    monkeypatch.setattr(mom.model.MoM, "__init__", lambda *a, **k: 1 / 0)  # any other error is still a bug
+    with pytest.raises(ZeroDivisionError):
+        main(["memory", "--config", "tiny", "--forward-only"])

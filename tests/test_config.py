@@ -21,7 +21,12 @@ from tests.conftest import tiny_config
         (dict(steps=0), "steps \\(H\\) must be ≥ 1"),
         (dict(router="lstm"), "router must be one of 'gru', 'mlp', 'fixed'"),
         (dict(router="fixed"), "cannot choose SKIP"),
-        (dict(temperature=0.0), "temperature must be > 0"),
+        (dict(temperature=0.0), "temperature must be ≥ 1e-6"),
+        # valid configs whose random model gave NaN logits or losses (balance_coef found by tests/test_fuzz.py, the
+        # other two when checking every float field at its extremes)
+        (dict(temperature=1e-30), "temperature must be ≥ 1e-6"),
+        (dict(init_std=1e4), "init_std in \\(0, 1\\]"),
+        (dict(balance_coef=3.5e38), "balance_coef must be a number in \\[0, 1e6\\]"),
         (dict(attn_candidates="diagonal", steps=4), "n_attn \\(3\\) must be ≥ steps \\(4\\)"),
         (dict(ffn_candidates="grouped", steps=3, n_ffn=4), "steps \\(3\\) must divide n_ffn \\(4\\)"),
         (dict(selection="expert", skip=False), "needs skip=true"),
@@ -91,3 +96,6 @@ def test_wrong_types_and_odd_field_names_are_one_line_errors():
         preset("tiny").replace(**{"a\nb": "1"})
     with pytest.raises(ConfigError, match="empty config name"):
         resolve_config(" ")
+    # sizes no tensor can have were accepted and failed inside torch (found while fuzzing)
+    with pytest.raises(ConfigError, match="n_ctx must be < 2\\*\\*31, got 99999999999999999999"):
+        preset("tiny").replace(n_ctx="99999999999999999999")
