@@ -118,8 +118,11 @@ def peak_flops(device: str) -> float | None:
 
 
 def bench_step(config: str = "K2H2S", mode: str = "train", batch: int = 4, seq_len: int = 128, rounds: int = 3,
-               warmup: int = 2, device: str = "cpu", seed: int = 0, overrides: dict | None = None) -> dict:
-    """Time one training (or forward) step of a MoM with both dispatchers and of its dense counterpart."""
+               warmup: int = 2, device: str = "cpu", seed: int = 0, overrides: dict | None = None,
+               compile: bool = False) -> dict:
+    """Time one training (or forward) step of a MoM with both dispatchers and of its dense counterpart
+    (``compile``: the grouped MoM and the dense model under ``torch.compile(fullgraph=True)``, warm-up steps
+    absorbing the compilation; the loop reference stays eager)."""
     from mom.flops import count
     from mom.model import MoM
     from mom.train import keep_freed_memory
@@ -142,18 +145,20 @@ def bench_step(config: str = "K2H2S", mode: str = "train", batch: int = 4, seq_l
 
     def make_step(model):
         model.to(device).train(mode == "train")
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4) if mode == "train" else None
+        # The loop reference syncs on `nonzero` per module, so it cannot compile whole; it stays eager.
+        fwd = torch.compile(model, fullgraph=True) if compile and model.config.dispatch != "loop" else model
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda") if mode == "train" else None
 
         def step():
             if mode == "train":
                 with amp:
-                    out = model(idx, idx)
+                    out = fwd(idx, idx)
                 (out.loss + out.aux_loss).backward()
                 opt.step()
                 opt.zero_grad(set_to_none=True)
             else:
                 with torch.no_grad(), amp:
-                    model(idx)
+                    fwd(idx)
             if device == "cuda":
                 torch.cuda.synchronize()
         return step
@@ -180,7 +185,7 @@ def bench_step(config: str = "K2H2S", mode: str = "train", batch: int = 4, seq_l
     per_flop = {k: best[k] / per_tok[k] for k in steps}
     return {
         "benchmark": mode, "machine": machine(), "device": device, "config": cfg.name, "dense_layers": dense_cfg.bottom,
-        "batch": batch, "seq_len": seq_len, "rounds": rounds, "results": rows,
+        "batch": batch, "seq_len": seq_len, "rounds": rounds, "compile": compile, "results": rows,
         "mom_over_dense_time_per_active_flop": per_flop["mom_grouped"] / per_flop["dense"],
         "loop_over_grouped": best["mom_loop"] / best["mom_grouped"],
     }
@@ -188,7 +193,8 @@ def bench_step(config: str = "K2H2S", mode: str = "train", batch: int = 4, seq_l
 
 def format_step(r: dict) -> str:
     lines = [f"{r['benchmark']} benchmark on {r['machine']} — {r['config']} vs dense {r['dense_layers']}-layer GPT-2 "
-             f"(equal active matmul FLOPs), batch {r['batch']}×{r['seq_len']}, best of {r['rounds']} alternating rounds"]
+             f"(equal active matmul FLOPs), batch {r['batch']}×{r['seq_len']}, best of {r['rounds']} alternating rounds"
+             f"{', compiled' if r.get('compile') else ''}"]
     for k, v in r["results"].items():
         mfu = f", MFU {100 * v['mfu']:.1f}%" if v["mfu"] else ""
         lines.append(f"  {k:<12} {v['seconds_per_step'] * 1e3:9.1f} ms/step {v['tokens_per_s']:10.0f} tok/s "
@@ -205,6 +211,6 @@ def cmd_bench(args, overrides) -> int:
         print(json.dumps(r, indent=2) if args.json else format_decode(r))
         return 0
     r = bench_step(args.config or "K2H2S", args.what, args.batch, args.seq_len, args.rounds, device=args.device,
-                   overrides=overrides["model"])
+                   overrides=overrides["model"], compile=args.compile, warmup=3 if args.compile else 2)
     print(json.dumps(r, indent=2) if args.json else format_step(r))
     return 0

@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--prompt-len", type=int, default=16)
     b.add_argument("--rounds", type=int, default=3)
     b.add_argument("--device", default="cpu")
-    b.add_argument("--compile", action="store_true", help="torch.compile the cached decode steps")
+    b.add_argument("--compile", action="store_true", help="torch.compile the models (decode: the cached decode steps)")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench, overrides=("model",))
 
