@@ -443,6 +443,17 @@ def proxy_baselines(setting: Setting) -> dict[str, Any]:
     return out
 
 
+def removed_weight_share(report: dict) -> dict[str, float]:
+    """Share of the router weight (pruning importance, summed over chunks) that the removed modules had received,
+    per half: 0 means the routers never gave those modules any weight, so removing them changes nothing."""
+    out = {}
+    for half in ("attn", "ffn"):
+        total = sum(sum(ch[half]["importance"]) for ch in report["chunks"])
+        gone = sum(ch[half]["importance"][m] for ch in report["chunks"] for m in ch[half]["removed"])
+        out[half] = gone / total if total > 0 else 0.0
+    return out
+
+
 def run_one(spec: RunSpec, setting: Setting, seed: int, seed_dir: Path, data: Path, say: Callable) -> dict:
     """Train (or prune) one run, measure it, and return its summary record."""
 
@@ -484,7 +495,8 @@ def run_one(spec: RunSpec, setting: Setting, seed: int, seed_dir: Path, data: Pa
         save_atomic(model, out, report, force=True)
         rec.update(steps=0, tokens=0, train_seconds=0.0, val_loss=val_loss_of(model, setting, data),
                    val_loss_start=None, init=spec.source, prune={k: report[k] for k in ("n_attn", "n_ffn", "params")},
-                   removed=[{h: ch[h]["removed"] for h in ("attn", "ffn")} for ch in report["chunks"]])
+                   removed=[{h: ch[h]["removed"] for h in ("attn", "ffn")} for ch in report["chunks"]],
+                   removed_weight_share=removed_weight_share(report))
     rec["config"] = model.config.to_dict()
     rec.update(measure(model, setting, data))
     del model
@@ -586,6 +598,11 @@ def reproduce(setting: Setting, out: Path, json_path: Path, data: Path, experime
             # later run of this invocation still needs it as an initialisation.
             if old is not None and old.get("fingerprint") == fp and (seed_dir / name / "model.safetensors").is_file():
                 say(f"[{n}/{total}] seed {seed} {name}: done earlier, skipped")
+                if spec.kind == "prune" and "removed_weight_share" not in old:
+                    # records written before this field existed: read it from the run's own prune.json
+                    rep = json.loads((seed_dir / name / "prune.json").read_text(encoding="utf-8"))
+                    old["removed_weight_share"] = removed_weight_share(rep)
+                    save_results(json_path, res)
                 continue
             say(f"[{n}/{total}] seed {seed} {name}: {spec.label} ...")
             rec = run_one(spec, setting, seed, seed_dir, data, say)
@@ -674,9 +691,10 @@ def rouge_avg(r):
 
 
 def verdict(diffs: list[float], better: str, what: str, a: str, b: str, unit: str = "", nd: int = 3,
-            scale: float = 1.0) -> str:
+            scale: float = 1.0, *, neutral: bool = False, pairs: str = "paired seed(s)") -> str:
     """One plain sentence about a paired comparison: a − b per seed; ``better`` says which sign supports the claim
-    ("lower" or "higher"). A difference counts as a result when its mean exceeds two standard errors."""
+    ("lower" or "higher"). A difference counts as a result when its mean exceeds two standard errors. ``neutral``:
+    there is no claim of the paper to test, only say whether the difference is clear."""
     d = [x * scale for x in diffs]
     if not d:
         return f"{a} vs {b}: no paired runs."
@@ -685,11 +703,13 @@ def verdict(diffs: list[float], better: str, what: str, a: str, b: str, unit: st
     direction = "lower" if m < 0 else "higher"
     supports = (m < 0) == (better == "lower") and m != 0
     spread = f" ± {s:.{nd}f}" if s is not None else ""
-    text = f"{a}'s {what} is {direction} than {b}'s by {abs(m):.{nd}f}{spread}{unit} (mean ± sd of {n} paired seed(s))"
+    text = f"{a}'s {what} is {direction} than {b}'s by {abs(m):.{nd}f}{spread}{unit} (mean ± sd of {n} {pairs})"
     if s is None or n < 2:
         return text + ": one seed, no verdict."
     se = s / math.sqrt(n) if s > 0 else 0.0
     clear = abs(m) > 2 * se
+    if neutral:
+        return text + (": a clear difference at this scale." if clear else ": within the seed noise.")
     if supports and clear:
         return text + ": **reproduces at this scale**."
     if supports:
@@ -976,17 +996,20 @@ def _section_grid(tb: Table) -> list[str]:
     L.append("")
     if best:
         m, k, h = min(best)
-        L.append(f"Lowest validation loss: K = {k}, H = {h} ({m:.4f}).")
+        L.append(f"Lowest mean validation loss: K = {k}, H = {h} ({m:.4f}).")
+        L.append("")
         deeper = [tb.paired(f"grid-K{kk}H4", f"grid-K{kk}H1", val) for kk in (1, 2, 3)]
         flat = [x for d in deeper for x in d]
         if flat:
-            L.append("Depth (H = 4 vs H = 1, pooled over K, paired by seed): "
-                     + verdict(flat, "lower", "val loss", "H = 4", "H = 1", " nats", 4) +
-                     " (the paper's MoM_P rests on deeper assembly helping).")
+            L.append("Deeper assembly (H = 4 vs H = 1, pooled over K, paired by seed; MoM_P rests on depth helping): "
+                     + verdict(flat, "lower", "val loss", "H = 4", "H = 1", " nats", 4, neutral=True,
+                               pairs="(seed, K) pairs"))
         wider = [x for hh in (1, 2, 4) for x in tb.paired(f"grid-K3H{hh}", f"grid-K1H{hh}", val)]
         if wider:
-            L.append("More modules per step (K = 3 vs K = 1, pooled over H): "
-                     + verdict(wider, "lower", "val loss", "K = 3", "K = 1", " nats", 4))
+            L.append("")
+            L.append("More modules per step (K = 3 vs K = 1, pooled over H, paired by seed): "
+                     + verdict(wider, "lower", "val loss", "K = 3", "K = 1", " nats", 4, neutral=True,
+                               pairs="(seed, H) pairs"))
     return L + [""]
 
 
@@ -1008,8 +1031,8 @@ def _section_chunking(tb: Table) -> list[str]:
                        fmt(d, 4) if d else "—"]))
     L.append("")
     for n, lab in names[1:]:
-        L.append("- " + verdict(tb.paired(n, "mom-p", val), "lower", "val loss", lab, "MoM_P (1 chunk + anchor)",
-                                " nats", 4))
+        L.append("- " + verdict(tb.paired(n, "mom-p", val), "lower", "val loss", lab, "MoM_P", " nats", 4,
+                                neutral=True))
     return L + [""]
 
 
@@ -1054,16 +1077,27 @@ def _section_pruning(tb: Table) -> list[str]:
          "Modules ranked by the router weight they received on 32 training windows; the kept ones keep their "
          "order. \"Further training\" continues for the same steps as the control, which continues the unpruned "
          "MoM_P.", ""]
-    L += _header(["model", "params", "attn / FFN modules", "val loss", "Δ vs MoM_P", "GLUE-proxy avg", "ROUGE-L"])
+    L += _header(["model", "params", "attn / FFN modules", "router weight the removed modules had (attn / FFN)",
+                  "val loss", "Δ vs MoM_P", "GLUE-proxy avg", "ROUGE-L"])
     for n in names:
         r0 = next(iter(tb.by[n].values()))
         c = r0["config"]
         base = "mom-p-ft" if n == "prune-a50-f75-ft" else "mom-p"
         d = tb.paired(n, base, val) if n != "mom-p" else []
+        share = [tb.vals(n, lambda r, h=h: (r.get("removed_weight_share") or {}).get(h)) for h in ("attn", "ffn")]
         L.append(_row([tb.label(n), fmt(tb.vals(n, lambda r: r["params"] / 1e6), 2) + "M",
-                       f"{c['n_attn']} / {c['n_ffn']}", fmt(tb.vals(n, val), 4),
+                       f"{c['n_attn']} / {c['n_ffn']}",
+                       f"{fmt(share[0], 2, 100)}% / {fmt(share[1], 2, 100)}%" if share[0] else "—",
+                       fmt(tb.vals(n, val), 4),
                        (fmt(d, 4) + (" (vs control)" if base != "mom-p" else "")) if d else "—",
                        fmt(tb.vals(n, glue_avg), 1, 100), fmt(tb.vals(n, proxy("news-xsum", "rougeL")), 2, 100)]))
+    shares = [x for h in ("attn", "ffn") for x in tb.vals("prune-a50-f75", lambda r, h=h: (r.get("removed_weight_share")
+                                                                                       or {}).get(h))]
+    if shares:
+        L += ["", f"The modules removed by the paper's recipe had received at most {100 * max(shares):.2f}% of their "
+                  "half's router weight (per seed and half): a small share means the routers had concentrated on the "
+                  "kept modules, so removing the others barely changes the function, and the claim is then about "
+                  "how concentrated routing is rather than about redundancy of trained modules."]
     L += ["", "### Claims", "",
           "\"Keeps performance\" is read here as: the pruned model's validation loss is no more than 1% above "
           "the unpruned one's (mean over seeds).", ""]
@@ -1096,7 +1130,8 @@ def _section_router(tb: Table) -> list[str]:
                        fmt(tb.vals(n, lambda r: r["fwd_flops_per_token"] / 1e6), 2)]))
     d = tb.paired("mom-p", "router-mlp", val)
     L += ["", "The paper uses the GRU router (state carried across the H steps); no number for the MLP alternative "
-              "in the brief (—). " + verdict(d, "lower", "val loss", "the GRU router", "the MLP router", " nats", 4)]
+              "in the brief (—). " + verdict(d, "lower", "val loss", "The GRU router", "the MLP router", " nats", 4,
+                                              neutral=True)]
     return L + [""]
 
 
