@@ -568,6 +568,11 @@ class TrainConfig(_JsonConfig):
             raise ConfigError("eps must be > 0, weight_decay and grad_clip ≥ 0")
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
             raise ConfigError(f"device must be auto, cpu, mps, cuda or cuda:N, got {self.device!r}")
+        for f in ("batch_size", "seq_len"):  # tensor dimensions (numpy refused 1e20 inside mom train)
+            if getattr(self, f) >= 2**31:
+                raise ConfigError(f"{f} must be < 2**31, got {getattr(self, f)}")
+        if not 0 <= self.seed < 2**64:  # numpy's data-order generator takes no negative seed, torch none ≥ 2**64
+            raise ConfigError(f"seed must be in [0, 2**64), got {self.seed}")
 
     @property
     def final_lr(self) -> float:

@@ -244,6 +244,8 @@ def cli_memory(args: argparse.Namespace, overrides: dict[str, dict[str, str]]) -
 
     check_positive("--batch", args.batch)
     check_positive("--seq-len", args.seq_len)
+    if args.batch >= 2**31:  # a tensor dimension (torch failed to unpack 1e20 while making the batch)
+        raise MomError(f"--batch must be < 2**31, got {args.batch}")
     device = pick_device(args.device)
     if args.config is not None:
         cfg = resolve_config(args.config)

@@ -87,6 +87,7 @@ def test_convert_from_and_to_hf(tmp_path):
         (["eval", "ppl", "--ckpt", "a\rb"], "a\\rb: checkpoint directory not found"),
         (["configs", "x\ny"], "unrecognized argument 'x\\ny'"),
         (["prepare", "--out", "{tmp}/o", "--model.top_k", "1"], "this command takes no --model./--train. overrides"),
+        (["memory", "--config", "tiny", "--batch", "99999999999999999999"], "--batch must be < 2**31"),
     ],
 )
 def test_odd_arguments_are_one_error_line(tmp_path, capsys, args, message):

@@ -99,3 +99,15 @@ def test_wrong_types_and_odd_field_names_are_one_line_errors():
     # sizes no tensor can have were accepted and failed inside torch (found while fuzzing)
     with pytest.raises(ConfigError, match="n_ctx must be < 2\\*\\*31, got 99999999999999999999"):
         preset("tiny").replace(n_ctx="99999999999999999999")
+
+
+def test_train_seed_and_size_ranges():
+    # found by tests/test_fuzz.py: --train.seed -1 was accepted and mom train failed in numpy's default_rng
+    from mom.config import TrainConfig
+
+    for bad in (-1, 2**64):
+        with pytest.raises(ConfigError, match="seed must be in \\[0, 2\\*\\*64\\)"):
+            TrainConfig(seed=bad)
+    assert TrainConfig(seed=2**64 - 1).seed == 2**64 - 1
+    with pytest.raises(ConfigError, match="batch_size must be < 2\\*\\*31"):  # (found while fuzzing)
+        TrainConfig(batch_size=10**20)
