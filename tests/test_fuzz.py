@@ -61,7 +61,7 @@ _OVERRIDE = os.environ.get("MOM_FUZZ_EXAMPLES")
 def fuzz_settings(prop: str):
     n = int(_OVERRIDE) if _OVERRIDE else DEFAULT_EXAMPLES[prop]
     # deadline=None: example times vary with the load of a shared machine; derandomize: CI sees the same cases
-    # every run (no example database, nothing written to the checkout).
+    # every run (no example database; hypothesis still keeps caches in a self-ignored .hypothesis/).
     return settings(max_examples=n, deadline=None, derandomize=True, database=None, print_blob=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                            HealthCheck.filter_too_much])
