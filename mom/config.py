@@ -171,6 +171,9 @@ class MoMConfig(_JsonConfig):
             v = getattr(self, f)
             if isinstance(v, int) and not isinstance(v, bool) and v >= 2**31:
                 raise ConfigError(f"{f} must be < 2**31, got {v}")
+        # The name becomes a directory (runs/<name>) and appears in logs: printable text, no path tricks.
+        if not self.name or not self.name.isprintable() or "/" in self.name or self.name in (".", ".."):
+            raise ConfigError(f"name must be printable text without '/', got {self.name!r}")
         for f in ("vocab_size", "n_ctx", "d_model", "n_head", "d_ff", "router_hidden"):
             if getattr(self, f) < 1:
                 raise ConfigError(f"{f} must be ≥ 1, got {getattr(self, f)}")

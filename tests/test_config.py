@@ -96,6 +96,10 @@ def test_wrong_types_and_odd_field_names_are_one_line_errors():
         preset("tiny").replace(**{"a\nb": "1"})
     with pytest.raises(ConfigError, match="empty config name"):
         resolve_config(" ")
+    # the name becomes runs/<name>: a NUL byte crashed `mom train` making the directory (found while fuzzing)
+    for bad in ("a\x00b", "x/y", "", ".."):
+        with pytest.raises(ConfigError, match="name must be printable text without '/'"):
+            preset("tiny").replace(name=bad)
     # sizes no tensor can have were accepted and failed inside torch (found while fuzzing)
     with pytest.raises(ConfigError, match="n_ctx must be < 2\\*\\*31, got 99999999999999999999"):
         preset("tiny").replace(n_ctx="99999999999999999999")
