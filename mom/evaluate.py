@@ -31,9 +31,9 @@ Summarisation (``mom eval xsum``)
     :func:`mom.tasks.split_sentences` and joined with newlines (rouge-score's own splitter needs nltk's punkt
     download).
 
-MoM has no hidden-state output, so the heads read it with hooks on ``ln_f`` (:func:`forward_at`): a pre-hook
-keeps only the (row, position) pairs that are scored, which also shrinks the (B, T, V) LM-head matmul to the
-positions needed — on CPU that matmul dominates a small model's forward.
+The heads read the final hidden state with ``MoM.forward(rows=(b_N, t_N))`` (:func:`forward_at`): only the
+(row, position) pairs that are scored go through ``ln_f`` and the LM head, which also shrinks the (B, T, V)
+LM-head matmul to the positions needed — on CPU that matmul dominates a small model's forward.
 
 Metrics are fractions in [0, 1] in the JSON output (ROUGE too); the text output prints them ×100, as GLUE and
 XSUM tables do.
@@ -42,7 +42,6 @@ XSUM tables do.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -51,7 +50,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -174,34 +173,11 @@ def load_model(ckpt: str | os.PathLike, device: torch.device | str = "cpu"):
     return _load(ckpt, device)
 
 
-@contextlib.contextmanager
-def _gather_final_rows(model, b_N: Tensor, t_N: Tensor) -> Iterator[dict[str, Tensor]]:
-    """Inside the block, ``model.ln_f`` sees only rows (b_N[i], t_N[i]) of the final residual stream, as a
-    (1, N, D) batch; the normalised rows are captured in ``box["hidden_ND"]``."""
-    box: dict[str, Tensor] = {}
-
-    def pre(_module, args):
-        x_BTD = args[0]
-        return (x_BTD[b_N, t_N].unsqueeze(0),)
-
-    def post(_module, _args, out_1ND):
-        box["hidden_ND"] = out_1ND[0]
-
-    h1 = model.ln_f.register_forward_pre_hook(pre)
-    h2 = model.ln_f.register_forward_hook(post)
-    try:
-        yield box
-    finally:
-        h1.remove()
-        h2.remove()
-
-
 def forward_at(model, idx_BT: Tensor, b_N: Tensor, t_N: Tensor, **kw) -> tuple[Tensor, Tensor, Tensor]:
     """Run the model on ``idx_BT`` and return, for the N (row, position) pairs, the final hidden state
     ``hidden_ND`` (after ``ln_f``) and the LM logits ``logits_NV``, plus the aux loss of the whole forward."""
-    with _gather_final_rows(model, b_N, t_N) as box:
-        out = model(idx_BT, **kw)
-    return box["hidden_ND"], out.logits[0], out.aux_loss
+    out = model(idx_BT, rows=(b_N, t_N), **kw)
+    return out.hidden[0], out.logits[0], out.aux_loss
 
 
 def _tokenizer(model):

@@ -55,8 +55,9 @@ class RouteRecord:
 
 @dataclass
 class MoMOutput:
-    logits: Tensor  # (B, T, V)
+    logits: Tensor  # (B, T, V); (1, N, V) with ``rows``
     loss: Tensor | None = None  # language-model cross entropy (when targets are given)
+    hidden: Tensor | None = None  # final hidden states after ln_f, like logits (``return_hidden`` or ``rows``)
     aux_loss: Tensor | None = None  # balance_coef·balance + z_coef·z (add to ``loss`` when training)
     balance_loss: Tensor | None = None  # mean Switch balance term over routed (chunk, step, half); 1 = uniform
     z_loss: Tensor | None = None  # mean router z-loss
@@ -233,12 +234,16 @@ class MoM(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, idx_BT: Tensor, targets_BT: Tensor | None = None, *, return_routes: bool = False,
-                cache=None, causal_routing: bool = False) -> MoMOutput:
+                cache=None, causal_routing: bool = False, rows: tuple[Tensor, Tensor] | None = None,
+                return_hidden: bool = False) -> MoMOutput:
         """Run the model.
 
         ``cache``: a :class:`mom.engine.KVCache`; the tokens are appended after those already cached (their
         positions and padding come from the cache). ``causal_routing``: use the causal decode rule for expert
-        choice (always on with a cache); token-choice routing is causal already.
+        choice (always on with a cache); token-choice routing is causal already. ``rows = (b_N, t_N)``: apply
+        ln_f and the LM head only at those N (sequence, position) pairs — logits and hidden are (1, N, ·) — for
+        heads that read one position per sequence (classification, scoring): the (B, T, V) head matmul dominates
+        a small model's forward. ``return_hidden``: also return the final hidden states (after ln_f).
         """
         cfg = self.config
         B, T = idx_BT.shape
@@ -259,6 +264,10 @@ class MoM(nn.Module):
             x_BTD = vanilla_layer(pool, x_BTD.reshape(B * T, -1), B, T, cache_slot(cache, f"top.{i}")).view(B, T, -1)
         if cache is not None:
             cache.advance(T)
+        if rows is not None:
+            if targets_BT is not None:
+                raise ValueError("rows and targets exclude each other (the loss needs every position)")
+            x_BTD = x_BTD[rows[0], rows[1]].unsqueeze(0)  # (1, N, D)
         x_BTD = self.ln_f(x_BTD)
         logits_BTV = F.linear(x_BTD, self.wte.weight)
 
@@ -266,7 +275,8 @@ class MoM(nn.Module):
         bal = torch.stack(aux.balance).mean() if aux.balance else zero
         z = torch.stack(aux.z).mean() if aux.z else zero
         out = MoMOutput(logits=logits_BTV, aux_loss=cfg.balance_coef * bal + cfg.z_coef * z,
-                        balance_loss=bal, z_loss=z, routes=records)
+                        balance_loss=bal, z_loss=z, routes=records,
+                        hidden=x_BTD if return_hidden or rows is not None else None)
         if targets_BT is not None:
             out.loss = F.cross_entropy(logits_BTV.float().view(B * T, -1), targets_BT.reshape(-1), ignore_index=-100)
         return out

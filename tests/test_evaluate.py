@@ -159,7 +159,11 @@ def test_forward_at_reads_the_selected_rows():
         full = model(idx).logits
         hidden, logits, aux = ev.forward_at(model, idx, b, t)
     assert hidden.shape == (4, 32) and torch.allclose(logits, full[b, t], atol=1e-5)
-    assert not model.ln_f._forward_hooks and not model.ln_f._forward_pre_hooks
+    with torch.no_grad():
+        every = model(idx, return_hidden=True)
+    assert torch.allclose(hidden, every.hidden[b, t], atol=1e-6)  # the same ln_f states as the full forward
+    with pytest.raises(ValueError, match="rows and targets"):
+        model(idx, idx, rows=(b, t))
 
 
 def test_classifier_pools_the_last_real_token_and_ignores_right_padding():
