@@ -343,6 +343,12 @@ def _check_run_dir(run: Path, floor: int) -> int:
     return step
 
 
+def _tmp_step(name: str) -> int:
+    """The step of a checkpoint being written (``.tmp-step-00000012-PID``), else -1."""
+    m = re.match(r"\.tmp-step-(\d+)-", name)
+    return int(m.group(1)) if m else -1
+
+
 def _kill_harness(tmp_path: Path, data_dir: Path, kills: int, max_steps: int, seed: int) -> dict[str, int]:
     """SIGKILL a `mom train` subprocess ``kills`` times — alternately inside a checkpoint write (as soon as its
     temporary directory appears) and at a random moment — resuming each time, then let it finish; the metrics
@@ -380,8 +386,8 @@ def _kill_harness(tmp_path: Path, data_dir: Path, kills: int, max_steps: int, se
         deadline, t_kill = time.time() + 120, time.time() + rng.uniform(0.1, 1.5)
         armed_at = None
         while proc.poll() is None and time.time() < deadline:
-            if mode == "mid_checkpoint":
-                if ckpts.is_dir() and any(p.name.startswith(f".tmp-step-{target:08d}") for p in os.scandir(ckpts)):
+            if mode == "mid_checkpoint":  # (a later write than `target` will do if this poll missed its window)
+                if ckpts.is_dir() and any(_tmp_step(p.name) >= target for p in os.scandir(ckpts)):
                     break
                 time.sleep(0.0005)
             elif mode == "startup":
