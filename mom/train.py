@@ -816,14 +816,13 @@ def train(mcfg: MoMConfig | None, tcfg: TrainConfig | None, *, out: str | os.Pat
     model.to(device)
     fsdp = dist.enabled and tcfg.parallel == "fsdp"
     start, tokens_seen, elapsed_before = 0, 0, 0.0
-    resumed_state: dict[str, Any] = {}
+    state: dict[str, Any] = {}  # the checkpoint's state.json when resuming
     if resume_from is not None:  # the weights now, into the whole model; the optimiser state once it exists
-        resumed_state = load_checkpoint(resume_from[1], model, None, [], device)
+        state = load_checkpoint(resume_from[1], model, None, [], device)
     if fsdp:
         shard_model(model)
     optimizer, names = make_optimizer(model, tcfg, device)
     if resume_from is not None:
-        state = resumed_state
         load_optimizer_state(resume_from[1], model, optimizer, names, state, device)
         start, tokens_seen, elapsed_before = int(state["step"]), int(state["tokens"]), float(state["elapsed_s"])
         if int(state.get("tokens_per_step", tokens_per_step)) != tokens_per_step:
@@ -910,7 +909,7 @@ def train(mcfg: MoMConfig | None, tcfg: TrainConfig | None, *, out: str | os.Pat
         model.train()
         window = _Window()
         collapse = CollapseWatch(tcfg.collapse_share, tcfg.collapse_patience)
-        collapse.load(resumed_state.get("collapse_streak", []))
+        collapse.load(state.get("collapse_streak", []))
         max_norm = tcfg.grad_clip if tcfg.grad_clip > 0 else float("inf")
         bad_in_a_row = 0
         last_ckpt = start
