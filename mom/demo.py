@@ -74,11 +74,11 @@ def _run_train(argv: list[str]) -> None:
 
 def _stage_argv(base: list[str], out: Path, force: bool) -> tuple[list[str], str]:
     """Fresh; resumed (a checkpoint is there: reused if finished, continued if not); or forced."""
-    from mom.train import LATEST, RUN_FILES
+    from mom.train import RUN_FILES, read_latest
 
     if force:
         return base + ["--force"], "fresh (--force)"
-    if (out / LATEST).is_file():
+    if out.is_dir() and read_latest(out) is not None:
         return base + ["--resume"], "resumed/reused"
     if out.is_dir() and any((out / f).exists() for f in RUN_FILES):
         return base + ["--force"], "restarted (killed before its first checkpoint)"

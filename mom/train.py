@@ -445,14 +445,22 @@ def _complete(ckpt: Path) -> bool:
     return (ckpt / MANIFEST).is_file() or (ckpt / "state.json").is_file()  # (older checkpoints: no manifest)
 
 
+def _newest_complete(run_dir: Path) -> Path | None:
+    steps = sorted((c for c in (run_dir / CHECKPOINTS).glob("step-*") if c.is_dir() and _complete(c)),
+                   key=lambda c: c.name)
+    return steps[-1] if steps else None
+
+
 def read_latest(run_dir: Path) -> tuple[int, Path] | None:
     """(step, directory) of the run's latest complete checkpoint, or None.
 
-    ``latest.json`` names it; if that directory was removed (a damaged checkpoint deleted by hand), the newest
-    complete ``step-*`` directory left is the latest."""
+    ``latest.json`` names it; if that directory was removed (a damaged checkpoint deleted by hand), or the run was
+    killed between renaming its first checkpoint into place and writing ``latest.json``, the newest complete
+    ``step-*`` directory is the latest."""
     p = run_dir / LATEST
     if not p.is_file():
-        return None
+        newest = _newest_complete(run_dir)
+        return (int(newest.name.removeprefix("step-")), newest) if newest else None
     try:
         d = json.loads(p.read_text(encoding="utf-8"))
         step, ckpt = int(d["step"]), run_dir / d["path"]
@@ -461,10 +469,9 @@ def read_latest(run_dir: Path) -> tuple[int, Path] | None:
     if ckpt.is_dir() and _complete(ckpt):
         return step, ckpt
     if not ckpt.exists():
-        left = sorted((c for c in (run_dir / CHECKPOINTS).glob("step-*") if c.is_dir() and _complete(c)),
-                      key=lambda c: c.name)
-        if left:
-            return int(left[-1].name.removeprefix("step-")), left[-1]
+        newest = _newest_complete(run_dir)
+        if newest:
+            return int(newest.name.removeprefix("step-")), newest
     raise CheckpointError(f"{p} points at {ckpt}, which is not a complete checkpoint")
 
 
@@ -526,7 +533,7 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, full: FullState,
         write_manifest(tmp, list(CHECKPOINT_FILES))  # last: a directory with a manifest is complete
         fsync_dir(tmp)
         if final.exists():  # left by a crash between this rename and the pointer update: never the latest
-            shutil.rmtree(final)
+            _remove_checkpoint(final)
         os.rename(tmp, final)
         fsync_dir(root)
         write_json_atomic(run_dir / LATEST, {"step": step, "path": f"{CHECKPOINTS}/{name}"})
@@ -540,13 +547,23 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, full: FullState,
     return final
 
 
+def _remove_checkpoint(ckpt: Path) -> None:
+    """Delete a checkpoint directory so that no kill can leave a half-deleted ``step-*`` behind: rename it out of
+    the way first (atomic), then delete. (Found by the kill harness: a SIGKILL inside ``rmtree`` of a pruned
+    checkpoint left a ``step-*`` directory without its manifest.)"""
+    trash = ckpt.parent / f".trash-{ckpt.name}-{os.getpid()}"
+    os.rename(ckpt, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 def _prune(root: Path, keep: int, latest: Path) -> None:
-    """Delete all but the newest ``keep`` step checkpoints (never the latest) and stale temporary directories."""
+    """Delete all but the newest ``keep`` step checkpoints (never the latest) and what killed runs left behind
+    (temporary directories of unfinished writes, half-deleted ones)."""
     steps = sorted((p for p in root.glob("step-*") if p.is_dir()), key=lambda p: p.name)
     for p in steps[:-keep] if keep else steps:
         if p != latest:
-            shutil.rmtree(p, ignore_errors=True)
-    for p in root.glob(".tmp-*"):
+            _remove_checkpoint(p)
+    for p in [*root.glob(".tmp-*"), *root.glob(".trash-*")]:
         if not p.name.endswith(f"-{os.getpid()}"):
             shutil.rmtree(p, ignore_errors=True)
 
@@ -677,7 +694,7 @@ def _check_fresh_out(out: Path, force: bool) -> None:
         raise MomError(f"{out}: exists and is not a directory")
     ours = [n for n in RUN_FILES if (out / n).exists()]
     if ours and not force:
-        latest = read_latest(out) if (out / LATEST).exists() else None
+        latest = read_latest(out)
         at = f" (latest checkpoint: step {latest[0]})" if latest else ""
         raise MomError(f"{out} already holds a training run{at}; pass --resume to continue it or --force to "
                        "start over")

@@ -331,7 +331,7 @@ def test_a_full_disk_while_logging_is_a_clear_message(tmp_path, data_dir, monkey
 def _check_run_dir(run: Path, floor: int) -> int:
     """After a kill: the latest checkpoint is complete and verifies, no step went backwards, and every step
     directory is whole (a checkpoint becomes visible only by renaming a finished directory)."""
-    latest = read_latest(run) if (run / "latest.json").exists() else None
+    latest = read_latest(run) if run.exists() else None
     step = latest[0] if latest else 0
     assert step >= floor, f"checkpoint lost: latest step {step} < {floor}"
     for d in (run / "checkpoints").glob("step-*") if (run / "checkpoints").is_dir() else []:
@@ -371,7 +371,7 @@ def _kill_harness(tmp_path: Path, data_dir: Path, kills: int, max_steps: int, se
     floor, stats = 0, {"kills": 0, "mid_checkpoint": 0, "startup": 0, "random": 0, "restarts_without_checkpoint": 0,
                     "left_a_partial_checkpoint": 0}
     while stats["kills"] < kills:
-        fresh = not (run / "latest.json").exists()
+        fresh = read_latest(run) is None if run.exists() else True
         if fresh and run.exists():
             stats["restarts_without_checkpoint"] += 1
         argv = base + (["--force"] if fresh else ["--resume"])
@@ -396,7 +396,7 @@ def _kill_harness(tmp_path: Path, data_dir: Path, kills: int, max_steps: int, se
                 time.sleep(0.01)
             else:
                 if armed_at is None:
-                    latest = read_latest(run) if (run / "latest.json").exists() else None
+                    latest = read_latest(run) if run.exists() else None
                     if latest and latest[0] >= after:
                         armed_at = time.time() + rng.uniform(0, 0.05)
                     time.sleep(0.002)
@@ -417,7 +417,7 @@ def _kill_harness(tmp_path: Path, data_dir: Path, kills: int, max_steps: int, se
             if ckpts.is_dir() else 0
         floor = _check_run_dir(run, floor)
     if not (run / "model.safetensors").exists():
-        argv = base + (["--resume"] if (run / "latest.json").exists() else ["--force"])
+        argv = base + (["--resume"] if read_latest(run) is not None else ["--force"])
         r = subprocess.run([sys.executable, "-m", "mom.cli", *argv], capture_output=True, text=True, env=env,
                            cwd=tmp_path, timeout=600)
         assert r.returncode == 0, r.stderr
@@ -438,3 +438,19 @@ def test_sigkill_harness_many_kills(tmp_path, data_dir):
     stats = _kill_harness(tmp_path, data_dir, kills=40, max_steps=150, seed=1)
     print(stats)
     assert stats["kills"] == 40 and stats["mid_checkpoint"] >= 20 and stats["left_a_partial_checkpoint"] >= 16, stats
+
+
+def test_pruning_and_a_missing_pointer_never_leave_an_unusable_run(tmp_path, run_dir):
+    """Two windows the kill harness found or implies: a checkpoint being pruned is renamed away before it is
+    deleted (a kill inside the delete left a step directory without its manifest), and a run killed between
+    renaming its first checkpoint into place and writing latest.json still resumes from it."""
+    run = copy_run(run_dir, tmp_path / "run")
+    ckpts = run / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step-00000002", "step-00000004"]
+    (ckpts / ".trash-step-00000001-99999").mkdir()  # what a kill inside a prune leaves now
+    train_mod._prune(ckpts, keep=1, latest=ckpts / "step-00000004")
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step-00000004"]
+    (run / "latest.json").unlink()
+    assert read_latest(run) == (4, ckpts / "step-00000004")
+    r = cli("train", "--out", run, "--resume", "--no-progress", cwd=tmp_path)
+    assert r.returncode == 0 and "already finished (4 of 4 steps)" in r.stdout, r.stderr
