@@ -691,7 +691,7 @@ def rouge_avg(r):
 
 
 def verdict(diffs: list[float], better: str, what: str, a: str, b: str, unit: str = "", nd: int = 3,
-            scale: float = 1.0, *, neutral: bool = False, pairs: str = "paired seed(s)") -> str:
+            scale: float = 1.0, *, neutral: bool = False, pairs: str = "paired seed(s)", bare: bool = False) -> str:
     """One plain sentence about a paired comparison: a − b per seed; ``better`` says which sign supports the claim
     ("lower" or "higher"). A difference counts as a result when its mean exceeds two standard errors. ``neutral``:
     there is no claim of the paper to test, only say whether the difference is clear."""
@@ -704,6 +704,8 @@ def verdict(diffs: list[float], better: str, what: str, a: str, b: str, unit: st
     supports = (m < 0) == (better == "lower") and m != 0
     spread = f" ± {s:.{nd}f}" if s is not None else ""
     text = f"{a}'s {what} is {direction} than {b}'s by {abs(m):.{nd}f}{spread}{unit} (mean ± sd of {n} {pairs})"
+    if bare:  # the caller gives the verdict
+        return text
     if s is None or n < 2:
         return text + ": one seed, no verdict."
     se = s / math.sqrt(n) if s > 0 else 0.0
@@ -768,7 +770,9 @@ def build_report(res: dict[str, Any]) -> str:
         f" ({len(invs)} invocation(s)); **wall time** of all runs together {wall_runs / 60:.1f} min"
         + "".join(f"; invocation {i + 1}: {inv['wall_seconds'] / 60:.1f} min" for i, inv in enumerate(invs)
                   if inv.get("wall_seconds") is not None) + ".",
-        f"- **Code:** commit(s) {', '.join(commits)}.",
+        f"- **Code:** commit(s) {', '.join(commits)}"
+        + (" (\"+uncommitted changes\": the shared checkout had uncommitted edits under `mom/` or in the script "
+           "when the run started)" if any("+" in c for c in commits) else "") + ".",
         f"- **Scale:** `{st['scale']}` models (tiny: 6-layer d=128 GPT-2, 7.7M parameters of which 6.4M are the "
         "embedding / tied LM head), the built-in offline corpus (~4.9M GPT-2 tokens: Wikipedia leads, Gutenberg "
         f"books, news), seeds {', '.join(map(str, seeds))}. Phase 1: {st['phase1_steps']} steps, phase 2: "
@@ -844,14 +848,16 @@ def _section_main(tb: Table, st: dict) -> list[str]:
         d = tb.paired("mom-p", "vanilla-cont", glue_avg)
         text = verdict(d, "higher", "GLUE-proxy avg", "MoM_P", "vanilla", " points", 1, 100)
         if not any(_beats_reference(tb, n, "glue") for n in pair):
-            text += (" Neither model's fine-tuning beats a constant prediction on either proxy, so this difference "
-                     "is noise: **not testable at this scale**.")
+            text = (verdict(d, "higher", "GLUE-proxy avg", "MoM_P", "vanilla", " points", 1, 100, bare=True)
+                    + ", but neither model's fine-tuning beats a constant prediction on either proxy, so this is a "
+                      "difference between two classifiers that learned nothing: **not testable at this scale**.")
         L.append(_row(["MoM_P vs vanilla: GLUE", PAPER["glue"], f"{fmt(d, 1, 100)} GLUE-proxy avg points", text]))
         d = tb.paired("mom-p", "vanilla-cont", rouge_avg)
         text = verdict(d, "higher", "ROUGE (mean of R-1/2/L)", "MoM_P", "vanilla", " points", 2, 100)
         if not any(_beats_reference(tb, n, "xsum") for n in pair):
-            text += (" Neither model's summaries beat LEAD-1 (the document's first sentence) on ROUGE-1: "
-                     "**not testable at this scale**.")
+            text = (verdict(d, "higher", "ROUGE (mean of R-1/2/L)", "MoM_P", "vanilla", " points", 2, 100, bare=True)
+                    + ", but neither model's summaries beat LEAD-1 (the document's first sentence) on ROUGE-1: "
+                      "**not testable at this scale**.")
         L.append(_row(["MoM_P vs vanilla: XSUM", PAPER["rouge"], f"{fmt(d, 2, 100)} ROUGE (mean of R-1/2/L)", text]))
     for n, who in (("mom-p", "MoM_P"), ("mom-e", "MoM_E")):
         if tb.has(n) and tb.has("vanilla-cont"):
@@ -950,12 +956,24 @@ def _section_efficiency(tb: Table, res: dict) -> list[str]:
         for name, r in (("GPT-2-large", g), ("MoM_E-large (ours)", e)):
             L.append(_row([name, f"{r['params'] / 1e6:.1f}M", str(r["depth"]), f"{r['fwd_flops_per_token'] / 1e9:.3f}",
                            f"{mib(r['fwd_peak_bytes']):.0f}", f"{mib(r['fwd_activation_bytes']):.1f}"]))
-        L += ["", "### Claims", ""]
+        L += ["", f"In an inference forward the layers' activations are freed as the pass goes, so the peak is the "
+                  f"parameters ({100 * g['param_bytes'] / g['fwd_peak_bytes']:.1f}% of GPT-2-large's peak here) plus "
+                  "the largest transient tensor (the logits); at equal parameters the peak cannot differ much. The "
+                  "brief does not say how the paper measured its forward memory (batch, length, what is counted).",
+              "", "### Claims", ""]
         L += _header(["claim", "paper", "ours", "verdict"], "llll")
         L.append(_row(["MoM_E forward FLOPs vs GPT-2-large", PAPER["flops"], f"{df:+.1%} (config level)",
                        _plain_rel(df, -0.16, "forward FLOPs")]))
         L.append(_row(["MoM_E forward memory vs GPT-2-large", PAPER["memory"],
                        f"{dm:+.1%} peak (activations {da:+.1%})", _plain_rel(dm, -0.42, "forward peak memory")]))
+    if names and "mom-e" in names and "vanilla-cont" in names:
+        e = statistics.fmean(tb.vals("mom-e", lambda r: r["fwd_flops_per_token"]))
+        rt = statistics.fmean(tb.vals("mom-e", lambda r: router_flops(r["config"])))
+        v = statistics.fmean(tb.vals("vanilla-cont", lambda r: r["fwd_flops_per_token"]))
+        c = next(iter(tb.by["mom-e"].values()))["config"]
+        note = (f"At this width the routers are not small: MoM_E's GRU routers (hidden size {c['router_hidden']} "
+                f"for d = {c['d_model']}) cost {rt / 1e6:.2f} of its {e / 1e6:.2f} MFLOP/token; without them it "
+                f"would be at {(e - rt) / v - 1:+.1%} vs vanilla.")
     if names and "mom-e" in names:
         dfl = tb.paired("mom-e", "vanilla-cont", lambda r: r["fwd_flops_per_token"])
         dmem = tb.paired("mom-e", "vanilla-cont", lambda r: r["fwd_peak_bytes"])
@@ -965,6 +983,7 @@ def _section_efficiency(tb: Table, res: dict) -> list[str]:
                        verdict(dfl, "lower", "forward FLOPs/token", "MoM_E", "vanilla", " MFLOP", 2, 1e-6)]))
         L.append(_row(["MoM_E forward memory vs vanilla (tiny, trained)", PAPER["memory"], f"{fmt(dmem, 2, 1 / 2**20)} MiB",
                        verdict(dmem, "lower", "forward peak memory", "MoM_E", "vanilla", " MiB", 2, 1 / 2 ** 20)]))
+        L += ["", note]
     return L + [""]
 
 
@@ -1109,9 +1128,11 @@ def _section_pruning(tb: Table) -> list[str]:
             m = statistics.fmean(rel) if rel else float("nan")
             kept = m <= 0.01
             L.append(_row([f"pruning 50% attn / 25% FFN keeps performance, {what}", PAPER["pruning"],
-                           f"val loss {fmt(rel, 1, 100)}% vs unpruned",
+                           f"val loss {fmt(rel, 2, 100)}% vs unpruned",
                            f"{'**reproduces at this scale**' if kept else '**does not reproduce at this scale**'}: "
-                           f"the val loss changes by {m:+.1%} on average."]))
+                           f"the val loss changes by {m:+.2%} on average"
+                           + (f" (the removed modules had carried ≤ {100 * max(shares):.1f}% of the router weight)."
+                              if shares else ".")]))
     if tb.has("prune-a50") and tb.has("prune-f50"):
         d = tb.paired("prune-a50", "prune-f50", val)
         L.append(_row(["removing half the attention modules hurts less than removing half the FFN modules",
