@@ -1,3 +1,6 @@
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
@@ -32,3 +35,25 @@ def make_hf_gpt2(tmp_path, *, n_layer=2, n_embd=32, n_head=4, vocab=97, n_positi
                 p.add_(0.1 * torch.randn_like(p))
     model.save_pretrained(tmp_path)
     return model
+
+
+def write_tokens(d: Path, n_train: int = 20000, n_val: int = 2000, seed: int = 0) -> Path:
+    """A nanoGPT-style dataset (train.bin/val.bin, uint16, no meta.json) from a noisy deterministic chain:
+    next = (7·prev + 3) mod 97 with probability 0.9, else random — learnable in a few dozen steps."""
+    rng = np.random.default_rng(seed)
+    d.mkdir(parents=True, exist_ok=True)
+    for name, n in (("train", n_train), ("val", n_val)):
+        ids = np.empty(n, dtype=np.uint16)
+        ids[0] = 1
+        noise = rng.random(n) < 0.1
+        rand = rng.integers(0, 97, n)
+        for i in range(1, n):
+            ids[i] = rand[i] if noise[i] else (7 * int(ids[i - 1]) + 3) % 97
+        ids.tofile(d / f"{name}.bin")
+    return d
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """A token dataset for training tests (one per test module)."""
+    return write_tokens(tmp_path_factory.mktemp("data") / "tok")

@@ -6,7 +6,7 @@ import re
 
 from mom.cli import main
 from mom.train import read_metrics
-from tests.test_train import write_tokens
+from tests.conftest import write_tokens
 
 SMALL = ["--phase1-steps", "4", "--phase2-steps", "2", "--batch-size", "2", "--seq-len", "16", "--eval-tokens", "64",
          "--model-overrides", "vocab_size=97", "n_ctx=16", "d_model=32", "n_head=4", "router_hidden=16",

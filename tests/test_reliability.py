@@ -25,12 +25,7 @@ from mom.errors import CheckpointError, MomError
 from mom.fileio import MANIFEST, verify_manifest, write_manifest
 from mom.model import MoM
 from mom.train import CollapseWatch, read_latest, read_metrics, train
-from tests.test_train import REPO, cli, mom_cfg, tcfg, vanilla_cfg, write_tokens
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    return write_tokens(tmp_path_factory.mktemp("data") / "tok")
+from tests.test_train import REPO, cli, mom_cfg, tcfg
 
 
 @pytest.fixture(scope="module")

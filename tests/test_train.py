@@ -23,6 +23,7 @@ from mom.config import MoMConfig, TrainConfig
 from mom.errors import CheckpointError, ConfigError
 from mom.model import MoM
 from mom.train import lr_at, read_latest, read_metrics, train
+from tests.conftest import write_tokens
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB = 97
@@ -52,27 +53,6 @@ def tcfg(**kw) -> TrainConfig:
     base = dict(max_steps=8, batch_size=4, seq_len=16, lr=3e-3, warmup_steps=2, eval_interval=4, eval_tokens=256,
                 log_interval=1, ckpt_interval=4, seed=7)
     return TrainConfig(**{**base, **kw})
-
-
-def write_tokens(d: Path, n_train: int = 20000, n_val: int = 2000, seed: int = 0) -> Path:
-    """A nanoGPT-style dataset (train.bin/val.bin, uint16, no meta.json) from a noisy deterministic chain:
-    next = (7·prev + 3) mod 97 with probability 0.9, else random — learnable in a few dozen steps."""
-    rng = np.random.default_rng(seed)
-    d.mkdir(parents=True, exist_ok=True)
-    for name, n in (("train", n_train), ("val", n_val)):
-        ids = np.empty(n, dtype=np.uint16)
-        ids[0] = 1
-        noise = rng.random(n) < 0.1
-        rand = rng.integers(0, VOCAB, n)
-        for i in range(1, n):
-            ids[i] = rand[i] if noise[i] else (7 * int(ids[i - 1]) + 3) % VOCAB
-        ids.tofile(d / f"{name}.bin")
-    return d
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    return write_tokens(tmp_path_factory.mktemp("data") / "tok")
 
 
 @pytest.fixture(scope="module")
