@@ -845,20 +845,20 @@ def _section_main(tb: Table, st: dict) -> list[str]:
     L += _header(["claim", "paper", "ours (Δ = model − vanilla, paired by seed)", "verdict"], "llll")
     if tb.has("mom-p") and tb.has("vanilla-cont"):
         pair = ("mom-p", "vanilla-cont")
-        d = tb.paired("mom-p", "vanilla-cont", glue_avg)
-        text = verdict(d, "higher", "GLUE-proxy avg", "MoM_P", "vanilla", " points", 1, 100)
-        if not any(_beats_reference(tb, n, "glue") for n in pair):
-            text = (verdict(d, "higher", "GLUE-proxy avg", "MoM_P", "vanilla", " points", 1, 100, bare=True)
-                    + ", but neither model's fine-tuning beats a constant prediction on either proxy, so this is a "
-                      "difference between two classifiers that learned nothing: **not testable at this scale**.")
-        L.append(_row(["MoM_P vs vanilla: GLUE", PAPER["glue"], f"{fmt(d, 1, 100)} GLUE-proxy avg points", text]))
-        d = tb.paired("mom-p", "vanilla-cont", rouge_avg)
-        text = verdict(d, "higher", "ROUGE (mean of R-1/2/L)", "MoM_P", "vanilla", " points", 2, 100)
-        if not any(_beats_reference(tb, n, "xsum") for n in pair):
-            text = (verdict(d, "higher", "ROUGE (mean of R-1/2/L)", "MoM_P", "vanilla", " points", 2, 100, bare=True)
-                    + ", but neither model's summaries beat LEAD-1 (the document's first sentence) on ROUGE-1: "
-                      "**not testable at this scale**.")
-        L.append(_row(["MoM_P vs vanilla: XSUM", PAPER["rouge"], f"{fmt(d, 2, 100)} ROUGE (mean of R-1/2/L)", text]))
+        # (claim, paper key, metric, its name, its label in the "ours" column, decimals, reference kind, why it is
+        # untestable when neither model beats the no-learning reference)
+        for claim, paper, metric, what, label, nd, ref, untestable in (
+                ("GLUE", "glue", glue_avg, "GLUE-proxy avg", "GLUE-proxy avg points", 1, "glue",
+                 ", but neither model's fine-tuning beats a constant prediction on either proxy, so this is a "
+                 "difference between two classifiers that learned nothing: **not testable at this scale**."),
+                ("XSUM", "rouge", rouge_avg, "ROUGE (mean of R-1/2/L)", "ROUGE (mean of R-1/2/L)", 2, "xsum",
+                 ", but neither model's summaries beat LEAD-1 (the document's first sentence) on ROUGE-1: "
+                 "**not testable at this scale**.")):
+            d = tb.paired(*pair, metric)
+            testable = any(_beats_reference(tb, n, ref) for n in pair)
+            text = verdict(d, "higher", what, "MoM_P", "vanilla", " points", nd, 100, bare=not testable)
+            L.append(_row([f"MoM_P vs vanilla: {claim}", PAPER[paper], f"{fmt(d, nd, 100)} {label}",
+                           text if testable else text + untestable]))
     for n, who in (("mom-p", "MoM_P"), ("mom-e", "MoM_E")):
         if tb.has(n) and tb.has("vanilla-cont"):
             d = tb.paired(n, "vanilla-cont", val)
