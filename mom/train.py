@@ -491,6 +491,11 @@ class FullState:
     optimizer_step: float
 
 
+def full_model_state(model: nn.Module) -> dict[str, Tensor]:
+    """The model's weights as whole tensors; under FSDP every process must call it (shards are all-gathered)."""
+    return {k: _full(v) for k, v in model.state_dict().items()}
+
+
 def full_state(model: nn.Module, optimizer: torch.optim.Optimizer, names: list[str]) -> FullState:
     """Collect the training state to write; under FSDP every process must call it (shards are all-gathered)."""
     if hasattr(model, "reshard"):  # FSDP2: the optimiser's state is keyed by the sharded parameters
@@ -505,8 +510,7 @@ def full_state(model: nn.Module, optimizer: torch.optim.Optimizer, names: list[s
             steps.add(float(st["step"]))
     if len(steps) > 1:
         raise RuntimeError(f"AdamW step counts differ across parameters: {sorted(steps)}")
-    sd = {k: _full(v) for k, v in model.state_dict().items()}
-    return FullState(sd, moments, steps.pop() if steps else 0.0)
+    return FullState(full_model_state(model), moments, steps.pop() if steps else 0.0)
 
 
 def save_checkpoint(run_dir: Path, step: int, model: nn.Module, full: FullState, tcfg: TrainConfig,
@@ -1026,7 +1030,7 @@ def train(mcfg: MoMConfig | None, tcfg: TrainConfig | None, *, out: str | os.Pat
 
     finished = done >= tcfg.max_steps
     elapsed = elapsed_before + time.perf_counter() - t_start
-    final_sd = {k: _full(v) for k, v in model.state_dict().items()} if finished and fsdp else None
+    final_sd = full_model_state(model) if finished and fsdp else None
     if finished and dist.is_main:
         if not (out / "model.safetensors").is_file() or start < tcfg.max_steps:
             try:
