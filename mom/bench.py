@@ -20,6 +20,7 @@ import time
 import torch
 
 from mom.config import MoMConfig, resolve_config
+from mom.errors import ConfigError
 from mom.engine import Engine
 
 
@@ -106,8 +107,10 @@ def format_decode(r: dict) -> str:
     ])
 
 
-# Dense bf16 peak FLOP/s by device name (vendor data sheets, dense, no sparsity).
+# Dense bf16 tensor-core peak FLOP/s by device name (no sparsity). The SXM figures: a PCIe H100 peaks at 756.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+PEAK_FLOPS_SOURCE = ("NVIDIA data sheets: H100 SXM 989 TFLOP/s dense BF16 (1979 with sparsity), H200 the same, "
+                     "A100 312")
 
 
 def peak_flops(device: str) -> float | None:
@@ -117,16 +120,24 @@ def peak_flops(device: str) -> float | None:
     return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
 
 
+CONTENDERS = ("mom_grouped", "mom_loop", "dense")
+
+
 def bench_step(config: str = "K2H2S", mode: str = "train", batch: int = 4, seq_len: int = 128, rounds: int = 3,
                warmup: int = 2, device: str = "cpu", seed: int = 0, overrides: dict | None = None,
-               compile: bool = False) -> dict:
+               compile: bool = False, only: tuple[str, ...] = CONTENDERS, profile: str | None = None) -> dict:
     """Time one training (or forward) step of a MoM with both dispatchers and of its dense counterpart
     (``compile``: the grouped MoM and the dense model under ``torch.compile(fullgraph=True)``, warm-up steps
-    absorbing the compilation; the loop reference stays eager)."""
+    absorbing the compilation; the loop reference stays eager). ``only``: a subset of :data:`CONTENDERS` (ratios
+    need both of their contenders). ``profile``: after timing, profile one more step of each contender and write
+    its top operators by device time to ``<profile>/<contender>.txt``."""
     from mom.flops import count
     from mom.model import MoM
     from mom.train import keep_freed_memory
 
+    unknown = set(only) - set(CONTENDERS)
+    if unknown or not only:
+        raise ConfigError(f"unknown contender(s) {sorted(unknown)}; choose from {', '.join(CONTENDERS)}")
     if device == "cpu":
         keep_freed_memory()  # as `mom train` does: no page-fault storm from glibc unmapping big blocks each step
     torch.manual_seed(seed)
@@ -135,12 +146,11 @@ def bench_step(config: str = "K2H2S", mode: str = "train", batch: int = 4, seq_l
         cfg = cfg.replace(**overrides)
     dense_cfg = vanilla_with_layers(cfg, active_layers(cfg))
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu", enabled=False)
-    models = {
-        "mom_grouped": MoM(cfg.replace(dispatch="grouped")),
-        "mom_loop": MoM(cfg.replace(dispatch="loop")),
-        "dense": MoM(dense_cfg),
-    }
-    models["mom_loop"].load_state_dict(models["mom_grouped"].state_dict())
+    configs = {"mom_grouped": cfg.replace(dispatch="grouped"), "mom_loop": cfg.replace(dispatch="loop"),
+               "dense": dense_cfg}
+    models = {k: MoM(c) for k, c in configs.items() if k in only}
+    if "mom_grouped" in models and "mom_loop" in models:
+        models["mom_loop"].load_state_dict(models["mom_grouped"].state_dict())
     idx = torch.randint(0, cfg.vocab_size, (batch, seq_len), device=device)
 
     def make_step(model):
@@ -173,6 +183,8 @@ def bench_step(config: str = "K2H2S", mode: str = "train", batch: int = 4, seq_l
             t0 = time.perf_counter()
             step()
             best[k] = min(best[k], time.perf_counter() - t0)
+    if profile:
+        profile_steps(steps, profile, device)
     tokens = batch * seq_len
     flops_tok = {k: count(m.config, seq_len) for k, m in models.items()}
     per_tok = {k: (c.train_flops_per_token if mode == "train" else c.forward_flops_per_token) for k, c in flops_tok.items()}
@@ -183,12 +195,33 @@ def bench_step(config: str = "K2H2S", mode: str = "train", batch: int = 4, seq_l
         rows[k] = {"seconds_per_step": best[k], "tokens_per_s": tokens / best[k], "flops_per_token": per_tok[k],
                    "achieved_flops": achieved, "mfu": achieved / peak if peak else None}
     per_flop = {k: best[k] / per_tok[k] for k in steps}
+
+    def ratio(a: dict, x: str, y: str) -> float | None:
+        return a[x] / a[y] if x in a and y in a else None
+
     return {
         "benchmark": mode, "machine": machine(), "device": device, "config": cfg.name, "dense_layers": dense_cfg.bottom,
-        "batch": batch, "seq_len": seq_len, "rounds": rounds, "compile": compile, "results": rows,
-        "mom_over_dense_time_per_active_flop": per_flop["mom_grouped"] / per_flop["dense"],
-        "loop_over_grouped": best["mom_loop"] / best["mom_grouped"],
+        "vocab_size": cfg.vocab_size, "batch": batch, "seq_len": seq_len, "rounds": rounds, "compile": compile,
+        "results": rows, "peak_flops": peak, "peak_flops_source": PEAK_FLOPS_SOURCE if peak else None,
+        "mom_over_dense_time_per_active_flop": ratio(per_flop, "mom_grouped", "dense"),
+        "loop_over_grouped": ratio(best, "mom_loop", "mom_grouped"),
     }
+
+
+def profile_steps(steps: dict, directory: str, device: str, rows: int = 40) -> None:
+    """One profiled step per contender; writes its operator table sorted by self device time (CPU time on CPU)."""
+    from pathlib import Path
+
+    from torch.profiler import ProfilerActivity, profile
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    key = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
+    for name, step in steps.items():
+        with profile(activities=activities) as prof:
+            step()
+        (out / f"{name}.txt").write_text(prof.key_averages().table(sort_by=key, row_limit=rows))
 
 
 def format_step(r: dict) -> str:
@@ -199,8 +232,10 @@ def format_step(r: dict) -> str:
         mfu = f", MFU {100 * v['mfu']:.1f}%" if v["mfu"] else ""
         lines.append(f"  {k:<12} {v['seconds_per_step'] * 1e3:9.1f} ms/step {v['tokens_per_s']:10.0f} tok/s "
                      f"{v['achieved_flops'] / 1e12:8.3f} TFLOP/s{mfu}")
-    lines.append(f"  MoM / dense time per active FLOP  {r['mom_over_dense_time_per_active_flop']:.2f}×")
-    lines.append(f"  loop / grouped time per step       {r['loop_over_grouped']:.2f}×")
+    if r["mom_over_dense_time_per_active_flop"] is not None:
+        lines.append(f"  MoM / dense time per active FLOP  {r['mom_over_dense_time_per_active_flop']:.2f}×")
+    if r["loop_over_grouped"] is not None:
+        lines.append(f"  loop / grouped time per step       {r['loop_over_grouped']:.2f}×")
     return "\n".join(lines)
 
 
@@ -211,6 +246,7 @@ def cmd_bench(args, overrides) -> int:
         print(json.dumps(r, indent=2) if args.json else format_decode(r))
         return 0
     r = bench_step(args.config or "K2H2S", args.what, args.batch, args.seq_len, args.rounds, device=args.device,
-                   overrides=overrides["model"], compile=args.compile, warmup=3 if args.compile else 2)
+                   overrides=overrides["model"], compile=args.compile, warmup=3 if args.compile else 2,
+                   only=tuple(args.only.split(",")) if args.only else CONTENDERS, profile=args.profile)
     print(json.dumps(r, indent=2) if args.json else format_step(r))
     return 0

@@ -222,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--rounds", type=int, default=3)
     b.add_argument("--device", default="cpu")
     b.add_argument("--compile", action="store_true", help="torch.compile the models (decode: the cached decode steps)")
+    b.add_argument("--only", default=None, help="train/forward: comma-separated subset of mom_grouped,mom_loop,dense")
+    b.add_argument("--profile", default=None, metavar="DIR",
+                   help="train/forward: profile one extra step per contender, operator tables in DIR/<contender>.txt")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench, overrides=("model",))
 

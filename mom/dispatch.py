@@ -104,7 +104,10 @@ def _(dy: Tensor, w: Tensor, offs: Tensor) -> Tensor:
 def grouped_mm_wgrad(x: Tensor, dy: Tensor, offs: Tensor, n: int) -> Tensor:
     """Per-group ``x_g.T @ dy_g``: the weight gradient of a grouped linear. Returns (n, D, O)."""
     if _use_native_grouped_mm(x, dy):
-        return torch._grouped_mm(x.t(), dy, offs=offs)  # (D, A) column-major × (A, O), groups along A
+        dw = torch._grouped_mm(x.t(), dy, offs=offs)  # (D, A) column-major × (A, O), groups along A
+        # A group no token picked has an empty reduction; don't trust the kernel to write zeros there.
+        sizes = torch.diff(offs, prepend=offs.new_zeros(1))
+        return torch.where((sizes > 0).view(-1, 1, 1), dw, 0)
     dw = x.new_zeros(n, x.shape[1], dy.shape[1])
     for g, start, end in _groups(offs):
         torch.mm(x[start:end].t(), dy[start:end], out=dw[g])
