@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mom.dispatch import grouped_linear
+from mom.dispatch import gather_module_rows, grouped_linear
 
 
 class StackedLinear(nn.Module):
@@ -69,13 +69,11 @@ class StackedLayerNorm(nn.Module):
         return F.layer_norm(x, x.shape[-1:], self.weight[m], self.bias[m], self.eps)
 
     def gathered(self, xs_AD: Tensor, mod_A: Tensor) -> Tensor:
-        """Each row normalised with its own module's γ, β, gathered per row with ``index_select`` (whose backward
-        is an ``index_add_``; plain indexing would backpropagate through a much slower accumulating
-        ``index_put_``). Measured alternative, rejected: folding γ, β into the next linear's weights costs
+        """Each row normalised with its own module's γ, β, gathered per row (:func:`gather_module_rows`: its
+        backward sums per module without atomics on CUDA). Measured alternative, rejected: folding γ, β into the next linear's weights costs
         N·D·O per call, more than the per-row gather until a pool sees ~N·O tokens (docs/log.md)."""
-        mod_A = mod_A.clamp(max=self.weight.shape[0] - 1)
         xn = F.layer_norm(xs_AD, xs_AD.shape[-1:], eps=self.eps)
-        return torch.addcmul(self.bias.index_select(0, mod_A), xn, self.weight.index_select(0, mod_A))
+        return torch.addcmul(gather_module_rows(self.bias, mod_A), xn, gather_module_rows(self.weight, mod_A))
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:

@@ -78,7 +78,9 @@ for name in ("loop", "grouped"):
     (res.loss + res.aux_loss).backward()
     out[name] = (res.loss.float().item(), {n: p.grad.float() for n, p in m.named_parameters() if p.grad is not None})
 report["model_loss"] = {k: v[0] for k, v in out.items()}
-report["model_max_rel_grad_diff"] = max(rel(out["grouped"][1][n], out["loop"][1][n]) for n in out["loop"][1])
+diffs = {n: rel(out["grouped"][1][n], out["loop"][1][n]) for n in out["loop"][1]}
+report["model_max_rel_grad_diff"] = max(diffs.values())
+report["model_worst_grads"] = dict(sorted(diffs.items(), key=lambda kv: -kv[1])[:4])
 report["native_grouped_mm_calls"] = native_calls
 print(json.dumps(report))
 """
