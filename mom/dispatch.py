@@ -7,18 +7,22 @@ A *route* for one half of one assembly step is a pair of tensors over the T flat
 
 A dispatcher computes ``y_t = Σ_k w_tk · f_{idx_tk}(x_t)`` for a per-module function f given by the module
 pool in two forms: ``single(x_tD, m)`` (module m on some tokens, plain PyTorch) and
-``grouped(xs_AD, mod_A, offs_N)`` (every assignment at once, rows sorted by module, group ends in ``offs``).
+``grouped(xs_AD, mod_A, offs_N, real_A1)`` (every assignment at once, rows sorted by module, group ends in
+``offs``, SKIP rows marked).
 
 * :class:`LoopDispatcher` — the reference: for each module, find its tokens with ``nonzero`` and run
   ``single``. Obviously correct; syncs with the host and cannot be compiled with ``fullgraph=True``.
 * :class:`GroupedDispatcher` — the default: sort the T·K assignments by module once per route (a *plan*, reused
-  by every dispatch of that route and by autograd), gather, run ``grouped`` (grouped GEMMs), weight, and
-  scatter-add back. Static shapes, no host syncs: compiles with ``torch.compile(fullgraph=True)``.
+  by every dispatch of that route and by autograd), gather, run ``grouped`` (grouped GEMMs), un-sort with the
+  inverse permutation and sum the K weighted picks. Static shapes, no host syncs, and no atomic scatter-adds
+  (forward or backward): compiles with ``torch.compile(fullgraph=True)``.
 
 The grouped GEMM is the custom op ``mom::grouped_mm``: ``torch._grouped_mm`` on CUDA in bf16 when the
 16-byte alignment rules hold, otherwise a loop of ``mm`` over the groups (on CPU that loop runs as fast as
 one dense matmul, while ``torch._grouped_mm`` is ~2× slower there, and its compile-time meta kernel only
-accepts bf16). Wrapping it in a custom op keeps it one opaque node for the compiler.
+accepts bf16). Wrapping it in a custom op keeps it one opaque node for the compiler. The SKIP rows sort last,
+past the last group; the native kernel leaves them unwritten, so callers mask them (``real_A1``) where the mask
+fuses into work they do anyway.
 """
 
 from __future__ import annotations
@@ -44,6 +48,12 @@ def _use_native_grouped_mm(a: Tensor, b: Tensor) -> bool:
     )
 
 
+def bias_outside_gemm(x: Tensor, w: Tensor) -> bool:
+    """Whether :func:`mom.modules.routed_linear` uses :func:`grouped_mm` and adds bias and SKIP mask itself (the
+    native CUDA kernel; a module-level function so tests can take that path on the CPU)."""
+    return _use_native_grouped_mm(x, w)
+
+
 def _zero_tail(y: Tensor, offs: Tensor) -> Tensor:
     """Zero the rows past the last group (the SKIP assignments), without reading ``offs`` on the host."""
     rows = torch.arange(y.shape[0], device=y.device)
@@ -59,7 +69,13 @@ def _groups(offs: Tensor):
         start = end
 
 
-def _loop_linear(x: Tensor, w: Tensor, b: Tensor | None, offs: Tensor, transpose_w: bool = False) -> Tensor:
+# What the fallback writes into the rows past the last group where the op leaves them unspecified (the tests set
+# NaN, to prove that no caller reads them).
+RAW_TAIL_FILL = 0.0
+
+
+def _loop_linear(x: Tensor, w: Tensor, b: Tensor | None, offs: Tensor, transpose_w: bool = False,
+                 tail: float = 0.0) -> Tensor:
     y = torch.empty(x.shape[0], w.shape[-2] if transpose_w else w.shape[-1], dtype=x.dtype, device=x.device)
     for g, start, end in _groups(offs):
         wg = w[g].t() if transpose_w else w[g]
@@ -67,19 +83,22 @@ def _loop_linear(x: Tensor, w: Tensor, b: Tensor | None, offs: Tensor, transpose
             torch.mm(x[start:end], wg, out=y[start:end])
         else:
             torch.addmm(b[g], x[start:end], wg, out=y[start:end])
-    y[int(offs[-1]):] = 0  # SKIP rows
+    y[int(offs[-1]):] = tail  # SKIP rows
     return y
 
 
 @torch.library.custom_op("mom::grouped_mm", mutates_args=())
 def grouped_mm(x: Tensor, w: Tensor, offs: Tensor) -> Tensor:
-    """``y[r] = x[r] @ w[g]`` for rows r of group g (rows offs[g-1]:offs[g]); rows past offs[-1] are 0.
+    """``y[r] = x[r] @ w[g]`` for rows r of group g (rows offs[g-1]:offs[g]); rows past offs[-1] are unspecified.
 
-    x: (A, D), w: (N, D, O), offs: (N,) int32 cumulative group ends. Returns (A, O).
+    x: (A, D), w: (N, D, O), offs: (N,) int32 cumulative group ends. Returns (A, O). The backward leaves the
+    input-gradient rows past offs[-1] unspecified too, and ignores those rows of the output gradient. Callers mask
+    the tail themselves (see :func:`mom.modules.routed_linear`): outside this opaque op the compiler fuses the mask
+    into the next elementwise op instead of spending a pass over (A, O) on it.
     """
     if _use_native_grouped_mm(x, w):
-        return _zero_tail(torch._grouped_mm(x, w, offs=offs), offs)
-    return _loop_linear(x, w, None, offs)
+        return torch._grouped_mm(x, w, offs=offs)
+    return _loop_linear(x, w, None, offs, tail=RAW_TAIL_FILL)
 
 
 @grouped_mm.register_fake
@@ -88,15 +107,17 @@ def _(x: Tensor, w: Tensor, offs: Tensor) -> Tensor:
 
 
 @torch.library.custom_op("mom::grouped_mm_t", mutates_args=())
-def grouped_mm_t(dy: Tensor, w: Tensor, offs: Tensor) -> Tensor:
-    """``dy[r] @ w[g].T``: the input gradient of a grouped linear, without materialising ``w.T``. Returns (A, D)."""
+def grouped_mm_t(dy: Tensor, w: Tensor, offs: Tensor, zero_tail: bool) -> Tensor:
+    """``dy[r] @ w[g].T``: the input gradient of a grouped linear, without materialising ``w.T``. Returns (A, D);
+    rows past offs[-1] are 0 with ``zero_tail``, else unspecified."""
     if _use_native_grouped_mm(dy, w):
-        return _zero_tail(torch._grouped_mm(dy, w.transpose(1, 2), offs=offs), offs)
-    return _loop_linear(dy, w, None, offs, transpose_w=True)
+        dx = torch._grouped_mm(dy, w.transpose(1, 2), offs=offs)
+        return _zero_tail(dx, offs) if zero_tail else dx
+    return _loop_linear(dy, w, None, offs, transpose_w=True, tail=0.0 if zero_tail else RAW_TAIL_FILL)
 
 
 @grouped_mm_t.register_fake
-def _(dy: Tensor, w: Tensor, offs: Tensor) -> Tensor:
+def _(dy: Tensor, w: Tensor, offs: Tensor, zero_tail: bool) -> Tensor:
     return dy.new_empty(dy.shape[0], w.shape[-2])
 
 
@@ -126,22 +147,11 @@ def group_onehot(offs: Tensor, rows: int, dtype: torch.dtype) -> Tensor:
     return ((row_A >= start_N.unsqueeze(1)) & (row_A < offs.unsqueeze(1))).to(dtype)
 
 
-@torch.library.custom_op("mom::grouped_bias_grad", mutates_args=())
-def grouped_bias_grad(dy: Tensor, offs: Tensor, n: int) -> Tensor:
-    """Per-group row sums of ``dy``: the bias gradient of a grouped linear. Returns (n, O)."""
-    if dy.is_cuda:
-        # One (N, A) one-hot GEMM, no host reads. A segment sum by ``index_add_`` would have every row of a group
-        # hit the same N output rows with atomics; on an H100 that contention cost 0.7 ms per call at 32K rows.
-        return group_onehot(offs, dy.shape[0], dy.dtype) @ dy
-    db = dy.new_zeros(n, dy.shape[1])
-    for g, start, end in _groups(offs):
-        torch.sum(dy[start:end], dim=0, out=db[g])
-    return db
-
-
-@grouped_bias_grad.register_fake
-def _(dy: Tensor, offs: Tensor, n: int) -> Tensor:
-    return dy.new_empty(n, dy.shape[1])
+def grouped_bias_grad(dy: Tensor, offs: Tensor) -> Tensor:
+    """Per-group row sums of ``dy``, the bias gradient of a grouped linear: one (N, A) one-hot GEMM, no host reads.
+    A segment sum by ``index_add_`` would have every row of a group hit the same output row with atomics; on an
+    H100 that contention cost 0.7 ms per call at 32K rows. Returns (N, O)."""
+    return group_onehot(offs, dy.shape[0], dy.dtype) @ dy
 
 
 @torch.library.custom_op("mom::grouped_linear", mutates_args=())
@@ -163,22 +173,23 @@ def _setup(ctx, inputs, output) -> None:
     ctx.save_for_backward(inputs[0], inputs[1], inputs[-1])
 
 
-def _input_and_weight_grads(ctx, dy: Tensor):
+def _input_and_weight_grads(ctx, dy: Tensor, zero_tail: bool):
     x, w, offs = ctx.saved_tensors
-    dy = _zero_tail(dy.contiguous(), offs)
-    dx = grouped_mm_t(dy, w, offs) if ctx.needs_input_grad[0] else None
+    # grouped_linear promises zero SKIP rows both ways, so it also ignores whatever its caller sends back there.
+    dy = _zero_tail(dy.contiguous(), offs) if zero_tail else dy.contiguous()
+    dx = grouped_mm_t(dy, w, offs, zero_tail) if ctx.needs_input_grad[0] else None
     dw = grouped_mm_wgrad(x, dy, offs, w.shape[0]) if ctx.needs_input_grad[1] else None
     return dy, offs, dx, dw
 
 
 def _grouped_mm_backward(ctx, dy: Tensor):
-    _, _, dx, dw = _input_and_weight_grads(ctx, dy)
+    _, _, dx, dw = _input_and_weight_grads(ctx, dy, zero_tail=False)
     return dx, dw, None
 
 
 def _grouped_linear_backward(ctx, dy: Tensor):
-    dy, offs, dx, dw = _input_and_weight_grads(ctx, dy)
-    db = grouped_bias_grad(dy, offs, ctx.saved_tensors[1].shape[0]) if ctx.needs_input_grad[2] else None
+    dy, offs, dx, dw = _input_and_weight_grads(ctx, dy, zero_tail=True)
+    db = grouped_bias_grad(dy, offs) if ctx.needs_input_grad[2] else None
     return dx, dw, db, None
 
 
@@ -191,33 +202,37 @@ class _GatherRows(torch.autograd.Function):
     """``x[idx]`` where every row of ``x`` is read exactly ``fan`` times, by the output rows ``inv.view(-1, fan)``.
 
     The backward is then a gather plus a sum over ``fan`` rather than ``index_add``'s scatter: no atomics and no
-    zero-filled buffer (on an H100 the scatter-adds of a K2H2S step took a quarter of its time)."""
+    zero-filled buffer (on an H100 the scatter-adds of a K2H2S step took a quarter of its time). ``keep``: (rows,
+    1) bool over the output rows; the gradient of the others is taken as 0 whatever it holds (the SKIP rows, whose
+    gradient a grouped op leaves unspecified)."""
 
     @staticmethod
-    def forward(x: Tensor, idx: Tensor, inv: Tensor, fan: int) -> Tensor:
+    def forward(x: Tensor, idx: Tensor, inv: Tensor, fan: int, keep: Tensor | None) -> Tensor:
         return x.index_select(0, idx)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
-        ctx.save_for_backward(inputs[2])
+        ctx.save_for_backward(inputs[2], inputs[4])
         ctx.fan = inputs[3]
 
     @staticmethod
     def backward(ctx, g: Tensor):
-        (inv,) = ctx.saved_tensors
+        inv, keep = ctx.saved_tensors
+        if keep is not None:
+            g = torch.where(keep, g, 0)
         g = g.index_select(0, inv)
-        return (g if ctx.fan == 1 else g.view(-1, ctx.fan, g.shape[-1]).sum(1)), None, None, None
+        return (g if ctx.fan == 1 else g.view(-1, ctx.fan, g.shape[-1]).sum(1)), None, None, None, None
 
 
-def gather_rows(x: Tensor, idx: Tensor, inv: Tensor, fan: int) -> Tensor:
-    return _GatherRows.apply(x, idx, inv, fan)
+def gather_rows(x: Tensor, idx: Tensor, inv: Tensor, fan: int, keep: Tensor | None = None) -> Tensor:
+    return _GatherRows.apply(x, idx, inv, fan, keep)
 
 
 class _GatherModuleRows(torch.autograd.Function):
     """``p[mod]``: per-assignment rows of a per-module parameter (N, D); ``mod == N`` (SKIP) reads row N-1.
 
-    The backward sums the gradient rows of each module. ``index_add`` would make all A rows of a group add into
-    one row with atomics (0.3 ms per call on an H100 at 32K rows); on CUDA it is one (N, A) one-hot GEMM instead."""
+    The backward sums the gradient rows of each module as one (N, A) one-hot GEMM: ``index_add`` would make all A
+    rows of a group add into one row with atomics (0.3 ms per call on an H100 at 32K rows)."""
 
     @staticmethod
     def forward(p: Tensor, mod: Tensor) -> Tensor:
@@ -231,10 +246,9 @@ class _GatherModuleRows(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: Tensor):
         (mod,) = ctx.saved_tensors
-        if g.is_cuda:
-            onehot_NA = (mod.unsqueeze(0) == torch.arange(ctx.n, device=g.device).unsqueeze(1)).to(g.dtype)
-            return onehot_NA @ g, None
-        return g.new_zeros(ctx.n + 1, g.shape[-1]).index_add_(0, mod, g)[: ctx.n], None
+        g = torch.where((mod < ctx.n).unsqueeze(-1), g, 0)  # SKIP rows: unspecified gradient (see grouped_mm)
+        onehot_NA = (mod.unsqueeze(0) == torch.arange(ctx.n, device=g.device).unsqueeze(1)).to(g.dtype)
+        return onehot_NA @ g, None
 
 
 def gather_module_rows(p: Tensor, mod: Tensor) -> Tensor:
@@ -243,7 +257,7 @@ def gather_module_rows(p: Tensor, mod: Tensor) -> Tensor:
 
 # ---------------------------------------------------------------------------------------------- dispatchers
 SingleFn = Callable[[Tensor, int], Tensor]  # (x_tD, module) -> y_tO
-GroupedFn = Callable[[Tensor, Tensor, Tensor], Tensor]  # (xs_AD, mod_A, offs_N) -> ys_AO, rows sorted by module
+GroupedFn = Callable[[Tensor, Tensor, Tensor | None, Tensor], Tensor]  # (xs_AD, mod_A, offs_N, real_A1) -> ys_AO
 
 
 @dataclass
@@ -258,6 +272,7 @@ class GroupedPlan:
     slot_A: Tensor  # flat index t·K + k of each sorted assignment
     inv_A: Tensor  # the inverse permutation: sorted position of slot t·K + k
     mod_A: Tensor  # module of each sorted assignment (N = SKIP, sorted last)
+    real_A1: Tensor  # (A, 1) bool: the assignment is a real module, not SKIP
     offs_N: Tensor | None  # int32 cumulative group ends over the N real modules; None: unsorted, gathered weights
 
 
@@ -298,20 +313,22 @@ class GroupedDispatcher:
         flat_A = idx_TK.reshape(-1)
         if flat_A.numel() <= self.gather_below:
             slot_A = torch.arange(flat_A.numel(), device=flat_A.device)
-            return GroupedPlan(token_A=slot_A // K, slot_A=slot_A, inv_A=slot_A, mod_A=flat_A, offs_N=None)
+            return GroupedPlan(token_A=slot_A // K, slot_A=slot_A, inv_A=slot_A, mod_A=flat_A,
+                               real_A1=(flat_A < n).unsqueeze(-1), offs_N=None)
         order_A = torch.argsort(flat_A, stable=True)  # SKIP (= n) sorts last
         mod_A = flat_A[order_A]
         counts = torch.zeros(n + 1, dtype=torch.int64, device=idx_TK.device).scatter_add_(
             0, flat_A, torch.ones_like(flat_A))
         offs_N = torch.cumsum(counts[:n], 0).to(torch.int32)
         inv_A = torch.empty_like(order_A).scatter_(0, order_A, torch.arange(order_A.numel(), device=order_A.device))
-        return GroupedPlan(token_A=order_A // K, slot_A=order_A, inv_A=inv_A, mod_A=mod_A, offs_N=offs_N)
+        return GroupedPlan(token_A=order_A // K, slot_A=order_A, inv_A=inv_A, mod_A=mod_A,
+                           real_A1=(mod_A < n).unsqueeze(-1), offs_N=offs_N)
 
     def run(self, plan: GroupedPlan, x_TD: Tensor, w_TK: Tensor, single: SingleFn, grouped: GroupedFn,
             out_dim: int) -> Tensor:
         T, K = w_TK.shape
-        xs_AD = gather_rows(x_TD, plan.token_A, plan.inv_A, K)  # each token read K times
-        ys_AO = grouped(xs_AD, plan.mod_A, plan.offs_N)
+        xs_AD = gather_rows(x_TD, plan.token_A, plan.inv_A, K, plan.real_A1)  # each token read K times
+        ys_AO = grouped(xs_AD, plan.mod_A, plan.offs_N, plan.real_A1)
         ys_TKO = gather_rows(ys_AO, plan.inv_A, plan.slot_A, 1).view(T, K, out_dim)  # back to slot order
         return (ys_TKO * w_TK.unsqueeze(-1).to(ys_TKO.dtype)).sum(1)
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mom.dispatch import gather_module_rows, grouped_linear
+from mom.dispatch import bias_outside_gemm, gather_module_rows, grouped_linear, grouped_mm
 
 
 class StackedLinear(nn.Module):
@@ -36,24 +36,32 @@ class StackedLinear(nn.Module):
     def single(self, x: Tensor, m: int) -> Tensor:
         return F.linear(x, self.weight[m].t(), self.bias[m])
 
-    def grouped(self, xs_AD: Tensor, mod_A: Tensor, offs_N: Tensor | None, ln: "StackedLayerNorm | None" = None) -> Tensor:
+    def grouped(self, xs_AD: Tensor, mod_A: Tensor, offs_N: Tensor | None, real_A1: Tensor,
+                ln: "StackedLayerNorm | None" = None) -> Tensor:
         """All assignments at once (see :func:`routed_linear`); ``ln``: the module's pre-norm, applied first."""
         if ln is not None:
             xs_AD = ln.gathered(xs_AD, mod_A)
-        return routed_linear(xs_AD, self.weight, self.bias, mod_A, offs_N)
+        return routed_linear(xs_AD, self.weight, self.bias, mod_A, offs_N, real_A1)
 
 
-def routed_linear(xs_AD: Tensor, w_NDO: Tensor, b_NO: Tensor, mod_A: Tensor, offs_N: Tensor | None) -> Tensor:
-    """``xs[a] @ w[mod[a]] + b[mod[a]]``. Rows sorted by module with group ends ``offs_N``: one grouped linear
-    (bias applied per group, no (A, O) gather). ``offs_N=None``: rows in any order, each multiplied by its own
-    gathered weight matrix (cheaper for a handful of tokens, e.g. decoding). SKIP rows (module N) are clamped for
-    the gathers; their results are weighted by 0 later."""
+def routed_linear(xs_AD: Tensor, w_NDO: Tensor, b_NO: Tensor, mod_A: Tensor, offs_N: Tensor | None,
+                  real_A1: Tensor) -> Tensor:
+    """``xs[a] @ w[mod[a]] + b[mod[a]]``, and 0 for SKIP rows (module N, ``real_A1`` False).
+
+    Rows sorted by module with group ends ``offs_N``: one grouped GEMM. With the native CUDA kernel the bias and
+    the SKIP mask are applied out here, where the compiler fuses them into the next elementwise op or gather; the
+    CPU op adds the bias per group inside the GEMM (``addmm``) and zeroes the SKIP rows itself, which is cheaper
+    in eager mode. ``offs_N=None``: rows in any order, each multiplied by its own gathered weight matrix (cheaper
+    for a handful of tokens, e.g. decoding)."""
     dtype = _compute_dtype(xs_AD)
+    xs_AD, w_NDO, b_NO = xs_AD.to(dtype), w_NDO.to(dtype), b_NO.to(dtype)
     if offs_N is None:
         mod_A = mod_A.clamp(max=w_NDO.shape[0] - 1)
-        y = torch.bmm(xs_AD.to(dtype).unsqueeze(1), w_NDO.to(dtype).index_select(0, mod_A)).squeeze(1)
-        return y + b_NO.to(dtype).index_select(0, mod_A)
-    return grouped_linear(xs_AD.to(dtype), w_NDO.to(dtype), b_NO.to(dtype), offs_N)
+        y = torch.bmm(xs_AD.unsqueeze(1), w_NDO.index_select(0, mod_A)).squeeze(1)
+        return y + b_NO.index_select(0, mod_A)
+    if bias_outside_gemm(xs_AD, w_NDO):
+        return torch.where(real_A1, grouped_mm(xs_AD, w_NDO, offs_N) + gather_module_rows(b_NO, mod_A), 0)
+    return grouped_linear(xs_AD, w_NDO, b_NO, offs_N)
 
 
 class StackedLayerNorm(nn.Module):
@@ -105,23 +113,23 @@ class ModulePool(nn.Module):
     def qkv_single(self, x: Tensor, m: int) -> Tensor:
         return self.attn.c_attn.single(self.ln_1.single(x, m), m)
 
-    def qkv_grouped(self, xs: Tensor, mod: Tensor, offs: Tensor) -> Tensor:
-        return self.attn.c_attn.grouped(xs, mod, offs, ln=self.ln_1)
+    def qkv_grouped(self, xs: Tensor, mod: Tensor, offs: Tensor, real: Tensor) -> Tensor:
+        return self.attn.c_attn.grouped(xs, mod, offs, real, ln=self.ln_1)
 
     def proj_single(self, o: Tensor, m: int) -> Tensor:
         return self.attn.c_proj.single(o, m)
 
-    def proj_grouped(self, os: Tensor, mod: Tensor, offs: Tensor) -> Tensor:
-        return self.attn.c_proj.grouped(os, mod, offs)
+    def proj_grouped(self, os: Tensor, mod: Tensor, offs: Tensor, real: Tensor) -> Tensor:
+        return self.attn.c_proj.grouped(os, mod, offs, real)
 
     # --- FFN half
     def ffn_single(self, x: Tensor, m: int) -> Tensor:
         h = F.gelu(self.mlp.c_fc.single(self.ln_2.single(x, m), m), approximate="tanh")
         return self.mlp.c_proj.single(h, m)
 
-    def ffn_grouped(self, xs: Tensor, mod: Tensor, offs: Tensor) -> Tensor:
-        h = F.gelu(self.mlp.c_fc.grouped(xs, mod, offs, ln=self.ln_2), approximate="tanh")
-        return self.mlp.c_proj.grouped(h, mod, offs)
+    def ffn_grouped(self, xs: Tensor, mod: Tensor, offs: Tensor, real: Tensor) -> Tensor:
+        h = F.gelu(self.mlp.c_fc.grouped(xs, mod, offs, real, ln=self.ln_2), approximate="tanh")
+        return self.mlp.c_proj.grouped(h, mod, offs, real)
 
     # --- init (GPT-2 / nanoGPT): N(0, std); residual projections scaled by 1/sqrt(2·depth)
     @torch.no_grad()

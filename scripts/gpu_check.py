@@ -67,6 +67,12 @@ for m, n in enumerate(sizes):
 rel = lambda a, r: ((a.float() - r).abs().max() / (r.abs().max() + 1e-6)).item()
 report["ops_rel_err"] = {"y": rel(y, ref), "dx": rel(gx, rgx), "dw": rel(gw, rgw), "db": rel(gb, rgb)}
 report["ops_empty_group_dw_max"] = gw[[1, 3]].float().abs().max().item()
+# The raw op (bias and SKIP mask outside, as the model uses it on CUDA): the gradient rows past the last group
+# (here random) must be ignored by the weight gradient, and the input gradient is compared on the group rows.
+n_real = sum(sizes)
+gx2, gw2 = torch.autograd.grad(dispatch.grouped_mm(x, w, offs), (x, w), dy)
+rgw2 = torch.stack([xf[o - n:o].t() @ dyf[o - n:o] for o, n in zip(torch.tensor(sizes).cumsum(0).tolist(), sizes)])
+report["raw_op_rel_err"] = {"dx": rel(gx2[:n_real], (rgx - 0)[:n_real]), "dw_ignoring_tail": rel(gw2, rgw2)}
 cfg = resolve_config("K2H2S").replace(vocab_size=8192, n_ctx=256)
 out = {}
 for name in ("loop", "grouped"):
@@ -109,6 +115,8 @@ def steps(dev: str, dry: bool) -> list[tuple[str, list[str], int]]:
         ("bench_train_eager", bench + size + vocab, 90),
         ("bench_train_noskip_compiled", bench + size + vocab + ["--compile", "--only", "mom_grouped,dense",
                                                                 "--model.skip", "false"], 150),
+        ("bench_decode_eager", mom + ["bench", "decode", "--device", dev, "--json"]
+         + (["--new-tokens", "16"] if dry else []), 60),
         ("bench_decode_compiled", mom + ["bench", "decode", "--device", dev, "--compile", "--json"]
          + (["--new-tokens", "16"] if dry else []), 120),
     ]

@@ -57,3 +57,14 @@ def write_tokens(d: Path, n_train: int = 20000, n_val: int = 2000, seed: int = 0
 def data_dir(tmp_path_factory) -> Path:
     """A token dataset for training tests (one per test module)."""
     return write_tokens(tmp_path_factory.mktemp("data") / "tok")
+
+
+@pytest.fixture(params=["bias-in-op", "bias-outside-nan-tail"])
+def grouped_path(request, monkeypatch):
+    """Both ways ``routed_linear`` runs a grouped projection. The second is the CUDA kernel's: bias and SKIP mask
+    applied outside the op, and the op's SKIP rows (forward and input gradient) unspecified; here they are
+    filled with NaN, so any read of them shows up in the values or gradients."""
+    if request.param == "bias-outside-nan-tail":
+        monkeypatch.setattr("mom.dispatch.RAW_TAIL_FILL", float("nan"))
+        monkeypatch.setattr("mom.modules.bias_outside_gemm", lambda x, w: True)
+    return request.param

@@ -8,7 +8,7 @@ from tests.conftest import tiny_config
 
 
 @pytest.mark.slow
-def test_compile_fullgraph_forward_backward_matches_eager():
+def test_compile_fullgraph_forward_backward_matches_eager(grouped_path):
     torch._dynamo.reset()
     cfg = tiny_config(router="gru", skip=True, top_k=2, steps=2, n_attn=3, n_ffn=2, z_coef=1e-3)
     eager = MoM(cfg)

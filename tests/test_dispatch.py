@@ -23,7 +23,7 @@ def _grads(model):
 
 
 @pytest.mark.parametrize("name", CONFIGS)
-def test_grouped_equals_loop(name):
+def test_grouped_equals_loop(name, grouped_path):
     cfg = tiny_config(**CONFIGS[name])
     fast = MoM(cfg)
     # Sharper routers than the default init, so that routes differ between tokens.
@@ -63,12 +63,37 @@ def test_grouped_mm_matches_per_group_matmul_with_skip_tail():
     w = torch.randn(N, D, O, requires_grad=True)
     offs = torch.tensor([3, 3, 10, 20], dtype=torch.int32)  # an empty group, and 3 SKIP rows at the end
     y = grouped_mm(x, w, offs)
-    ref = torch.cat([x[0:3] @ w[0], x[3:10] @ w[2], x[10:20] @ w[3], torch.zeros(3, O)])
-    assert torch.allclose(y, ref, atol=1e-6)
-    g = torch.randn_like(y)
+    ref = torch.cat([x[0:3] @ w[0], x[3:10] @ w[2], x[10:20] @ w[3]])
+    assert torch.allclose(y[:20], ref, atol=1e-6)  # the SKIP rows are unspecified
+    g = torch.randn(A, O)  # ...and so is their gradient: whatever comes back there is ignored
     dx, dw = torch.autograd.grad(y, (x, w), g)
-    rdx, rdw = torch.autograd.grad(ref, (x, w), g)
-    assert torch.allclose(dx, rdx, atol=1e-5) and torch.allclose(dw, rdw, atol=1e-5)
+    rdx, rdw = torch.autograd.grad(ref, (x, w), g[:20])
+    assert torch.allclose(dx[:20], rdx[:20], atol=1e-5) and torch.allclose(dw, rdw, atol=1e-5)
+
+
+def test_gather_module_rows_sums_per_module_without_skip_rows():
+    """The per-row parameter gather's backward (one-hot GEMM on CUDA, index_add on CPU): per-module sums, and
+    SKIP rows (module N) contribute nothing even when their gradient is NaN."""
+    from mom.dispatch import gather_module_rows
+
+    p = torch.randn(3, 5, requires_grad=True)
+    mod = torch.tensor([0, 0, 2, 2, 2, 3, 3])  # module 1 unused, two SKIP rows
+    rows = gather_module_rows(p, mod)
+    assert torch.equal(rows[:5], p.detach()[[0, 0, 2, 2, 2]])
+    g = torch.randn(7, 5)
+    g[5:] = float("nan")
+    (grad,) = torch.autograd.grad(rows, p, g)
+    want = torch.stack([g[0:2].sum(0), torch.zeros(5), g[2:5].sum(0)])
+    assert torch.allclose(grad, want, atol=1e-6)
+
+
+def test_group_onehot_is_the_segment_sum_of_sorted_groups():
+    from mom.dispatch import group_onehot
+
+    offs = torch.tensor([2, 2, 5], dtype=torch.int32)
+    dy = torch.randn(7, 4)  # rows 5, 6: SKIP
+    got = group_onehot(offs, 7, dy.dtype) @ dy
+    assert torch.allclose(got, torch.stack([dy[0:2].sum(0), torch.zeros(4), dy[2:5].sum(0)]), atol=1e-6)
 
 
 def test_bf16_autocast_forward_backward_close_to_fp32():
