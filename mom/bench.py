@@ -133,7 +133,7 @@ def bench_step(config: str = "K2H2S", mode: str = "train", batch: int = 4, seq_l
     its top operators by device time to ``<profile>/<contender>.txt``."""
     from mom.flops import count
     from mom.model import MoM
-    from mom.train import keep_freed_memory
+    from mom.train import fused_adamw, keep_freed_memory
 
     unknown = set(only) - set(CONTENDERS)
     if unknown or not only:
@@ -157,7 +157,7 @@ def bench_step(config: str = "K2H2S", mode: str = "train", batch: int = 4, seq_l
         model.to(device).train(mode == "train")
         # The loop reference syncs on `nonzero` per module, so it cannot compile whole; it stays eager.
         fwd = torch.compile(model, fullgraph=True) if compile and model.config.dispatch != "loop" else model
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda") if mode == "train" else None
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused_adamw(device)) if mode == "train" else None
 
         def step():
             if mode == "train":

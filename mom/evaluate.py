@@ -329,14 +329,14 @@ class GlueParams(TrainParams):
 
 def _optimizer(module: nn.Module, p: TrainParams) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices (linear and embedding weights, the head's weight) only."""
-    from mom.train import decay_split
+    from mom.train import decay_split, fused_adamw
 
     decay, _ = decay_split(module)
     decay = set(decay)
     params = dict(module.named_parameters())
     groups = [{"params": [v for k, v in params.items() if k in decay], "weight_decay": p.weight_decay},
               {"params": [v for k, v in params.items() if k not in decay], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=p.lr)
+    return torch.optim.AdamW(groups, lr=p.lr, fused=fused_adamw(next(module.parameters()).device))
 
 
 def _lr_factor(step: int, total: int, warmup: int) -> float:

@@ -151,6 +151,8 @@ def measure_memory(model: nn.Module, idx_BT: Tensor, *, train: bool = True) -> M
 
     The model is left as it was: weights untouched (AdamW with lr = 0), buffers restored, gradients None,
     original train/eval mode."""
+    from mom.train import fused_adamw
+
     device = idx_BT.device
     was_training = model.training
     B, T = idx_BT.shape
@@ -172,7 +174,7 @@ def measure_memory(model: nn.Module, idx_BT: Tensor, *, train: bool = True) -> M
 
     buffers_before = {k: v.detach().clone() for k, v in model.named_buffers()}
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=0.0, weight_decay=0.0, fused=device.type == "cuda")
+    opt = torch.optim.AdamW(model.parameters(), lr=0.0, weight_decay=0.0, fused=fused_adamw(device))
     targets_BT = idx_BT.roll(-1, dims=1)
     saved = {}
 

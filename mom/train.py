@@ -231,6 +231,12 @@ def decay_split(model: nn.Module) -> tuple[list[str], list[str]]:
     return decay, no_decay
 
 
+def fused_adamw(device: torch.device | str) -> bool:
+    """Whether to ask for PyTorch's fused AdamW: one kernel over all parameters instead of a chain of foreach ops.
+    On the 2-core CPU box it updates 82M parameters in 51 ms against 234 ms (docs/log.md); CUDA has it too."""
+    return torch.device(device).type in ("cpu", "cuda")
+
+
 def make_optimizer(model: nn.Module, tcfg: TrainConfig, device: torch.device) -> tuple[torch.optim.AdamW, list[str]]:
     """AdamW with the two decay groups; returns the optimiser and the parameter names in its order."""
     params = dict(model.named_parameters())
@@ -239,7 +245,7 @@ def make_optimizer(model: nn.Module, tcfg: TrainConfig, device: torch.device) ->
     groups = [{"params": [params[n] for n in decay], "weight_decay": tcfg.weight_decay},
               {"params": [params[n] for n in no_decay], "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=tcfg.lr, betas=(tcfg.beta1, tcfg.beta2), eps=tcfg.eps,
-                            fused=device.type == "cuda")
+                            fused=fused_adamw(device))
     return opt, decay + no_decay
 
 

@@ -1,0 +1,35 @@
+"""Smoke runs of `mom bench train|forward` (the benchmark itself is not a test: only that it runs and reports)."""
+
+import json
+
+import pytest
+
+from mom.bench import bench_step, format_step
+from mom.errors import ConfigError
+
+TINY = dict(vocab_size=512, n_ctx=32, d_model=64, n_head=2, d_ff=128)
+
+
+def test_bench_train_reports_all_contenders_and_ratios():
+    r = bench_step("tiny-mom", "train", batch=1, seq_len=16, rounds=1, warmup=1, overrides=TINY)
+    assert set(r["results"]) == {"mom_grouped", "mom_loop", "dense"}
+    for row in r["results"].values():
+        assert row["seconds_per_step"] > 0 and row["tokens_per_s"] > 0 and row["mfu"] is None  # no peak on CPU
+    assert r["mom_over_dense_time_per_active_flop"] > 0 and r["loop_over_grouped"] > 0
+    assert r["vocab_size"] == 512 and json.loads(json.dumps(r)) == r
+    assert "MoM / dense" in format_step(r)
+
+
+def test_bench_only_and_profile(tmp_path):
+    r = bench_step("tiny-mom", "forward", batch=1, seq_len=16, rounds=1, warmup=1, overrides=TINY,
+                   only=("dense",), profile=str(tmp_path / "prof"))
+    assert set(r["results"]) == {"dense"}
+    assert r["mom_over_dense_time_per_active_flop"] is None and r["loop_over_grouped"] is None
+    assert "MoM / dense" not in format_step(r)
+    table = (tmp_path / "prof" / "dense.txt").read_text()
+    assert "aten::" in table and "Self CPU" in table
+
+
+def test_bench_unknown_contender_is_a_config_error():
+    with pytest.raises(ConfigError, match="unknown contender"):
+        bench_step("tiny-mom", "train", only=("mom_grouped", "fast"))
