@@ -24,9 +24,9 @@ from mom.errors import ConfigError
 from mom.engine import Engine
 
 
-def machine() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
+def machine(device: str = "cpu") -> str:
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name(device)
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
@@ -83,7 +83,7 @@ def bench_decode(config: str = "tiny-mom", new_tokens: int = 256, prompt_len: in
             best[name] = min(best[name], _decode_seconds(engine, prompt, n) / n)
     tps = {k: 1.0 / v for k, v in best.items()}
     return {
-        "benchmark": "decode", "machine": machine(), "config": cfg.name, "depth": cfg.depth,
+        "benchmark": "decode", "machine": machine(device), "config": cfg.name, "depth": cfg.depth,
         "active_layers": n_active, "new_tokens": new_tokens, "prompt_len": prompt_len, "rounds": rounds,
         "compile": compile, "tokens_per_s": tps,
         "cached_over_uncached": tps["mom_cached"] / tps["mom_uncached"],
@@ -114,9 +114,9 @@ PEAK_FLOPS_SOURCE = ("NVIDIA data sheets: H100 SXM 989 TFLOP/s dense BF16 (1979 
 
 
 def peak_flops(device: str) -> float | None:
-    if device != "cuda":
+    if torch.device(device).type != "cuda":
         return None
-    name = torch.cuda.get_device_name()
+    name = torch.cuda.get_device_name(device)
     return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
 
 
@@ -138,14 +138,15 @@ def bench_step(config: str = "K2H2S", mode: str = "train", batch: int = 4, seq_l
     unknown = set(only) - set(CONTENDERS)
     if unknown or not only:
         raise ConfigError(f"unknown contender(s) {sorted(unknown)}; choose from {', '.join(CONTENDERS)}")
-    if device == "cpu":
+    cuda = torch.device(device).type == "cuda"
+    if not cuda:
         keep_freed_memory()  # as `mom train` does: no page-fault storm from glibc unmapping big blocks each step
     torch.manual_seed(seed)
     cfg = resolve_config(config)
     if overrides:
         cfg = cfg.replace(**overrides)
     dense_cfg = vanilla_with_layers(cfg, active_layers(cfg))
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu", enabled=False)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
     configs = {"mom_grouped": cfg.replace(dispatch="grouped"), "mom_loop": cfg.replace(dispatch="loop"),
                "dense": dense_cfg}
     models = {k: MoM(c) for k, c in configs.items() if k in only}
@@ -153,11 +154,15 @@ def bench_step(config: str = "K2H2S", mode: str = "train", batch: int = 4, seq_l
         models["mom_loop"].load_state_dict(models["mom_grouped"].state_dict())
     idx = torch.randint(0, cfg.vocab_size, (batch, seq_len), device=device)
 
-    def make_step(model):
+    opts: dict[str, torch.optim.Optimizer] = {}
+
+    def make_step(name, model):
         model.to(device).train(mode == "train")
         # The loop reference syncs on `nonzero` per module, so it cannot compile whole; it stays eager.
         fwd = torch.compile(model, fullgraph=True) if compile and model.config.dispatch != "loop" else model
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused_adamw(device)) if mode == "train" else None
+        if opt is not None:
+            opts[name] = opt
 
         def step():
             if mode == "train":
@@ -169,20 +174,29 @@ def bench_step(config: str = "K2H2S", mode: str = "train", batch: int = 4, seq_l
             else:
                 with torch.no_grad(), amp:
                     fwd(idx)
-            if device == "cuda":
+            if cuda:
                 torch.cuda.synchronize()
         return step
 
-    steps = {k: make_step(m) for k, m in models.items()}
+    steps = {k: make_step(k, m) for k, m in models.items()}
     for step in steps.values():
         for _ in range(warmup):
             step()
     best = {k: float("inf") for k in steps}
+    peak_mem: dict[str, int | None] = {k: None for k in steps}
+    # CUDA peak memory per contender: the allocator's peak during its steps, less what every contender keeps
+    # resident (weights, AdamW state), plus its own resident bytes: what it would need alone on the device.
+    resident = torch.cuda.memory_allocated() if cuda else 0
     for _ in range(rounds):
         for k, step in steps.items():
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
             t0 = time.perf_counter()
             step()
             best[k] = min(best[k], time.perf_counter() - t0)
+            if cuda:
+                own = _resident_bytes(models[k], opts.get(k))
+                peak_mem[k] = max(peak_mem[k] or 0, torch.cuda.max_memory_allocated() - resident + own)
     if profile:
         profile_steps(steps, profile, device)
     tokens = batch * seq_len
@@ -193,19 +207,28 @@ def bench_step(config: str = "K2H2S", mode: str = "train", batch: int = 4, seq_l
     for k in steps:
         achieved = per_tok[k] * tokens / best[k]
         rows[k] = {"seconds_per_step": best[k], "tokens_per_s": tokens / best[k], "flops_per_token": per_tok[k],
-                   "achieved_flops": achieved, "mfu": achieved / peak if peak else None}
+                   "achieved_flops": achieved, "mfu": achieved / peak if peak else None,
+                   "peak_memory_bytes": peak_mem[k]}
     per_flop = {k: best[k] / per_tok[k] for k in steps}
 
     def ratio(a: dict, x: str, y: str) -> float | None:
         return a[x] / a[y] if x in a and y in a else None
 
     return {
-        "benchmark": mode, "machine": machine(), "device": device, "config": cfg.name, "dense_layers": dense_cfg.bottom,
+        "benchmark": mode, "machine": machine(device), "device": device, "config": cfg.name, "dense_layers": dense_cfg.bottom,
         "vocab_size": cfg.vocab_size, "batch": batch, "seq_len": seq_len, "rounds": rounds, "compile": compile,
         "results": rows, "peak_flops": peak, "peak_flops_source": PEAK_FLOPS_SOURCE if peak else None,
         "mom_over_dense_time_per_active_flop": ratio(per_flop, "mom_grouped", "dense"),
         "loop_over_grouped": ratio(best, "mom_loop", "mom_grouped"),
     }
+
+
+def _resident_bytes(model: torch.nn.Module, opt: torch.optim.Optimizer | None) -> int:
+    """Bytes a contender keeps between steps: parameters, buffers and optimiser state (gradients are set to None)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    if opt is not None:
+        tensors += [v for state in opt.state.values() for v in state.values() if isinstance(v, torch.Tensor)]
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def profile_steps(steps: dict, directory: str, device: str, rows: int = 40) -> None:
@@ -216,8 +239,9 @@ def profile_steps(steps: dict, directory: str, device: str, rows: int = 40) -> N
 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
-    key = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
+    cuda = torch.device(device).type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
     for name, step in steps.items():
         with profile(activities=activities) as prof:
             step()
@@ -230,8 +254,9 @@ def format_step(r: dict) -> str:
              f"{', compiled' if r.get('compile') else ''}"]
     for k, v in r["results"].items():
         mfu = f", MFU {100 * v['mfu']:.1f}%" if v["mfu"] else ""
+        mem = f", peak {v['peak_memory_bytes'] / 2**30:.2f} GiB" if v.get("peak_memory_bytes") else ""
         lines.append(f"  {k:<12} {v['seconds_per_step'] * 1e3:9.1f} ms/step {v['tokens_per_s']:10.0f} tok/s "
-                     f"{v['achieved_flops'] / 1e12:8.3f} TFLOP/s{mfu}")
+                     f"{v['achieved_flops'] / 1e12:8.3f} TFLOP/s{mfu}{mem}")
     if r["mom_over_dense_time_per_active_flop"] is not None:
         lines.append(f"  MoM / dense time per active FLOP  {r['mom_over_dense_time_per_active_flop']:.2f}×")
     if r["loop_over_grouped"] is not None:

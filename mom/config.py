@@ -430,6 +430,9 @@ def _build_presets() -> dict[str, Any]:
         p[vname] = lambda vname=vname, sc=sc, shape=shape: _vanilla(vname, sc["layers"], **shape)
         p[f"mom-p-{sc['tag']}"] = lambda sc=sc, shape=shape: _mom_p(f"mom-p-{sc['tag']}", sc["layers"], **shape)
         p[f"mom-e-{sc['tag']}"] = lambda sc=sc, shape=shape: _mom_e(f"mom-e-{sc['tag']}", sc["layers"], **shape)
+    # GPT-2 small with the vocabulary padded to 50,304 = 786 · 64 (nanoGPT's choice): tensor-core-friendly head and
+    # embedding shapes for training from scratch (ids ≥ 50,257 never occur). The H100 throughput baseline.
+    p["gpt2-padded"] = lambda: _vanilla("gpt2-padded", 12, d_model=768, n_head=12, vocab_size=50304)
     n = TINY_LAYERS
     p["tiny"] = lambda: _vanilla("tiny", n, **_TINY)
     # tiny MoM_P: 6 layers → 1 bottom + (4 modules, H=6, top-2) + anchor: depth 8 (+33%) at equal parameters.

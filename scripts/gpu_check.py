@@ -115,10 +115,12 @@ def steps(dev: str, dry: bool) -> list[tuple[str, list[str], int]]:
         ("bench_train_eager", bench + size + vocab, 90),
         ("bench_train_noskip_compiled", bench + size + vocab + ["--compile", "--only", "mom_grouped,dense",
                                                                 "--model.skip", "false"], 150),
-        ("bench_decode_eager", mom + ["bench", "decode", "--device", dev, "--json"]
-         + (["--new-tokens", "16"] if dry else []), 60),
-        ("bench_decode_compiled", mom + ["bench", "decode", "--device", dev, "--compile", "--json"]
-         + (["--new-tokens", "16"] if dry else []), 120),
+        # Decode is launch-bound on a GPU (hundreds of small kernels per token, and the uncached contender reruns
+        # the whole prefix): 256 tokens × 4 contenders × 4 rounds did not fit 60 s eager on the H100.
+        ("bench_decode_eager", mom + ["bench", "decode", "--device", dev, "--json", "--new-tokens",
+                                      "16" if dry else "64"], 120),
+        ("bench_decode_compiled", mom + ["bench", "decode", "--device", dev, "--compile", "--json", "--new-tokens",
+                                         "16" if dry else "128"], 240),
     ]
 
 
