@@ -129,9 +129,15 @@ def grouped_mm_wgrad(x: Tensor, dy: Tensor, offs: Tensor, n: int) -> Tensor:
         # A group no token picked has an empty reduction; don't trust the kernel to write zeros there.
         sizes = torch.diff(offs, prepend=offs.new_zeros(1))
         return torch.where((sizes > 0).view(-1, 1, 1), dw, 0)
-    dw = x.new_zeros(n, x.shape[1], dy.shape[1])
+    # Uninitialised, then only the empty groups zeroed: a zero-fill of all N·D·O entries that the matmuls then
+    # overwrite cost ~12 ms per call on the 2-core CPU at 8 × 768 × 3072.
+    dw = x.new_empty(n, x.shape[1], dy.shape[1])
+    empty = set(range(n))
     for g, start, end in _groups(offs):
         torch.mm(x[start:end].t(), dy[start:end], out=dw[g])
+        empty.discard(g)
+    for g in empty:
+        dw[g].zero_()
     return dw
 
 
