@@ -77,9 +77,10 @@ class StackedLayerNorm(nn.Module):
         return F.layer_norm(x, x.shape[-1:], self.weight[m], self.bias[m], self.eps)
 
     def gathered(self, xs_AD: Tensor, mod_A: Tensor) -> Tensor:
-        """Each row normalised with its own module's γ, β, gathered per row (:func:`gather_module_rows`: its
-        backward sums per module without atomics on CUDA). Measured alternative, rejected: folding γ, β into the next linear's weights costs
-        N·D·O per call, more than the per-row gather until a pool sees ~N·O tokens (docs/log.md)."""
+        """Each row normalised with its own module's γ, β, gathered per row (:func:`gather_module_rows`, whose
+        backward sums per module as a one-hot GEMM, not with atomics). Measured alternative, rejected: folding γ, β
+        into the next linear's weights costs N·D·O per call, more than the per-row gather until a pool sees ~N·O
+        tokens (docs/log.md)."""
         xn = F.layer_norm(xs_AD, xs_AD.shape[-1:], eps=self.eps)
         return torch.addcmul(gather_module_rows(self.bias, mod_A), xn, gather_module_rows(self.weight, mod_A))
 
