@@ -132,6 +132,7 @@ def bench_step(config: str = "K2H2S", mode: str = "train", batch: int = 4, seq_l
     need both of their contenders). ``profile``: after timing, profile one more step of each contender and write
     its top operators by device time to ``<profile>/<contender>.txt``."""
     from mom.flops import count
+    from mom.memory import optimizer_state, storage_bytes
     from mom.model import MoM
     from mom.train import fused_adamw, keep_freed_memory
 
@@ -154,15 +155,11 @@ def bench_step(config: str = "K2H2S", mode: str = "train", batch: int = 4, seq_l
         models["mom_loop"].load_state_dict(models["mom_grouped"].state_dict())
     idx = torch.randint(0, cfg.vocab_size, (batch, seq_len), device=device)
 
-    opts: dict[str, torch.optim.Optimizer] = {}
-
-    def make_step(name, model):
+    def make_step(model):
         model.to(device).train(mode == "train")
         # The loop reference syncs on `nonzero` per module, so it cannot compile whole; it stays eager.
         fwd = torch.compile(model, fullgraph=True) if compile and model.config.dispatch != "loop" else model
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused_adamw(device)) if mode == "train" else None
-        if opt is not None:
-            opts[name] = opt
 
         def step():
             if mode == "train":
@@ -176,9 +173,11 @@ def bench_step(config: str = "K2H2S", mode: str = "train", batch: int = 4, seq_l
                     fwd(idx)
             if cuda:
                 torch.cuda.synchronize()
-        return step
+        return step, opt
 
-    steps = {k: make_step(k, m) for k, m in models.items()}
+    steps, opts = {}, {}
+    for k, m in models.items():
+        steps[k], opts[k] = make_step(m)
     for step in steps.values():
         for _ in range(warmup):
             step()
@@ -187,6 +186,7 @@ def bench_step(config: str = "K2H2S", mode: str = "train", batch: int = 4, seq_l
     # CUDA peak memory per contender: the allocator's peak during its steps, less what every contender keeps
     # resident (weights, AdamW state), plus its own resident bytes: what it would need alone on the device.
     resident = torch.cuda.memory_allocated() if cuda else 0
+    own = {k: storage_bytes([*m.parameters(), *m.buffers(), *optimizer_state(opts[k])]) for k, m in models.items()}
     for _ in range(rounds):
         for k, step in steps.items():
             if cuda:
@@ -195,8 +195,7 @@ def bench_step(config: str = "K2H2S", mode: str = "train", batch: int = 4, seq_l
             step()
             best[k] = min(best[k], time.perf_counter() - t0)
             if cuda:
-                own = _resident_bytes(models[k], opts.get(k))
-                peak_mem[k] = max(peak_mem[k] or 0, torch.cuda.max_memory_allocated() - resident + own)
+                peak_mem[k] = max(peak_mem[k] or 0, torch.cuda.max_memory_allocated() - resident + own[k])
     if profile:
         profile_steps(steps, profile, device)
     tokens = batch * seq_len
@@ -221,14 +220,6 @@ def bench_step(config: str = "K2H2S", mode: str = "train", batch: int = 4, seq_l
         "mom_over_dense_time_per_active_flop": ratio(per_flop, "mom_grouped", "dense"),
         "loop_over_grouped": ratio(best, "mom_loop", "mom_grouped"),
     }
-
-
-def _resident_bytes(model: torch.nn.Module, opt: torch.optim.Optimizer | None) -> int:
-    """Bytes a contender keeps between steps: parameters, buffers and optimiser state (gradients are set to None)."""
-    tensors = [*model.parameters(), *model.buffers()]
-    if opt is not None:
-        tensors += [v for state in opt.state.values() for v in state.values() if isinstance(v, torch.Tensor)]
-    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def profile_steps(steps: dict, directory: str, device: str, rows: int = 40) -> None:

@@ -59,6 +59,13 @@ def storage_bytes(tensors) -> int:
     return sum(seen.values())
 
 
+def optimizer_state(opt: torch.optim.Optimizer | None) -> list[Tensor]:
+    """The tensors an optimiser keeps (AdamW: step, moments); none without an optimiser."""
+    if opt is None:
+        return []
+    return [t for s in opt.state.values() for t in s.values() if isinstance(t, Tensor)]
+
+
 class LiveTensorTracker(TorchDispatchMode):
     """Peak bytes of tensor storages created while the mode is active (see the module docstring)."""
 
@@ -191,8 +198,7 @@ def measure_memory(model: nn.Module, idx_BT: Tensor, *, train: bool = True) -> M
 
     try:
         step()  # warm-up: creates the optimiser state
-        state = [t for s in opt.state.values() for t in s.values() if isinstance(t, Tensor)]
-        optimizer = storage_bytes(state)
+        optimizer = storage_bytes(optimizer_state(opt))
         train_extra, train_peak = _measure_peak(device, step)
         if train_peak is None:
             train_peak = params + buffers + optimizer + storage_bytes([idx_BT, targets_BT]) + train_extra
