@@ -54,6 +54,15 @@ def bias_outside_gemm(x: Tensor, w: Tensor) -> bool:
     return _use_native_grouped_mm(x, w)
 
 
+def skip_rows_unspecified(x: Tensor) -> bool:
+    """Whether the grouped ops fed from ``x`` may leave the SKIP rows of their outputs and input gradients
+    unspecified (the native CUDA kernel, see :func:`bias_outside_gemm`), so that the gathers around them must mask
+    those rows in their backward. Conservative: any CUDA tensor (whether the native kernel runs also depends on
+    the weights and autocast). On the CPU the ops write zeros there, and a mask would be a wasted pass over (A, D)
+    per gather. A module-level function so tests can take the masked path on the CPU."""
+    return x.is_cuda
+
+
 def _zero_tail(y: Tensor, offs: Tensor) -> Tensor:
     """Zero the rows past the last group (the SKIP assignments), without reading ``offs`` on the host."""
     rows = torch.arange(y.shape[0], device=y.device)
@@ -153,11 +162,27 @@ def group_onehot(offs: Tensor, rows: int, dtype: torch.dtype) -> Tensor:
     return ((row_A >= start_N.unsqueeze(1)) & (row_A < offs.unsqueeze(1))).to(dtype)
 
 
-def grouped_bias_grad(dy: Tensor, offs: Tensor) -> Tensor:
-    """Per-group row sums of ``dy``, the bias gradient of a grouped linear: one (N, A) one-hot GEMM, no host reads.
-    A segment sum by ``index_add_`` would have every row of a group hit the same output row with atomics; on an
-    H100 that contention cost 0.7 ms per call at 32K rows. Returns (N, O)."""
-    return group_onehot(offs, dy.shape[0], dy.dtype) @ dy
+@torch.library.custom_op("mom::group_sums", mutates_args=())
+def group_sums(dy: Tensor, offs: Tensor) -> Tensor:
+    """Per-group row sums of ``dy`` (the bias gradient of a grouped linear); rows past offs[-1] are ignored,
+    whatever they hold. Returns (N, O).
+
+    On CUDA one (N, A) one-hot GEMM, no host reads: a segment sum by ``index_add_`` would have every row of a group
+    hit the same output row with atomics (0.7 ms per call at 32K rows on an H100). On the CPU a sum per group,
+    which reads only the group rows (no masking pass over the SKIP rows)."""
+    if dy.is_cuda:
+        rows = torch.arange(dy.shape[0], device=dy.device)
+        dy = torch.where((rows < offs[-1].to(rows.dtype)).unsqueeze(-1), dy, 0)
+        return group_onehot(offs, dy.shape[0], dy.dtype) @ dy
+    out = dy.new_zeros(offs.shape[0], dy.shape[1])
+    for g, start, end in _groups(offs):
+        torch.sum(dy[start:end], 0, out=out[g])
+    return out
+
+
+@group_sums.register_fake
+def _(dy: Tensor, offs: Tensor) -> Tensor:
+    return dy.new_empty(offs.shape[0], dy.shape[1])
 
 
 @torch.library.custom_op("mom::grouped_linear", mutates_args=())
@@ -180,9 +205,10 @@ def _setup(ctx, inputs, output) -> None:
 
 
 def _input_and_weight_grads(ctx, dy: Tensor, zero_tail: bool):
+    """dx, dw of a grouped linear. None of the three ops reads the SKIP rows of ``dy``: the input gradient's are
+    written as zeros (``zero_tail``) or left unspecified, and the weight gradient sums over group rows only."""
     x, w, offs = ctx.saved_tensors
-    # grouped_linear promises zero SKIP rows both ways, so it also ignores whatever its caller sends back there.
-    dy = _zero_tail(dy.contiguous(), offs) if zero_tail else dy.contiguous()
+    dy = dy.contiguous()
     dx = grouped_mm_t(dy, w, offs, zero_tail) if ctx.needs_input_grad[0] else None
     dw = grouped_mm_wgrad(x, dy, offs, w.shape[0]) if ctx.needs_input_grad[1] else None
     return dy, offs, dx, dw
@@ -194,8 +220,9 @@ def _grouped_mm_backward(ctx, dy: Tensor):
 
 
 def _grouped_linear_backward(ctx, dy: Tensor):
+    # grouped_linear promises zero SKIP rows both ways, and ignores whatever its caller sends back there.
     dy, offs, dx, dw = _input_and_weight_grads(ctx, dy, zero_tail=True)
-    db = grouped_bias_grad(dy, offs) if ctx.needs_input_grad[2] else None
+    db = group_sums(dy, offs) if ctx.needs_input_grad[2] else None
     return dx, dw, db, None
 
 
@@ -207,10 +234,10 @@ torch.library.register_autograd("mom::grouped_linear", _grouped_linear_backward,
 class _GatherRows(torch.autograd.Function):
     """``x[idx]`` where every row of ``x`` is read exactly ``fan`` times, by the output rows ``inv.view(-1, fan)``.
 
-    The backward is then a gather plus a sum over ``fan`` rather than ``index_add``'s scatter: no atomics and no
-    zero-filled buffer (on an H100 the scatter-adds of a K2H2S step took a quarter of its time). ``keep``: (rows,
-    1) bool over the output rows; the gradient of the others is taken as 0 whatever it holds (the SKIP rows, whose
-    gradient a grouped op leaves unspecified)."""
+    The backward is then ``fan`` gathers summed rather than ``index_add``'s scatter: no atomics and no zero-filled
+    buffer (on an H100 the scatter-adds of a K2H2S step took a quarter of its time). ``keep``: (rows, 1) bool over
+    the output rows; the gradient of the others is taken as 0 whatever it holds (the SKIP rows, whose gradient a
+    grouped op may leave unspecified: pass it only then, see :func:`skip_rows_unspecified`)."""
 
     @staticmethod
     def forward(x: Tensor, idx: Tensor, inv: Tensor, fan: int, keep: Tensor | None) -> Tensor:
@@ -224,10 +251,14 @@ class _GatherRows(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: Tensor):
         inv, keep = ctx.saved_tensors
-        if keep is not None:
-            g = torch.where(keep, g, 0)
-        g = g.index_select(0, inv)
-        return (g if ctx.fan == 1 else g.view(-1, ctx.fan, g.shape[-1]).sum(1)), None, None, None, None
+        dx = None
+        for k in range(ctx.fan):
+            rows = inv[k::ctx.fan]  # the output row of pick k of every input row
+            gk = g.index_select(0, rows)
+            if keep is not None:
+                gk = torch.where(keep.index_select(0, rows), gk, 0)
+            dx = gk if dx is None else dx.add_(gk)
+        return dx, None, None, None, None
 
 
 def gather_rows(x: Tensor, idx: Tensor, inv: Tensor, fan: int, keep: Tensor | None = None) -> Tensor:
@@ -238,27 +269,68 @@ class _GatherModuleRows(torch.autograd.Function):
     """``p[mod]``: per-assignment rows of a per-module parameter (N, D); ``mod == N`` (SKIP) reads row N-1.
 
     The backward sums the gradient rows of each module as one (N, A) one-hot GEMM: ``index_add`` would make all A
-    rows of a group add into one row with atomics (0.3 ms per call on an H100 at 32K rows)."""
+    rows of a group add into one row with atomics (0.3 ms per call on an H100 at 32K rows). The one-hot has no
+    entry for SKIP rows, but a NaN there would still spread through the GEMM, so with ``mask_skip`` (their gradient
+    is unspecified, see :func:`skip_rows_unspecified`) they are zeroed first."""
 
     @staticmethod
-    def forward(p: Tensor, mod: Tensor) -> Tensor:
+    def forward(p: Tensor, mod: Tensor, mask_skip: bool) -> Tensor:
         return p.index_select(0, mod.clamp(max=p.shape[0] - 1))
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
         ctx.save_for_backward(inputs[1])
-        ctx.n = inputs[0].shape[0]
+        ctx.n, ctx.mask_skip = inputs[0].shape[0], inputs[2]
 
     @staticmethod
     def backward(ctx, g: Tensor):
         (mod,) = ctx.saved_tensors
-        g = torch.where((mod < ctx.n).unsqueeze(-1), g, 0)  # SKIP rows: unspecified gradient (see grouped_mm)
+        if ctx.mask_skip:
+            g = torch.where((mod < ctx.n).unsqueeze(-1), g, 0)
         onehot_NA = (mod.unsqueeze(0) == torch.arange(ctx.n, device=g.device).unsqueeze(1)).to(g.dtype)
-        return onehot_NA @ g, None
+        return onehot_NA @ g, None, None
 
 
-def gather_module_rows(p: Tensor, mod: Tensor) -> Tensor:
-    return _GatherModuleRows.apply(p, mod)
+def gather_module_rows(p: Tensor, mod: Tensor, mask_skip: bool = True) -> Tensor:
+    return _GatherModuleRows.apply(p, mod, mask_skip)
+
+
+class _CombinePicks(torch.autograd.Function):
+    """``y_t = Σ_k w_tk · ys[inv[t·K + k]]``: un-sort the module outputs back to their tokens and sum each token's
+    K weighted picks, without materialising the (T, K, O) products. The backward works in sorted order: row a
+    (token t, pick k) gets ``w_tk · g_t``, and the pick's weight gets ``<g_t, ys_a>``. Three passes over (A, O)
+    each way instead of five (gather, multiply, sum; and their backwards); on the 2-core CPU that was a third of
+    the glue of a 2304-wide dispatch (docs/log.md). The SKIP rows of ``ys`` must be 0 (the grouped ops' callers
+    make them so), and SKIP picks have weight 0."""
+
+    @staticmethod
+    def forward(ys_AO: Tensor, w_TK: Tensor, inv_A: Tensor, token_A: Tensor, slot_A: Tensor) -> Tensor:
+        T, K = w_TK.shape
+        w_TK = w_TK.to(ys_AO.dtype)
+        y_TO = ys_AO.index_select(0, inv_A[0::K]) * w_TK[:, :1]
+        for k in range(1, K):
+            y_TO = torch.addcmul(y_TO, ys_AO.index_select(0, inv_A[k::K]), w_TK[:, k:k + 1])
+        return y_TO
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ys_AO, w_TK, inv_A, token_A, slot_A = inputs
+        ctx.save_for_backward(ys_AO, w_TK, inv_A, token_A, slot_A)
+
+    @staticmethod
+    def backward(ctx, g_TO: Tensor):
+        ys_AO, w_TK, inv_A, token_A, slot_A = ctx.saved_tensors
+        g_AO = g_TO.index_select(0, token_A)  # each row's token gradient, in sorted order
+        dw_TK = None
+        if ctx.needs_input_grad[1]:
+            dw_A = torch.linalg.vecdot(g_AO, ys_AO)
+            dw_TK = dw_A.index_select(0, inv_A).view(w_TK.shape).to(w_TK.dtype)
+        dys_AO = g_AO * w_TK.reshape(-1).index_select(0, slot_A).to(g_AO.dtype).unsqueeze(-1)
+        return dys_AO, dw_TK, None, None, None
+
+
+def combine_picks(ys_AO: Tensor, w_TK: Tensor, plan: "GroupedPlan") -> Tensor:
+    return _CombinePicks.apply(ys_AO, w_TK, plan.inv_A, plan.token_A, plan.slot_A)
 
 
 # ---------------------------------------------------------------------------------------------- dispatchers
@@ -332,11 +404,10 @@ class GroupedDispatcher:
 
     def run(self, plan: GroupedPlan, x_TD: Tensor, w_TK: Tensor, single: SingleFn, grouped: GroupedFn,
             out_dim: int) -> Tensor:
-        T, K = w_TK.shape
-        xs_AD = gather_rows(x_TD, plan.token_A, plan.inv_A, K, plan.real_A1)  # each token read K times
+        keep = plan.real_A1 if skip_rows_unspecified(x_TD) else None
+        xs_AD = gather_rows(x_TD, plan.token_A, plan.inv_A, w_TK.shape[1], keep)  # each token read K times
         ys_AO = grouped(xs_AD, plan.mod_A, plan.offs_N, plan.real_A1)
-        ys_TKO = gather_rows(ys_AO, plan.inv_A, plan.slot_A, 1).view(T, K, out_dim)  # back to slot order
-        return (ys_TKO * w_TK.unsqueeze(-1).to(ys_TKO.dtype)).sum(1)
+        return combine_picks(ys_AO, w_TK, plan)  # back to token order, K picks summed with their weights
 
 
 DISPATCHERS = {"loop": LoopDispatcher, "grouped": GroupedDispatcher}

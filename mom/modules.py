@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mom.dispatch import bias_outside_gemm, gather_module_rows, grouped_linear, grouped_mm
+from mom.dispatch import bias_outside_gemm, gather_module_rows, grouped_linear, grouped_mm, skip_rows_unspecified
 
 
 class StackedLinear(nn.Module):
@@ -60,7 +60,9 @@ def routed_linear(xs_AD: Tensor, w_NDO: Tensor, b_NO: Tensor, mod_A: Tensor, off
         y = torch.bmm(xs_AD.unsqueeze(1), w_NDO.index_select(0, mod_A)).squeeze(1)
         return y + b_NO.index_select(0, mod_A)
     if bias_outside_gemm(xs_AD, w_NDO):
-        return torch.where(real_A1, grouped_mm(xs_AD, w_NDO, offs_N) + gather_module_rows(b_NO, mod_A), 0)
+        # where's backward zeroes the SKIP rows, so the bias gather needs no mask of its own.
+        b_AO = gather_module_rows(b_NO, mod_A, mask_skip=False)
+        return torch.where(real_A1, grouped_mm(xs_AD, w_NDO, offs_N) + b_AO, 0)
     return grouped_linear(xs_AD, w_NDO, b_NO, offs_N)
 
 
@@ -82,7 +84,9 @@ class StackedLayerNorm(nn.Module):
         into the next linear's weights costs N·D·O per call, more than the per-row gather until a pool sees ~N·O
         tokens (docs/log.md)."""
         xn = F.layer_norm(xs_AD, xs_AD.shape[-1:], eps=self.eps)
-        return torch.addcmul(gather_module_rows(self.bias, mod_A), xn, gather_module_rows(self.weight, mod_A))
+        mask = skip_rows_unspecified(xs_AD)  # the SKIP rows' gradient comes from the grouped op's input gradient
+        gamma_AD, beta_AD = (gather_module_rows(p, mod_A, mask) for p in (self.weight, self.bias))
+        return torch.addcmul(beta_AD, xn, gamma_AD)
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:

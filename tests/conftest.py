@@ -67,4 +67,6 @@ def grouped_path(request, monkeypatch):
     if request.param == "bias-outside-nan-tail":
         monkeypatch.setattr("mom.dispatch.RAW_TAIL_FILL", float("nan"))
         monkeypatch.setattr("mom.modules.bias_outside_gemm", lambda x, w: True)
+        monkeypatch.setattr("mom.modules.skip_rows_unspecified", lambda x: True)
+        monkeypatch.setattr("mom.dispatch.skip_rows_unspecified", lambda x: True)
     return request.param
