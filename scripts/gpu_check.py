@@ -92,6 +92,85 @@ print(json.dumps(report))
 """
 
 
+# What the SKIP key mask costs in attention, and what could replace it (issue 7). A routed attention step masks
+# the keys of tokens whose picks were all SKIP, so it passes SDPA a (B, 1, T, T) mask instead of is_causal; the
+# H100 profile put those calls at ~2x the unmasked ones. Forward + backward at the training shape, bf16, for:
+#   causal      is_causal=True, no key mask (the floor; not a correct MoM step)
+#   bool_mask   mom.modules.causal_attention with key_valid (what the model runs now)
+#   augmented   is_causal=True on head dim 64 + 8: q gets a constant 1 channel, k gets -1e4 on invalid keys, so an
+#               invalid key's score drops by 1e4/sqrt(64) and its softmax weight underflows to exactly 0
+#   flex        FlexAttention (compiled) with mask_mod causal & (key_valid | diagonal), block mask built per call
+# Each variant's output on the rows of valid queries is compared with bool_mask. Prints one JSON line.
+ATTENTION_CHECK = r"""
+import json, sys, time, torch
+import torch.nn.functional as F
+from mom.modules import causal_attention
+dev, B, T = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+H, hd, dt = 12, 64, (torch.bfloat16 if dev == "cuda" else torch.float32)
+g = torch.Generator().manual_seed(0)
+qkv = torch.randn(B, T, 3 * H * hd, generator=g).to(dev, dt).requires_grad_()
+valid = (torch.rand(B, T, generator=g) > 0.1).to(dev)  # ~10% all-SKIP tokens, as in a K2H2S step
+dout = torch.randn(B, T, H * hd, generator=g).to(dev, dt)
+def heads(x):
+    return x.view(B, T, 3, H, hd).permute(2, 0, 3, 1, 4)
+def causal():
+    q, k, v = heads(qkv)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, H * hd)
+def bool_mask():
+    return causal_attention(qkv, H, valid)
+def augmented():
+    q, k, v = heads(qkv)
+    pad = q.new_zeros(B, H, T, 8)
+    penalty = torch.where(valid, 0.0, -1e4).to(dt).view(B, 1, T, 1).expand(B, H, T, 1)
+    qa = torch.cat([q, pad[..., :1] + 1, pad[..., 1:]], -1)
+    ka = torch.cat([k, penalty, pad[..., 1:]], -1)
+    va = torch.cat([v, pad], -1)
+    o = F.scaled_dot_product_attention(qa, ka, va, is_causal=True, scale=hd ** -0.5)[..., :hd]
+    return o.transpose(1, 2).reshape(B, T, H * hd)
+variants = {"causal": causal, "bool_mask": bool_mask, "augmented": augmented}
+try:
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    flex_c = torch.compile(flex_attention, dynamic=False)
+    def flex():
+        def mask_mod(b, h, qi, ki):
+            return (qi >= ki) & (valid[b, ki] | (qi == ki))
+        bm = create_block_mask(mask_mod, B, None, T, T, device=dev)
+        q, k, v = heads(qkv)
+        return flex_c(q, k, v, block_mask=bm).transpose(1, 2).reshape(B, T, H * hd)
+    variants["flex"] = flex
+except Exception as e:
+    flex_error = repr(e)
+sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+report = {"device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "torch": torch.__version__,
+          "shape": [B, T, H, hd], "dtype": str(dt), "ms_fwd_bwd": {}, "max_err_vs_bool_mask": {}, "errors": {}}
+ref = bool_mask().detach().float()
+for name, fn in variants.items():
+    try:
+        def step():
+            qkv.grad = None
+            o = fn()
+            o.backward(dout)
+            return o
+        for _ in range(3):
+            o = step()
+        sync()
+        best = float("inf")
+        for _ in range(5):
+            t0 = time.perf_counter()
+            for _ in range(10):
+                step()
+            sync()
+            best = min(best, (time.perf_counter() - t0) / 10)
+        report["ms_fwd_bwd"][name] = round(best * 1e3, 4)
+        report["max_err_vs_bool_mask"][name] = (o.detach().float() - ref)[valid].abs().max().item()
+    except Exception as e:
+        report["errors"][name] = repr(e)[:300]
+base = report["ms_fwd_bwd"].get("bool_mask")
+report["ratio_vs_bool_mask"] = {k: round(v / base, 3) for k, v in report["ms_fwd_bwd"].items()} if base else None
+print(json.dumps(report))
+"""
+
+
 def steps(dev: str, dry: bool) -> list[tuple[str, list[str], int]]:
     """(name, command, time limit in seconds), most important first."""
     py, mom = sys.executable, [sys.executable, "-m", "mom.cli"]
@@ -112,6 +191,7 @@ def steps(dev: str, dry: bool) -> list[tuple[str, list[str], int]]:
                                "--no-progress", "--train.device", dev, "--train.max_steps", "10" if dry else "60",
                                "--train.batch_size", "4" if dry else "16", "--train.seq_len", "256",
                                "--train.eval_interval", "30", "--train.eval_tokens", "8192"], 120),
+        ("attention_mask", [py, "-c", ATTENTION_CHECK, dev] + (["2", "64"] if dry else ["16", "1024"]), 150),
         ("bench_train_eager", bench + size + vocab, 90),
         ("bench_train_noskip_compiled", bench + size + vocab + ["--compile", "--only", "mom_grouped,dense",
                                                                 "--model.skip", "false"], 150),
@@ -161,7 +241,8 @@ def main() -> int:
         except subprocess.TimeoutExpired as e:
             rc = "timeout"
             text = "".join(s.decode(errors="replace") if isinstance(s, bytes) else (s or "") for s in (e.stdout, e.stderr))
-        shown = cmd if name != "dispatch" else cmd[:2] + ["<DISPATCH_CHECK>"] + cmd[3:]
+        snippet = {"dispatch": "<DISPATCH_CHECK>", "attention_mask": "<ATTENTION_CHECK>"}.get(name)
+        shown = cmd if snippet is None else cmd[:2] + [snippet] + cmd[3:]
         results[name] = {"cmd": " ".join(shown[1:]), "rc": rc, "seconds": round(time.time() - t0, 1),
                          "json": first_json(text), "tail": text[-1200:]}
         log.append(f"===== {name}: rc={rc} in {results[name]['seconds']} s\n{text}\n")
