@@ -131,7 +131,7 @@ def bench_step(config: str = "K2H2S", mode: str = "train", batch: int = 4, seq_l
     absorbing the compilation; the loop reference stays eager). ``only``: a subset of :data:`CONTENDERS` (ratios
     need both of their contenders). ``profile``: after timing, profile one more step of each contender and write
     its top operators by device time to ``<profile>/<contender>.txt``."""
-    from mom.flops import count
+    from mom.flops import count, modules_per_step, usage_from_routes
     from mom.memory import optimizer_state, storage_bytes
     from mom.model import MoM
     from mom.train import fused_adamw, keep_freed_memory
@@ -209,6 +209,17 @@ def bench_step(config: str = "K2H2S", mode: str = "train", batch: int = 4, seq_l
                    "achieved_flops": achieved, "mfu": achieved / peak if peak else None,
                    "peak_memory_bytes": peak_mem[k]}
     per_flop = {k: best[k] / per_tok[k] for k in steps}
+    # Active FLOPs count every one of the K picks as a real module. A SKIP pick computes nothing, so per FLOP that
+    # is routed (the picks measured on this batch, with the weights as the timed steps left them) is the fairer
+    # comparison when the routers pick SKIP often, as they do at initialisation.
+    usage, per_routed_flop = None, {}
+    mom_name = next((k for k in ("mom_grouped", "mom_loop") if k in models), None)
+    if mom_name is not None and cfg.chunks:
+        with torch.no_grad(), amp:
+            usage = usage_from_routes(models[mom_name](idx, return_routes=True).routes)
+        c = count(cfg, seq_len, usage)
+        routed = c.train_flops_per_token if mode == "train" else c.forward_flops_per_token
+        per_routed_flop = {k: best[k] / (routed if k.startswith("mom") else per_tok[k]) for k in steps}
 
     def ratio(a: dict, x: str, y: str) -> float | None:
         return a[x] / a[y] if x in a and y in a else None
@@ -218,6 +229,8 @@ def bench_step(config: str = "K2H2S", mode: str = "train", batch: int = 4, seq_l
         "vocab_size": cfg.vocab_size, "batch": batch, "seq_len": seq_len, "rounds": rounds, "compile": compile,
         "results": rows, "peak_flops": peak, "peak_flops_source": PEAK_FLOPS_SOURCE if peak else None,
         "mom_over_dense_time_per_active_flop": ratio(per_flop, "mom_grouped", "dense"),
+        "routed_modules_per_step": usage, "modules_per_step_if_no_skip": {h: modules_per_step(cfg, h) for h in usage} if usage else None,
+        "mom_over_dense_time_per_routed_flop": ratio(per_routed_flop, "mom_grouped", "dense"),
         "loop_over_grouped": ratio(best, "mom_loop", "mom_grouped"),
     }
 
@@ -250,6 +263,11 @@ def format_step(r: dict) -> str:
                      f"{v['achieved_flops'] / 1e12:8.3f} TFLOP/s{mfu}{mem}")
     if r["mom_over_dense_time_per_active_flop"] is not None:
         lines.append(f"  MoM / dense time per active FLOP  {r['mom_over_dense_time_per_active_flop']:.2f}×")
+    if r.get("mom_over_dense_time_per_routed_flop") is not None:
+        picks = ", ".join(f"{h} {u:.2f} of {r['modules_per_step_if_no_skip'][h]:g}"
+                          for h, u in r["routed_modules_per_step"].items())
+        lines.append(f"  MoM / dense time per routed FLOP  {r['mom_over_dense_time_per_routed_flop']:.2f}×"
+                     f"  (real picks per step: {picks})")
     if r["loop_over_grouped"] is not None:
         lines.append(f"  loop / grouped time per step       {r['loop_over_grouped']:.2f}×")
     return "\n".join(lines)

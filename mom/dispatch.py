@@ -352,6 +352,7 @@ class GroupedPlan:
     mod_A: Tensor  # module of each sorted assignment (N = SKIP, sorted last)
     real_A1: Tensor  # (A, 1) bool: the assignment is a real module, not SKIP
     offs_N: Tensor | None  # int32 cumulative group ends over the N real modules; None: unsorted, gathered weights
+    sizes: list[int] | None = None  # host copy of the N group sizes and the SKIP count: run the groups one by one
 
 
 class LoopDispatcher:
@@ -371,25 +372,36 @@ class LoopDispatcher:
             out_dim: int) -> Tensor:
         y_TO = x_TD.new_zeros(x_TD.shape[0], out_dim)
         for m, (t, k) in enumerate(zip(plan.tokens, plan.slots)):
-            if t.numel() == 0:
-                continue
+            # A module no token picked runs on 0 rows, so that it gets a (zero) gradient like the others.
             y_TO = y_TO.index_add(0, t, single(x_TD[t], m) * w_TK[t, k].unsqueeze(-1).to(y_TO.dtype))
         return y_TO
 
 
+def groups_one_by_one(x: Tensor) -> bool:
+    """Whether the grouped dispatcher runs each module's rows through its single form (CPU, eager) rather than the
+    static-shape grouped ops (CUDA, or under ``torch.compile``). A host read of the group sizes costs nothing on
+    the CPU, and module by module each group's LayerNorm, matmuls and GELU run on a few hundred contiguous rows
+    that stay in cache, with the module's own γ and β and no SKIP rows; the static path runs every elementwise op
+    over all A rows (docs/log.md). A module-level function so tests can take the static path on the CPU."""
+    return not x.is_cuda and not torch.compiler.is_compiling()
+
+
 class GroupedDispatcher:
-    """Fast dispatcher: sort assignments by module once, grouped GEMMs, un-sort and weighted sum over the K
-    picks. No host syncs, and only gathers (forward and backward): no atomic scatter-adds."""
+    """Fast dispatcher: sort assignments by module once, run the modules on their sorted rows, un-sort and
+    weighted sum over the K picks. Only gathers (forward and backward), no atomic scatter-adds. On CUDA and under
+    ``torch.compile``: grouped GEMMs on static shapes, no host syncs; on the CPU in eager mode: each module's
+    single form on its slice of the sorted rows (see :func:`groups_one_by_one`)."""
 
     name = "grouped"
     # Below this many assignments (decoding a token or a few), sorting and grouped GEMMs cost more than
-    # gathering each assignment's weight matrix and running one batched matmul.
+    # gathering each assignment's weight matrix and running one batched matmul (static path only).
     gather_below = 16
 
     def plan(self, idx_TK: Tensor, n: int) -> GroupedPlan:
         T, K = idx_TK.shape
         flat_A = idx_TK.reshape(-1)
-        if flat_A.numel() <= self.gather_below:
+        one_by_one = groups_one_by_one(idx_TK)
+        if flat_A.numel() <= self.gather_below and not one_by_one:
             slot_A = torch.arange(flat_A.numel(), device=flat_A.device)
             return GroupedPlan(token_A=slot_A // K, slot_A=slot_A, inv_A=slot_A, mod_A=flat_A,
                                real_A1=(flat_A < n).unsqueeze(-1), offs_N=None)
@@ -400,14 +412,28 @@ class GroupedDispatcher:
         offs_N = torch.cumsum(counts[:n], 0).to(torch.int32)
         inv_A = torch.empty_like(order_A).scatter_(0, order_A, torch.arange(order_A.numel(), device=order_A.device))
         return GroupedPlan(token_A=order_A // K, slot_A=order_A, inv_A=inv_A, mod_A=mod_A,
-                           real_A1=(mod_A < n).unsqueeze(-1), offs_N=offs_N)
+                           real_A1=(mod_A < n).unsqueeze(-1), offs_N=offs_N,
+                           sizes=counts.tolist() if one_by_one else None)
 
     def run(self, plan: GroupedPlan, x_TD: Tensor, w_TK: Tensor, single: SingleFn, grouped: GroupedFn,
             out_dim: int) -> Tensor:
+        if plan.sizes is not None:
+            return self._run_one_by_one(plan, x_TD, w_TK, single, out_dim)
         keep = plan.real_A1 if skip_rows_unspecified(x_TD) else None
         xs_AD = gather_rows(x_TD, plan.token_A, plan.inv_A, w_TK.shape[1], keep)  # each token read K times
         ys_AO = grouped(xs_AD, plan.mod_A, plan.offs_N, plan.real_A1)
         return combine_picks(ys_AO, w_TK, plan)  # back to token order, K picks summed with their weights
+
+    @staticmethod
+    def _run_one_by_one(plan: GroupedPlan, x_TD: Tensor, w_TK: Tensor, single: SingleFn, out_dim: int) -> Tensor:
+        xs_AD = gather_rows(x_TD, plan.token_A, plan.inv_A, w_TK.shape[1])
+        # One split, not a slice per module: each slice's backward would zero-fill a gradient of all A rows.
+        parts = xs_AD.split(plan.sizes)
+        # Empty groups run too (on 0 rows): every module then gets a gradient, zero if unused, as on the static
+        # path, so the optimiser treats modules alike on every device, even when a step's picks were all SKIP.
+        ys = [single(part, m) for m, part in enumerate(parts[:-1])]
+        ys.append(xs_AD.new_zeros(plan.sizes[-1], out_dim, dtype=ys[0].dtype))  # the SKIP rows
+        return combine_picks(torch.cat(ys), w_TK, plan)
 
 
 DISPATCHERS = {"loop": LoopDispatcher, "grouped": GroupedDispatcher}

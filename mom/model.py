@@ -30,7 +30,7 @@ from mom.config import MoMConfig
 from mom.fileio import atomic_write, verify_manifest, write_manifest
 from mom.dispatch import make_dispatcher
 from mom.errors import CheckpointError, ConfigError
-from mom.modules import ModulePool, causal_attention
+from mom.modules import ModulePool, ModuleSlices, causal_attention
 from mom.routers import (ROUTERS, Route, balance_loss, balance_stats, candidate_mask, capacity_cutoff, select,
                           static_route, z_loss)
 
@@ -72,27 +72,28 @@ class _AuxAccumulator:
         self.z: list[Tensor] = []
 
 
-def attention_half(pool: ModulePool, x_TD: Tensor, route: Route, B: int, T: int, dispatcher, mask_keys: bool,
+def attention_half(mods: ModuleSlices, x_TD: Tensor, route: Route, B: int, T: int, dispatcher, mask_keys: bool,
                    slot=None) -> Tensor:
-    """The attention half of a step: returns the residual update (T, D). ``slot``: KV-cache slot when decoding."""
-    D = x_TD.shape[-1]
+    """The attention half of a step: returns the residual update (T, D). ``mods``: the pool's single forms for
+    this forward pass (``mods.pool`` has the grouped ones). ``slot``: KV-cache slot when decoding."""
+    D, pool = x_TD.shape[-1], mods.pool
     if route.static_module is not None:
         m = route.static_module
-        o_BTD = causal_attention(pool.qkv_single(x_TD, m).view(B, T, 3 * D), pool.n_head, slot=slot)
-        return pool.proj_single(o_BTD.view(B * T, D), m)
+        o_BTD = causal_attention(mods.qkv(x_TD, m).view(B, T, 3 * D), pool.n_head, slot=slot)
+        return mods.proj(o_BTD.view(B * T, D), m)
     plan = dispatcher.plan(route.idx_TK, pool.n_attn)
-    qkv_TD = dispatcher.run(plan, x_TD, route.module_weights(), pool.qkv_single, pool.qkv_grouped, 3 * D)
+    qkv_TD = dispatcher.run(plan, x_TD, route.module_weights(), mods.qkv, pool.qkv_grouped, 3 * D)
     key_valid = route.key_valid().view(B, T) if mask_keys else None
     o_BTD = causal_attention(qkv_TD.view(B, T, 3 * D), pool.n_head, key_valid, slot=slot)
-    return dispatcher.run(plan, o_BTD.view(B * T, D), route.w_TK, pool.proj_single, pool.proj_grouped, D)
+    return dispatcher.run(plan, o_BTD.view(B * T, D), route.w_TK, mods.proj, pool.proj_grouped, D)
 
 
-def ffn_half(pool: ModulePool, x_TD: Tensor, route: Route, dispatcher) -> Tensor:
+def ffn_half(mods: ModuleSlices, x_TD: Tensor, route: Route, dispatcher) -> Tensor:
     """The FFN half of a step: returns the residual update (T, D)."""
     if route.static_module is not None:
-        return pool.ffn_single(x_TD, route.static_module)
-    plan = dispatcher.plan(route.idx_TK, pool.n_ffn)
-    return dispatcher.run(plan, x_TD, route.w_TK, pool.ffn_single, pool.ffn_grouped, x_TD.shape[-1])
+        return mods.ffn(x_TD, route.static_module)
+    plan = dispatcher.plan(route.idx_TK, mods.pool.n_ffn)
+    return dispatcher.run(plan, x_TD, route.w_TK, mods.ffn, mods.pool.ffn_grouped, x_TD.shape[-1])
 
 
 def cache_slot(cache, name: str):
@@ -102,9 +103,9 @@ def cache_slot(cache, name: str):
 
 def vanilla_layer(pool: ModulePool, x_TD: Tensor, B: int, T: int, slot=None) -> Tensor:
     """A GPT-2 block: the one-module pool on the static route."""
-    route = static_route(x_TD.shape[0], 0, 1, x_TD.device)
-    x_TD = x_TD + attention_half(pool, x_TD, route, B, T, None, mask_keys=False, slot=slot)
-    return x_TD + ffn_half(pool, x_TD, route, None)
+    route, mods = static_route(x_TD.shape[0], 0, 1, x_TD.device), pool.slices()
+    x_TD = x_TD + attention_half(mods, x_TD, route, B, T, None, mask_keys=False, slot=slot)
+    return x_TD + ffn_half(mods, x_TD, route, None)
 
 
 class Chunk(nn.Module):
@@ -156,14 +157,15 @@ class Chunk(nn.Module):
         mask_keys = cfg.skip  # without SKIP every token picks a real attention module, hence is a key
         state = {"attn": None, "ffn": None}
         pooled: dict[str, list] = {"attn": [], "ffn": []}
+        mods = self.pool.slices()  # one set of per-module slices for all H steps
         for h in range(cfg.steps):
             for half in HALVES:
                 route, state[half] = self.route(half, x_TD, state[half], h, B, causal)
                 if half == "attn":
                     slot = cache_slot(cache, f"chunks.{self.index}.step{h}")
-                    x_TD = x_TD + attention_half(self.pool, x_TD, route, B, T, dispatcher, mask_keys, slot)
+                    x_TD = x_TD + attention_half(mods, x_TD, route, B, T, dispatcher, mask_keys, slot)
                 else:
-                    x_TD = x_TD + ffn_half(self.pool, x_TD, route, dispatcher)
+                    x_TD = x_TD + ffn_half(mods, x_TD, route, dispatcher)
                 if route.probs_TN is not None and cache is None:  # no aux losses while decoding
                     self._collect_aux(route, half, h, aux, pooled)
                 if records is not None:

@@ -10,8 +10,9 @@ so GPT-2 layer l maps onto module m by indexing (``pool.attn.c_attn.weight[m] = 
 HF's ``Conv1D`` stores weights as (in, out), as we do). A vanilla layer is a pool with one module of each kind.
 Stacking is what lets the grouped dispatcher run all modules in one grouped GEMM.
 
-Each half of the pool exposes the two forms the dispatchers need (see :mod:`mom.dispatch`): ``*_single``
-(module m on some tokens) and ``*_grouped`` (all assignments at once, sorted by module).
+Each half of the pool has the two forms the dispatchers need (see :mod:`mom.dispatch`): the single forms of
+:class:`ModuleSlices` (module m on some tokens; ``pool.slices()``, one per forward pass) and the pool's
+``*_grouped`` methods (all assignments at once, sorted by module).
 """
 
 from __future__ import annotations
@@ -32,9 +33,6 @@ class StackedLinear(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(n, d_in, d_out))
         self.bias = nn.Parameter(torch.zeros(n, d_out))
-
-    def single(self, x: Tensor, m: int) -> Tensor:
-        return F.linear(x, self.weight[m].t(), self.bias[m])
 
     def grouped(self, xs_AD: Tensor, mod_A: Tensor, offs_N: Tensor | None, real_A1: Tensor,
                 ln: "StackedLayerNorm | None" = None) -> Tensor:
@@ -75,9 +73,6 @@ class StackedLayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(n, d))
         self.eps = eps
 
-    def single(self, x: Tensor, m: int) -> Tensor:
-        return F.layer_norm(x, x.shape[-1:], self.weight[m], self.bias[m], self.eps)
-
     def gathered(self, xs_AD: Tensor, mod_A: Tensor) -> Tensor:
         """Each row normalised with its own module's γ, β, gathered per row (:func:`gather_module_rows`, whose
         backward sums per module as a one-hot GEMM, not with atomics). Measured alternative, rejected: folding γ, β
@@ -114,24 +109,18 @@ class ModulePool(nn.Module):
         self.mlp.c_fc = StackedLinear(n_ffn, d_model, d_ff)
         self.mlp.c_proj = StackedLinear(n_ffn, d_ff, d_model)
 
-    # --- attention half: qkv projection (before the shared attention) and output projection (after it)
-    def qkv_single(self, x: Tensor, m: int) -> Tensor:
-        return self.attn.c_attn.single(self.ln_1.single(x, m), m)
+    def slices(self) -> "ModuleSlices":
+        """The single-module forms, for one forward pass (see :class:`ModuleSlices`)."""
+        return ModuleSlices(self)
 
+    # --- grouped forms. Attention half: qkv projection (before the shared attention) and output projection
     def qkv_grouped(self, xs: Tensor, mod: Tensor, offs: Tensor, real: Tensor) -> Tensor:
         return self.attn.c_attn.grouped(xs, mod, offs, real, ln=self.ln_1)
-
-    def proj_single(self, o: Tensor, m: int) -> Tensor:
-        return self.attn.c_proj.single(o, m)
 
     def proj_grouped(self, os: Tensor, mod: Tensor, offs: Tensor, real: Tensor) -> Tensor:
         return self.attn.c_proj.grouped(os, mod, offs, real)
 
     # --- FFN half
-    def ffn_single(self, x: Tensor, m: int) -> Tensor:
-        h = F.gelu(self.mlp.c_fc.single(self.ln_2.single(x, m), m), approximate="tanh")
-        return self.mlp.c_proj.single(h, m)
-
     def ffn_grouped(self, xs: Tensor, mod: Tensor, offs: Tensor, real: Tensor) -> Tensor:
         h = F.gelu(self.mlp.c_fc.grouped(xs, mod, offs, real, ln=self.ln_2), approximate="tanh")
         return self.mlp.c_proj.grouped(h, mod, offs, real)
@@ -148,6 +137,48 @@ class ModulePool(nn.Module):
         for ln in (self.ln_1, self.ln_2):
             nn.init.ones_(ln.weight)
             nn.init.zeros_(ln.bias)
+
+
+class ModuleSlices:
+    """Module m of a pool as plain tensors: the single forms ``qkv``, ``proj``, ``ffn`` (module m on some tokens)
+    that the loop dispatcher and static routes use, for one forward pass.
+
+    Each stacked parameter is unbound into its N slices once, on first use, and the slices are shared by every
+    dispatch of the pass. Indexing ``weight[m]`` at each use would be simpler, but each use would then get, in
+    backward, a zero-filled gradient the size of the whole stack (``SelectBackward``), added into the
+    parameter's gradient: N full-size fills and adds per dispatch of a loop over N modules. On the 2-core CPU
+    that made the loop reference a third slower at 8 modules (docs/log.md), a handicap a loop over separate
+    modules (the paper's code) does not have. Make a fresh one per forward pass (the slices belong to its graph)."""
+
+    def __init__(self, pool: ModulePool):
+        self.pool = pool
+        self._slices: dict[str, tuple[Tensor, ...]] = {}
+
+    def _module(self, m: int, *names: str) -> list[Tensor]:
+        out = []
+        for name in names:
+            if name not in self._slices:
+                self._slices[name] = self.pool.get_parameter(name).unbind(0)
+            out.append(self._slices[name][m])
+        return out
+
+    def _linear(self, x: Tensor, m: int, prefix: str) -> Tensor:
+        w, b = self._module(m, f"{prefix}.weight", f"{prefix}.bias")
+        return F.linear(x, w.t(), b)
+
+    def _layer_norm(self, x: Tensor, m: int, prefix: str) -> Tensor:
+        w, b = self._module(m, f"{prefix}.weight", f"{prefix}.bias")
+        return F.layer_norm(x, x.shape[-1:], w, b, self.pool.get_submodule(prefix).eps)
+
+    def qkv(self, x: Tensor, m: int) -> Tensor:
+        return self._linear(self._layer_norm(x, m, "ln_1"), m, "attn.c_attn")
+
+    def proj(self, o: Tensor, m: int) -> Tensor:
+        return self._linear(o, m, "attn.c_proj")
+
+    def ffn(self, x: Tensor, m: int) -> Tensor:
+        h = F.gelu(self._linear(self._layer_norm(x, m, "ln_2"), m, "mlp.c_fc"), approximate="tanh")
+        return self._linear(h, m, "mlp.c_proj")
 
 
 def causal_attention(qkv_BT3D: Tensor, n_head: int, key_valid_BT: Tensor | None = None, slot=None) -> Tensor:

@@ -59,12 +59,16 @@ def data_dir(tmp_path_factory) -> Path:
     return write_tokens(tmp_path_factory.mktemp("data") / "tok")
 
 
-@pytest.fixture(params=["bias-in-op", "bias-outside-nan-tail"])
+@pytest.fixture(params=["one-by-one", "static-bias-in-op", "static-bias-outside-nan-tail"])
 def grouped_path(request, monkeypatch):
-    """Both ways ``routed_linear`` runs a grouped projection. The second is the CUDA kernel's: bias and SKIP mask
-    applied outside the op, and the op's SKIP rows (forward and input gradient) unspecified; here they are
-    filled with NaN, so any read of them shows up in the values or gradients."""
-    if request.param == "bias-outside-nan-tail":
+    """The ways the grouped dispatcher runs. ``one-by-one``: the CPU eager default, each module's single form on
+    its slice of the sorted rows. The static paths are those of CUDA and ``torch.compile``: ``bias-in-op`` is the
+    grouped op of the CPU fallback; ``bias-outside-nan-tail`` is the CUDA kernel's, with bias and SKIP mask applied
+    outside the op and the op's SKIP rows (forward and input gradient) unspecified: here they are filled with
+    NaN, so any read of them shows up in the values or gradients."""
+    if request.param.startswith("static"):
+        monkeypatch.setattr("mom.dispatch.groups_one_by_one", lambda x: False)
+    if request.param == "static-bias-outside-nan-tail":
         monkeypatch.setattr("mom.dispatch.RAW_TAIL_FILL", float("nan"))
         monkeypatch.setattr("mom.modules.bias_outside_gemm", lambda x, w: True)
         monkeypatch.setattr("mom.modules.skip_rows_unspecified", lambda x: True)

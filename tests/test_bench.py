@@ -18,6 +18,11 @@ def test_bench_train_reports_all_contenders_and_ratios():
     assert r["mom_over_dense_time_per_active_flop"] > 0 and r["loop_over_grouped"] > 0
     assert r["vocab_size"] == 512 and json.loads(json.dumps(r)) == r
     assert "MoM / dense" in format_step(r)
+    # SKIP picks compute nothing: the measured real picks are at most K, so per routed FLOP MoM is no cheaper.
+    for half, used in r["routed_modules_per_step"].items():
+        assert 0 < used <= r["modules_per_step_if_no_skip"][half]
+    assert r["mom_over_dense_time_per_routed_flop"] >= r["mom_over_dense_time_per_active_flop"]
+    assert "per routed FLOP" in format_step(r)
 
 
 def test_bench_only_and_profile(tmp_path):
@@ -25,6 +30,7 @@ def test_bench_only_and_profile(tmp_path):
                    only=("dense",), profile=str(tmp_path / "prof"))
     assert set(r["results"]) == {"dense"}
     assert r["mom_over_dense_time_per_active_flop"] is None and r["loop_over_grouped"] is None
+    assert r["mom_over_dense_time_per_routed_flop"] is None
     assert "MoM / dense" not in format_step(r)
     table = (tmp_path / "prof" / "dense.txt").read_text()
     assert "aten::" in table and "Self CPU" in table

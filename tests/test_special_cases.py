@@ -141,12 +141,12 @@ def test_skipped_token_does_not_change_other_tokens():
     w = (w / w.sum(-1, keepdim=True)).masked_fill(idx == 3, 0)
     route = Route(idx_TK=idx, w_TK=w, n=3)
     with torch.no_grad():
-        y = attention_half(pool, x, route, B, T, model.dispatcher, mask_keys=True)
+        y = attention_half(pool.slices(), x, route, B, T, model.dispatcher, mask_keys=True)
         keep = [t for t in range(T) if t != j]
         route_wo = Route(idx_TK=idx[keep], w_TK=w[keep], n=3)
-        y_wo = attention_half(pool, x[keep], route_wo, B, T - 1, model.dispatcher, mask_keys=True)
+        y_wo = attention_half(pool.slices(), x[keep], route_wo, B, T - 1, model.dispatcher, mask_keys=True)
         assert (y[keep] - y_wo).abs().max() <= ATOL
         assert y[j].abs().max() == 0  # SKIP adds nothing to the skipped token itself
         # The zero-key variant (no key mask) changes the later tokens: the test can tell the two apart.
-        y_bug = attention_half(pool, x, route, B, T, model.dispatcher, mask_keys=False)
+        y_bug = attention_half(pool.slices(), x, route, B, T, model.dispatcher, mask_keys=False)
         assert (y_bug[keep] - y_wo).abs().max() > 1e-2
