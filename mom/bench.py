@@ -229,7 +229,8 @@ def bench_step(config: str = "K2H2S", mode: str = "train", batch: int = 4, seq_l
         "vocab_size": cfg.vocab_size, "batch": batch, "seq_len": seq_len, "rounds": rounds, "compile": compile,
         "results": rows, "peak_flops": peak, "peak_flops_source": PEAK_FLOPS_SOURCE if peak else None,
         "mom_over_dense_time_per_active_flop": ratio(per_flop, "mom_grouped", "dense"),
-        "routed_modules_per_step": usage, "modules_per_step_if_no_skip": {h: modules_per_step(cfg, h) for h in usage} if usage else None,
+        "routed_modules_per_step": usage,
+        "modules_per_step_if_no_skip": {h: modules_per_step(cfg, h) for h in usage} if usage else None,
         "mom_over_dense_time_per_routed_flop": ratio(per_routed_flop, "mom_grouped", "dense"),
         "loop_over_grouped": ratio(best, "mom_loop", "mom_grouped"),
     }
