@@ -140,14 +140,14 @@ class ModulePool(nn.Module):
 
 
 class ModuleSlices:
-    """Module m of a pool as plain tensors: the single forms ``qkv``, ``proj``, ``ffn`` (module m on some tokens)
-    that the loop dispatcher and static routes use, for one forward pass.
+    """A pool's modules one at a time: the single forms ``qkv``, ``proj``, ``ffn`` (module m on some tokens) that
+    the loop dispatcher, the CPU grouped path and static routes use, for one forward pass.
 
     Each stacked parameter is unbound into its N slices once, on first use, and the slices are shared by every
     dispatch of the pass. Indexing ``weight[m]`` at each use would be simpler, but each use would then get, in
     backward, a zero-filled gradient the size of the whole stack (``SelectBackward``), added into the
     parameter's gradient: N full-size fills and adds per dispatch of a loop over N modules. On the 2-core CPU
-    that made the loop reference a third slower at 8 modules (docs/log.md), a handicap a loop over separate
+    the loop reference took 1.43× the time that way at 8 modules (docs/log.md), a handicap a loop over separate
     modules (the paper's code) does not have. Make a fresh one per forward pass (the slices belong to its graph)."""
 
     def __init__(self, pool: ModulePool):
