@@ -337,7 +337,7 @@ def write_report(out: Path, data: str, commands: dict[str, list[str]], timings: 
     for k in ("phase1", "mom", "vanilla"):
         lines.append(" ".join(_quote(a) for a in commands[k]))
     lines += ["```", "",
-              f"Every run directory holds `config.json`, `train_config.json`, `run.json` (command, data, init), "
+              "Every run directory holds `config.json`, `train_config.json`, `run.json` (command, data, init), "
               "`metrics.jsonl`, `checkpoints/`, the final `model.safetensors` and its plots. Rerunning `mom demo` "
               "reuses finished stages; `mom demo --force` starts over.", ""]
     path = atomic_write(out / "report.md", "\n".join(lines))

@@ -490,7 +490,7 @@ def run_glue(ckpt: str | os.PathLike, data: ClassificationData, *, params: GlueP
         metrics = glue_metrics(spec, preds, golds)
         log(f"{spec.name} seed {seed}: " + ", ".join(f"{k} {100 * v:.2f}" for k, v in metrics.items()))
         runs.append({"seed": seed, "metrics": metrics, **info})
-        del clf
+        clf = None  # free this seed's model before the next one loads (the closure above holds the name)
     mean, std = mean_std([r["metrics"] for r in runs])
     return {"task": spec.name, "format": spec.glue_dir, "proxy_of": spec.proxy_of, "data": data.source,
             "model": str(ckpt), "sizes": {"train": len(train), **{s: len(r) for s, r in dev.items()}},
@@ -676,7 +676,7 @@ def run_xsum(ckpt: str | os.PathLike, data: SummaryData, *, params: SummaryParam
             + f" ({time.perf_counter() - t0:.0f}s decoding)")
         runs.append({"seed": seed, "metrics": scores, **info, "decode_seconds": time.perf_counter() - t0})
         predictions.append(texts)
-        del lm
+        lm = None  # free this seed's model before the next one loads (the closure above holds the name)
     mean, std = mean_std([r["metrics"] for r in runs])
     report = {"task": "xsum", "data": data.source, "model": str(ckpt), "sizes": data.sizes() | {
         "train": len(train), "test": len(test)}, "skipped_rows": data.skipped, "params": asdict(p),

@@ -204,7 +204,7 @@ def measure_memory(model: nn.Module, idx_BT: Tensor, *, train: bool = True) -> M
             train_peak = params + buffers + optimizer + storage_bytes([idx_BT, targets_BT]) + train_extra
     finally:
         opt.zero_grad(set_to_none=True)
-        del opt
+        opt = None  # drop the optimiser state (the closure step() holds the name)
         with torch.no_grad():
             for k, b in model.named_buffers():
                 b.copy_(buffers_before[k])
