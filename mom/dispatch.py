@@ -162,6 +162,14 @@ def group_onehot(offs: Tensor, rows: int, dtype: torch.dtype) -> Tensor:
     return ((row_A >= start_N.unsqueeze(1)) & (row_A < offs.unsqueeze(1))).to(dtype)
 
 
+def group_sums_onehot(dy: Tensor, offs: Tensor) -> Tensor:
+    """:func:`group_sums` without host reads: SKIP rows masked (a NaN there would spread through the GEMM), then one
+    (N, A) one-hot GEMM. The CUDA branch; a plain function so tests can run it on the CPU."""
+    rows = torch.arange(dy.shape[0], device=dy.device)
+    dy = torch.where((rows < offs[-1].to(rows.dtype)).unsqueeze(-1), dy, 0)
+    return group_onehot(offs, dy.shape[0], dy.dtype) @ dy
+
+
 @torch.library.custom_op("mom::group_sums", mutates_args=())
 def group_sums(dy: Tensor, offs: Tensor) -> Tensor:
     """Per-group row sums of ``dy`` (the bias gradient of a grouped linear); rows past offs[-1] are ignored,
@@ -171,9 +179,7 @@ def group_sums(dy: Tensor, offs: Tensor) -> Tensor:
     hit the same output row with atomics (0.7 ms per call at 32K rows on an H100). On the CPU a sum per group,
     which reads only the group rows (no masking pass over the SKIP rows)."""
     if dy.is_cuda:
-        rows = torch.arange(dy.shape[0], device=dy.device)
-        dy = torch.where((rows < offs[-1].to(rows.dtype)).unsqueeze(-1), dy, 0)
-        return group_onehot(offs, dy.shape[0], dy.dtype) @ dy
+        return group_sums_onehot(dy, offs)
     out = dy.new_zeros(offs.shape[0], dy.shape[1])
     for g, start, end in _groups(offs):
         torch.sum(dy[start:end], 0, out=out[g])

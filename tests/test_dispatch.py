@@ -87,13 +87,17 @@ def test_gather_module_rows_sums_per_module_without_skip_rows():
     assert torch.allclose(grad, want, atol=1e-6)
 
 
-def test_group_onehot_is_the_segment_sum_of_sorted_groups():
-    from mom.dispatch import group_onehot
+def test_group_sums_both_branches_are_segment_sums_ignoring_skip_rows():
+    """The per-group sums of sorted rows (the bias gradient of a grouped linear), on the CPU branch (a sum per
+    group) and the CUDA one (one-hot GEMM, run here on the CPU): SKIP rows ignored even when they hold NaN."""
+    from mom.dispatch import group_sums, group_sums_onehot
 
     offs = torch.tensor([2, 2, 5], dtype=torch.int32)
-    dy = torch.randn(7, 4)  # rows 5, 6: SKIP
-    got = group_onehot(offs, 7, dy.dtype) @ dy
-    assert torch.allclose(got, torch.stack([dy[0:2].sum(0), torch.zeros(4), dy[2:5].sum(0)]), atol=1e-6)
+    dy = torch.randn(7, 4)
+    dy[5:] = float("nan")  # rows 5, 6: SKIP
+    want = torch.stack([dy[0:2].sum(0), torch.zeros(4), dy[2:5].sum(0)])
+    assert torch.allclose(group_sums(dy, offs), want, atol=1e-6)
+    assert torch.allclose(group_sums_onehot(dy, offs), want, atol=1e-6)
 
 
 def test_bf16_autocast_forward_backward_close_to_fp32():
