@@ -121,14 +121,18 @@ def peak_flops(device: str) -> float | None:
 
 
 CONTENDERS = ("mom_grouped", "mom_loop", "dense")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def bench_step(config: str = "K2H2S", mode: str = "train", batch: int = 4, seq_len: int = 128, rounds: int = 3,
                warmup: int = 2, device: str = "cpu", seed: int = 0, overrides: dict | None = None,
-               compile: bool = False, only: tuple[str, ...] = CONTENDERS, profile: str | None = None) -> dict:
+               compile: bool = False, only: tuple[str, ...] = CONTENDERS, profile: str | None = None,
+               compile_mode: str | None = None) -> dict:
     """Time one training (or forward) step of a MoM with both dispatchers and of its dense counterpart
-    (``compile``: the grouped MoM and the dense model under ``torch.compile(fullgraph=True)``, warm-up steps
-    absorbing the compilation; the loop reference stays eager). ``only``: a subset of :data:`CONTENDERS` (ratios
+    (``compile``: the grouped MoM and the dense model under ``torch.compile(fullgraph=True, mode=compile_mode)``,
+    warm-up steps absorbing the compilation; the loop reference stays eager). ``compile_mode="reduce-overhead"``
+    replays each compiled forward and backward as CUDA graphs, which takes the host's kernel launches off the
+    step: a routed step launches more, smaller kernels than a dense one. ``only``: a subset of :data:`CONTENDERS` (ratios
     need both of their contenders). ``profile``: after timing, profile one more step of each contender and write
     its top operators by device time to ``<profile>/<contender>.txt``."""
     from mom.flops import count, modules_per_step, usage_from_routes
@@ -136,6 +140,10 @@ def bench_step(config: str = "K2H2S", mode: str = "train", batch: int = 4, seq_l
     from mom.model import MoM
     from mom.train import fused_adamw, keep_freed_memory
 
+    if compile_mode is not None and compile_mode not in COMPILE_MODES:
+        raise ConfigError(f"unknown compile mode {compile_mode!r}; choose from {', '.join(COMPILE_MODES)}")
+    if compile_mode is not None and not compile:
+        raise ConfigError("a compile mode needs --compile")
     unknown = set(only) - set(CONTENDERS)
     if unknown or not only:
         raise ConfigError(f"unknown contender(s) {sorted(unknown)}; choose from {', '.join(CONTENDERS)}")
@@ -158,10 +166,14 @@ def bench_step(config: str = "K2H2S", mode: str = "train", batch: int = 4, seq_l
     def make_step(model):
         model.to(device).train(mode == "train")
         # The loop reference syncs on `nonzero` per module, so it cannot compile whole; it stays eager.
-        fwd = torch.compile(model, fullgraph=True) if compile and model.config.dispatch != "loop" else model
+        compiled = compile and model.config.dispatch != "loop"
+        fwd = torch.compile(model, fullgraph=True, mode=compile_mode) if compiled else model
+        graphs = compiled and compile_mode == "reduce-overhead"
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused_adamw(device)) if mode == "train" else None
 
         def step():
+            if graphs:
+                torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are done with
             if mode == "train":
                 with amp:
                     out = fwd(idx, idx)
@@ -227,7 +239,7 @@ def bench_step(config: str = "K2H2S", mode: str = "train", batch: int = 4, seq_l
     return {
         "benchmark": mode, "machine": machine(device), "device": device, "config": cfg.name, "dense_layers": dense_cfg.bottom,
         "vocab_size": cfg.vocab_size, "batch": batch, "seq_len": seq_len, "rounds": rounds, "compile": compile,
-        "results": rows, "peak_flops": peak, "peak_flops_source": PEAK_FLOPS_SOURCE if peak else None,
+        "compile_mode": compile_mode if compile else None, "results": rows, "peak_flops": peak, "peak_flops_source": PEAK_FLOPS_SOURCE if peak else None,
         "mom_over_dense_time_per_active_flop": ratio(per_flop, "mom_grouped", "dense"),
         "routed_modules_per_step": usage,
         "modules_per_step_if_no_skip": {h: modules_per_step(cfg, h) for h in usage} if usage else None,
@@ -236,7 +248,7 @@ def bench_step(config: str = "K2H2S", mode: str = "train", batch: int = 4, seq_l
     }
 
 
-def profile_steps(steps: dict, directory: str, device: str, rows: int = 40) -> None:
+def profile_steps(steps: dict, directory: str, device: str, rows: int = 120) -> None:
     """One profiled step per contender; writes its operator table sorted by self device time (CPU time on CPU)."""
     from pathlib import Path
 
@@ -256,7 +268,8 @@ def profile_steps(steps: dict, directory: str, device: str, rows: int = 40) -> N
 def format_step(r: dict) -> str:
     lines = [f"{r['benchmark']} benchmark on {r['machine']} — {r['config']} vs dense {r['dense_layers']}-layer GPT-2 "
              f"(equal active matmul FLOPs), batch {r['batch']}×{r['seq_len']}, best of {r['rounds']} alternating rounds"
-             f"{', compiled' if r.get('compile') else ''}"]
+             f"{', compiled' if r.get('compile') else ''}"
+             f"{' (' + r['compile_mode'] + ')' if r.get('compile_mode') else ''}"]
     for k, v in r["results"].items():
         mfu = f", MFU {100 * v['mfu']:.1f}%" if v["mfu"] else ""
         mem = f", peak {v['peak_memory_bytes'] / 2**30:.2f} GiB" if v.get("peak_memory_bytes") else ""
@@ -282,6 +295,6 @@ def cmd_bench(args, overrides) -> int:
         return 0
     r = bench_step(args.config or "K2H2S", args.what, args.batch, args.seq_len, args.rounds, device=args.device,
                    overrides=overrides["model"], compile=args.compile, warmup=3 if args.compile else 2,
-                   only=tuple(args.only.split(",")) if args.only else CONTENDERS, profile=args.profile)
+                   only=tuple(args.only.split(",")) if args.only else CONTENDERS, profile=args.profile, compile_mode=args.compile_mode)
     print(json.dumps(r, indent=2) if args.json else format_step(r))
     return 0

@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default=None, help="cpu, cuda or auto (default: cuda if available)")
     g.set_defaults(func=cmd_generate, overrides=("model",))
 
-    from mom.bench import cmd_bench
+    from mom.bench import COMPILE_MODES, cmd_bench
 
     b = sub.add_parser("bench", help="benchmarks measured side by side in one process")
     b.add_argument("what", choices=["train", "forward", "decode"],
@@ -222,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--rounds", type=int, default=3)
     b.add_argument("--device", default="cpu")
     b.add_argument("--compile", action="store_true", help="torch.compile the models (decode: the cached decode steps)")
+    b.add_argument("--compile-mode", default=None, choices=COMPILE_MODES,
+                   help="train/forward: torch.compile mode with --compile (reduce-overhead: CUDA graphs)")
     b.add_argument("--only", default=None, help="train/forward: comma-separated subset of mom_grouped,mom_loop,dense")
     b.add_argument("--profile", default=None, metavar="DIR",
                    help="train/forward: profile one extra step per contender, operator tables in DIR/<contender>.txt")

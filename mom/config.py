@@ -40,6 +40,7 @@ RouterKind = Literal["gru", "mlp", "fixed"]
 Selection = Literal["token", "expert"]
 Candidates = Literal["all", "diagonal", "grouped"]
 Dispatch = Literal["grouped", "loop"]
+KeyMask = Literal["mask", "pack"]
 BalanceScope = Literal["step", "pooled"]
 BalanceSkip = Literal["exclude", "include"]
 
@@ -154,6 +155,9 @@ class MoMConfig(_JsonConfig):
     z_coef: float = 0.0  # router z-loss: mean(logsumexp(logits)²)
     # --- implementation ---
     dispatch: Dispatch = "grouped"  # fast sort+grouped-GEMM dispatcher, or the plain `loop` reference
+    # How attention hides all-SKIP tokens as keys: a boolean mask for SDPA, or `pack`: each sequence's keys as a
+    # causal segment of packed variable-length flash attention (CUDA; elsewhere and when decoding, the mask)
+    key_mask: KeyMask = "mask"
     init_std: float = 0.02
 
     def __post_init__(self) -> None:

@@ -73,9 +73,10 @@ class _AuxAccumulator:
 
 
 def attention_half(mods: ModuleSlices, x_TD: Tensor, route: Route, B: int, T: int, dispatcher, mask_keys: bool,
-                   slot=None) -> Tensor:
+                   slot=None, pack_keys: bool = False) -> Tensor:
     """The attention half of a step: returns the residual update (T, D). ``mods``: the pool's single forms for
-    this forward pass (``mods.pool`` has the grouped ones). ``slot``: KV-cache slot when decoding."""
+    this forward pass (``mods.pool`` has the grouped ones). ``slot``: KV-cache slot when decoding. ``pack_keys``:
+    hide all-SKIP keys by packing (``key_mask='pack'``, see :func:`mom.modules.causal_attention`)."""
     D, pool = x_TD.shape[-1], mods.pool
     if route.static_module is not None:
         m = route.static_module
@@ -84,7 +85,7 @@ def attention_half(mods: ModuleSlices, x_TD: Tensor, route: Route, B: int, T: in
     plan = dispatcher.plan(route.idx_TK, pool.n_attn)
     qkv_TD = dispatcher.run(plan, x_TD, route.module_weights(), mods.qkv, pool.qkv_grouped, 3 * D)
     key_valid = route.key_valid().view(B, T) if mask_keys else None
-    o_BTD = causal_attention(qkv_TD.view(B, T, 3 * D), pool.n_head, key_valid, slot=slot)
+    o_BTD = causal_attention(qkv_TD.view(B, T, 3 * D), pool.n_head, key_valid, slot=slot, pack=pack_keys)
     return dispatcher.run(plan, o_BTD.view(B * T, D), route.w_TK, mods.proj, pool.proj_grouped, D)
 
 
@@ -163,7 +164,8 @@ class Chunk(nn.Module):
                 route, state[half] = self.route(half, x_TD, state[half], h, B, causal)
                 if half == "attn":
                     slot = cache_slot(cache, f"chunks.{self.index}.step{h}")
-                    x_TD = x_TD + attention_half(mods, x_TD, route, B, T, dispatcher, mask_keys, slot)
+                    x_TD = x_TD + attention_half(mods, x_TD, route, B, T, dispatcher, mask_keys, slot,
+                                                 pack_keys=cfg.key_mask == "pack")
                 else:
                     x_TD = x_TD + ffn_half(mods, x_TD, route, dispatcher)
                 if route.probs_TN is not None and cache is None:  # no aux losses while decoding

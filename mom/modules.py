@@ -17,6 +17,7 @@ Each half of the pool has the two forms the dispatchers need (see :mod:`mom.disp
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -181,12 +182,17 @@ class ModuleSlices:
         return self._linear(h, m, "mlp.c_proj")
 
 
-def causal_attention(qkv_BT3D: Tensor, n_head: int, key_valid_BT: Tensor | None = None, slot=None) -> Tensor:
+def causal_attention(qkv_BT3D: Tensor, n_head: int, key_valid_BT: Tensor | None = None, slot=None,
+                     pack: bool = False) -> Tensor:
     """Causal multi-head attention over combined per-token q, k, v.
 
     ``key_valid_BT`` (bool) marks tokens that exist as keys at this step; a token whose attention picks were
     all SKIP is invalid and no other token may attend to it. It still attends to itself (only its own,
     zero-weighted output sees that), which keeps every softmax row non-empty and NaN-free.
+
+    ``pack``: hide the invalid keys by packing instead of masking (:func:`packed_causal_attention`) where packed
+    attention runs (see :func:`packed_attention_available`); the outputs of valid tokens are the same, those of
+    invalid ones (never used) differ.
 
     ``slot`` is a KV-cache slot (:class:`mom.engine.CacheSlot`) during incremental decoding: the new keys and
     values are written into it and the queries attend over everything cached so far, with the same rule.
@@ -199,9 +205,61 @@ def causal_attention(qkv_BT3D: Tensor, n_head: int, key_valid_BT: Tensor | None 
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_B1TS)
     elif key_valid_BT is None:
         o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    elif pack and packed_attention_available(qkv_BT3D):
+        return packed_causal_attention(qkv_BT3D, n_head, key_valid_BT, varlen_causal)
     else:
         causal_TT = torch.ones(T, T, dtype=torch.bool, device=qkv_BT3D.device).tril()
         eye_TT = torch.eye(T, dtype=torch.bool, device=qkv_BT3D.device)
         mask_BTT = causal_TT & (key_valid_BT.unsqueeze(1) | eye_TT)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_BTT.unsqueeze(1))
     return o.transpose(1, 2).reshape(B, T, D)
+
+
+# ---------------------------------------------------------------------------------------------- packed key mask
+# A boolean mask takes SDPA off its fastest path: on an H100 the masked attention calls of a K2H2S training step
+# took ~2× the unmasked ones (docs/benchmarks.md). Packing gets the mask for free from plain causal attention over
+# variable-length segments.
+
+
+try:  # PyTorch ≥ 2.10: packed (variable-length) flash attention, CUDA only
+    from torch.nn.attention.varlen import varlen_attn as _varlen_attn
+
+    # 2.10-2.11 spell causal `is_causal=True`; later versions a window (everything left, nothing right). Read
+    # here, once: the compiler should not trace `inspect`.
+    _VARLEN_CAUSAL = ({"is_causal": True} if "is_causal" in inspect.signature(_varlen_attn).parameters
+                      else {"window_size": (-1, 0)})
+except ImportError:
+    _varlen_attn = None
+
+
+def packed_attention_available(x: Tensor) -> bool:
+    """Whether :func:`varlen_causal` can run on ``x``'s device: PyTorch's packed flash attention, CUDA only."""
+    return x.is_cuda and _varlen_attn is not None
+
+
+def varlen_causal(q_NHd: Tensor, k_NHd: Tensor, v_NHd: Tensor, cu_S1: Tensor, max_len: int) -> Tensor:
+    """Causal attention within each packed segment ``cu[s]:cu[s+1]`` of the N rows: flash ``varlen_attn``."""
+    return _varlen_attn(q_NHd, k_NHd, v_NHd, cu_S1, cu_S1, max_len, max_len, **_VARLEN_CAUSAL)
+
+
+def packed_causal_attention(qkv_BT3D: Tensor, n_head: int, key_valid_BT: Tensor, attend) -> Tensor:
+    """Causal attention in which invalid tokens are no keys, by packing rather than masking.
+
+    Each sequence's rows are reordered (stably) so that its valid tokens come first, and the B·T rows are cut into
+    2B segments: the valid tokens of sequence b, then its invalid ones. Plain causal attention within a segment
+    (``attend(q, k, v, cu_seqlens, max_len)``, e.g. :func:`varlen_causal`) then lets a valid token see exactly the
+    valid tokens at or before it, as the mask would. An invalid token sees the invalid ones before it instead of
+    the valid ones: its output differs from the masked one, but nothing reads it (all its picks are SKIP, weight
+    0). Shapes stay static (segments may be empty), so the whole step still compiles without host syncs."""
+    B, T, threeD = qkv_BT3D.shape
+    D = threeD // 3
+    dt = _compute_dtype(qkv_BT3D)  # the flash kernel takes bf16/fp16, and is not on autocast's lists
+    order_BT = torch.argsort((~key_valid_BT).to(torch.int8), dim=1, stable=True)
+    base_B1 = T * torch.arange(B, device=qkv_BT3D.device).unsqueeze(1)
+    perm_N = (order_BT + base_B1).reshape(-1)  # packed row → original row
+    inv_N = torch.empty_like(perm_N).scatter_(0, perm_N, torch.arange(B * T, device=perm_N.device))
+    bounds_B2 = torch.cat([base_B1, base_B1 + key_valid_BT.sum(1, keepdim=True)], 1)
+    cu_S1 = torch.cat([bounds_B2.reshape(-1), bounds_B2.new_full((1,), B * T)]).to(torch.int32)
+    q, k, v = qkv_BT3D.reshape(B * T, 3, n_head, D // n_head).index_select(0, perm_N).to(dt).unbind(1)
+    o_ND = attend(q, k, v, cu_S1, T).reshape(B * T, D)
+    return o_ND.index_select(0, inv_N).view(B, T, D)

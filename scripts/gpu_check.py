@@ -88,6 +88,22 @@ diffs = {n: rel(out["grouped"][1][n], out["loop"][1][n]) for n in out["loop"][1]
 report["model_max_rel_grad_diff"] = max(diffs.values())
 report["model_worst_grads"] = dict(sorted(diffs.items(), key=lambda kv: -kv[1])[:4])
 report["native_grouped_mm_calls"] = native_calls
+# key_mask="pack" (packed varlen flash attention) against the boolean mask, same weights and batch
+from mom.modules import packed_attention_available
+report["packed_attention_available"] = packed_attention_available(torch.empty(1, device=dev))
+try:
+    packed = {}
+    for km in ("mask", "pack"):
+        torch.manual_seed(0)
+        m = MoM(cfg.replace(key_mask=km)).to(dev)
+        with torch.autocast(dev, dtype=torch.bfloat16, enabled=dev == "cuda"):
+            res = m(idx, idx)
+        (res.loss + res.aux_loss).backward()
+        packed[km] = (res.loss.float().item(), {n: p.grad.float() for n, p in m.named_parameters() if p.grad is not None})
+    report["packed_keys_loss"] = {k: v[0] for k, v in packed.items()}
+    report["packed_keys_max_rel_grad_diff"] = max(rel(packed["pack"][1][n], packed["mask"][1][n]) for n in packed["mask"][1])
+except Exception as e:
+    report["packed_keys_error"] = repr(e)[:400]
 print(json.dumps(report))
 """
 
@@ -100,6 +116,8 @@ print(json.dumps(report))
 #   augmented   is_causal=True on head dim 64 + 8: q gets a constant 1 channel, k gets -1e4 on invalid keys, so an
 #               invalid key's score drops by 1e4/sqrt(64) and its softmax weight underflows to exactly 0
 #   flex        FlexAttention (compiled) with mask_mod causal & (key_valid | diagonal), block mask built per call
+#   varlen      mom.modules.packed_causal_attention (key_mask="pack"): flash varlen attention over each
+#               sequence's valid tokens as one causal segment, its invalid ones as another (permutation timed)
 # Each variant's output on the rows of valid queries is compared with bool_mask. Prints one JSON line.
 ATTENTION_CHECK = r"""
 import json, sys, time, torch
@@ -129,6 +147,21 @@ def augmented():
     return o.transpose(1, 2).reshape(B, T, H * hd)
 variants = {"causal": causal, "bool_mask": bool_mask, "augmented": augmented}
 try:
+    from mom.modules import packed_attention_available, packed_causal_attention, varlen_causal
+    if not packed_attention_available(qkv):
+        raise RuntimeError("packed attention needs CUDA and torch.nn.attention.varlen")
+    def varlen(valid=valid):
+        return packed_causal_attention(qkv, H, valid, varlen_causal)
+    variants["varlen"] = varlen
+    # a sequence with no invalid token leaves an empty segment: the result must still match
+    all_valid = valid.clone(); all_valid[0] = True
+    report_extra = {"varlen_empty_segment_err": None}
+    if dev == "cuda":
+        e = (varlen(all_valid).detach().float() - causal_attention(qkv, H, all_valid).detach().float())[all_valid]
+        report_extra["varlen_empty_segment_err"] = e.abs().max().item()
+except Exception as e:
+    report_extra = {"varlen_error": repr(e)[:300]}
+try:
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
     flex_c = torch.compile(flex_attention, dynamic=False)
     def flex():
@@ -143,6 +176,9 @@ except Exception as e:
 sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
 report = {"device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "torch": torch.__version__,
           "shape": [B, T, H, hd], "dtype": str(dt), "ms_fwd_bwd": {}, "max_err_vs_bool_mask": {}, "errors": {}}
+report.update(report_extra)
+if "flex_error" in globals():
+    report["errors"]["flex_setup"] = flex_error
 ref = bool_mask().detach().float()
 for name, fn in variants.items():
     try:
@@ -186,18 +222,28 @@ def steps(dev: str, dry: bool) -> list[tuple[str, list[str], int]]:
         ("env", env, 30),
         ("dispatch", [py, "-c", DISPATCH_CHECK, dev], 90),
         ("bench_train_compiled", bench + size + vocab + ["--compile", "--profile", "PROFILE"], 240),
+        # All-SKIP keys hidden by packing (varlen flash attention) instead of a boolean mask (issue 7)
+        ("bench_train_packed_keys", bench + size + vocab + ["--compile", "--only", "mom_grouped,dense",
+                                                           "--model.key_mask", "pack"], 200),
+        # CUDA graphs for both contenders: a routed step launches more, smaller kernels than a dense one, so the
+        # host's launch time may hide less of itself behind the GPU's work.
+        ("bench_train_cudagraphs", bench + size + vocab + ["--compile", "--compile-mode", "reduce-overhead",
+                                                          "--only", "mom_grouped,dense"], 200),
         ("bench_train_dense_b32_compiled", bench + big + vocab + ["--compile", "--only", "dense"], 120),
         ("train_smoke", mom + ["train", "--config", "tiny", "--data", "data/builtin", "--out", run_dir, "--force",
                                "--no-progress", "--train.device", dev, "--train.max_steps", "10" if dry else "60",
                                "--train.batch_size", "4" if dry else "16", "--train.seq_len", "256",
                                "--train.eval_interval", "30", "--train.eval_tokens", "8192"], 120),
         ("attention_mask", [py, "-c", ATTENTION_CHECK, dev] + (["2", "64"] if dry else ["16", "1024"]), 150),
+        ("bench_train_packed_cudagraphs", bench + size + vocab + ["--compile", "--compile-mode", "reduce-overhead",
+                                                                 "--only", "mom_grouped,dense",
+                                                                 "--model.key_mask", "pack"], 200),
         ("bench_train_eager", bench + size + vocab, 90),
         ("bench_train_noskip_compiled", bench + size + vocab + ["--compile", "--only", "mom_grouped,dense",
                                                                 "--model.skip", "false"], 150),
         # Decode is launch-bound on a GPU (hundreds of small kernels per token, and the uncached contender reruns
         # the whole prefix): 256 tokens × 4 contenders × 4 rounds did not fit 60 s eager on the H100.
-        ("bench_decode_eager", mom + ["bench", "decode", "--device", dev, "--json", "--new-tokens",
+        ("bench_decode_eager", mom + ["bench", "decode", "--device", dev, "--json", "--rounds", "2", "--new-tokens",
                                       "16" if dry else "64"], 120),
         ("bench_decode_compiled", mom + ["bench", "decode", "--device", dev, "--compile", "--json", "--new-tokens",
                                          "16" if dry else "128"], 240),
