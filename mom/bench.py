@@ -197,16 +197,18 @@ def bench_step(config: str = "K2H2S", mode: str = "train", batch: int = 4, seq_l
     peak_mem: dict[str, int | None] = {k: None for k in steps}
     # CUDA peak memory per contender: the allocator's peak during its steps, less what every contender keeps
     # resident (weights, AdamW state), plus its own resident bytes: what it would need alone on the device.
+    # Not with CUDA graphs: their activations live in a memory pool reserved at capture, before this baseline.
+    measure_mem = cuda and compile_mode != "reduce-overhead"
     resident = torch.cuda.memory_allocated() if cuda else 0
     own = {k: storage_bytes([*m.parameters(), *m.buffers(), *optimizer_state(opts[k])]) for k, m in models.items()}
     for _ in range(rounds):
         for k, step in steps.items():
-            if cuda:
+            if measure_mem:
                 torch.cuda.reset_peak_memory_stats()
             t0 = time.perf_counter()
             step()
             best[k] = min(best[k], time.perf_counter() - t0)
-            if cuda:
+            if measure_mem:
                 peak_mem[k] = max(peak_mem[k] or 0, torch.cuda.max_memory_allocated() - resident + own[k])
     if profile:
         profile_steps(steps, profile, device)

@@ -58,8 +58,9 @@ def skip_rows_unspecified(x: Tensor) -> bool:
     """Whether the grouped ops fed from ``x`` may leave the SKIP rows of their outputs and input gradients
     unspecified (the native CUDA kernel, see :func:`bias_outside_gemm`), so that the gathers around them must mask
     those rows in their backward. Conservative: any CUDA tensor (whether the native kernel runs also depends on
-    the weights and autocast). On the CPU the ops write zeros there, and a mask would be a wasted pass over (A, D)
-    per gather. A module-level function so tests can take the masked path on the CPU."""
+    the weights and autocast). The same holds for the weight gradients of empty groups. On the CPU the ops write
+    zeros there, and a mask would be a wasted pass over (A, D) per gather. A module-level function so tests can
+    take the masked path on the CPU (where the ops then write NaN there, see ``RAW_TAIL_FILL``)."""
     return x.is_cuda
 
 
@@ -132,13 +133,12 @@ def _(dy: Tensor, w: Tensor, offs: Tensor, zero_tail: bool) -> Tensor:
 
 @torch.library.custom_op("mom::grouped_mm_wgrad", mutates_args=())
 def grouped_mm_wgrad(x: Tensor, dy: Tensor, offs: Tensor, n: int) -> Tensor:
-    """Per-group ``x_g.T @ dy_g``: the weight gradient of a grouped linear. Returns (n, D, O)."""
+    """Per-group ``x_g.T @ dy_g``: the weight gradient of a grouped linear. Returns (n, D, O). The gradient of a
+    group no row belongs to is unspecified where :func:`skip_rows_unspecified` says so (callers mask it, see
+    :func:`_input_and_weight_grads`), else 0."""
     if _use_native_grouped_mm(x, dy):
-        dw = torch._grouped_mm(x.t(), dy, offs=offs)  # (D, A) column-major × (A, O), groups along A
-        # A group no token picked has an empty reduction; don't trust the kernel to write zeros there.
-        sizes = torch.diff(offs, prepend=offs.new_zeros(1))
-        return torch.where((sizes > 0).view(-1, 1, 1), dw, 0)
-    # Uninitialised, then only the empty groups zeroed: a zero-fill of all N·D·O entries that the matmuls then
+        return torch._grouped_mm(x.t(), dy, offs=offs)  # (D, A) column-major × (A, O), groups along A
+    # Uninitialised, then only the empty groups filled: a zero-fill of all N·D·O entries that the matmuls then
     # overwrite cost ~12 ms per call on the 2-core CPU at 8 × 768 × 3072.
     dw = x.new_empty(n, x.shape[1], dy.shape[1])
     empty = set(range(n))
@@ -146,7 +146,7 @@ def grouped_mm_wgrad(x: Tensor, dy: Tensor, offs: Tensor, n: int) -> Tensor:
         torch.mm(x[start:end].t(), dy[start:end], out=dw[g])
         empty.discard(g)
     for g in empty:
-        dw[g].zero_()
+        dw[g].fill_(RAW_TAIL_FILL if skip_rows_unspecified(x) else 0.0)
     return dw
 
 
@@ -217,6 +217,12 @@ def _input_and_weight_grads(ctx, dy: Tensor, zero_tail: bool):
     dy = dy.contiguous()
     dx = grouped_mm_t(dy, w, offs, zero_tail) if ctx.needs_input_grad[0] else None
     dw = grouped_mm_wgrad(x, dy, offs, w.shape[0]) if ctx.needs_input_grad[1] else None
+    if dw is not None and skip_rows_unspecified(x):
+        # A group no row picked has an empty reduction, and the native kernel need not write zeros there (on
+        # Blackwell it does not: pytorch/pytorch#172439). Masked out here rather than inside the opaque op, the
+        # compiler fuses the mask into the cast that accumulates the gradient: no pass of its own over (N, D, O).
+        sizes = torch.diff(offs, prepend=offs.new_zeros(1))
+        dw = torch.where((sizes > 0).view(-1, 1, 1), dw, 0)
     return dy, offs, dx, dw
 
 

@@ -39,3 +39,13 @@ def test_bench_only_and_profile(tmp_path):
 def test_bench_unknown_contender_is_a_config_error():
     with pytest.raises(ConfigError, match="unknown contender"):
         bench_step("tiny-mom", "train", only=("mom_grouped", "fast"))
+
+
+def test_bench_compile_mode_is_checked_and_reported():
+    with pytest.raises(ConfigError, match="unknown compile mode"):
+        bench_step("tiny-mom", "train", compile=True, compile_mode="fastest")
+    with pytest.raises(ConfigError, match="needs --compile"):
+        bench_step("tiny-mom", "train", compile_mode="reduce-overhead")
+    r = bench_step("tiny-mom", "forward", batch=1, seq_len=16, rounds=1, warmup=1, overrides=TINY, only=("dense",),
+                   compile=True, compile_mode="max-autotune-no-cudagraphs")
+    assert r["compile_mode"] == "max-autotune-no-cudagraphs" and "(max-autotune-no-cudagraphs)" in format_step(r)
