@@ -250,7 +250,7 @@ def bench_step(config: str = "K2H2S", mode: str = "train", batch: int = 4, seq_l
     }
 
 
-def profile_steps(steps: dict, directory: str, device: str, rows: int = 120) -> None:
+def profile_steps(steps: dict, directory: str, device: str, rows: int = 400) -> None:
     """One profiled step per contender; writes its operator table sorted by self device time (CPU time on CPU)."""
     from pathlib import Path
 

@@ -389,6 +389,23 @@ class LoopDispatcher:
         return y_TO
 
 
+def counting_sort(keys_A: Tensor, m: int) -> tuple[Tensor, Tensor, Tensor]:
+    """A stable sort of A integer keys in [0, m), for few distinct keys (modules + SKIP): returns ``order`` (the
+    sorted position's source index, as ``argsort(stable=True)``), its inverse ``inv`` (each key's sorted position)
+    and the (m,) key counts.
+
+    Ranks come from a running count per key value, one (m, A) scan: a handful of fused kernels and no atomics, where
+    a radix sort of the keys took 8 kernels per call on an H100 (64 per K2H2S step, docs/benchmarks.md) and the
+    counts by ``scatter_add`` had every key hit one of m counters with atomics."""
+    hit_MA = keys_A.unsqueeze(0) == torch.arange(m, device=keys_A.device).unsqueeze(1)
+    seen_MA = hit_MA.to(torch.int32).cumsum(1, dtype=torch.int32)  # keys of each value up to and including a
+    counts_M = seen_MA[:, -1] if keys_A.numel() else seen_MA.new_zeros(m)
+    start_M = torch.cumsum(counts_M, 0, dtype=torch.int32) - counts_M  # where each value's block begins
+    inv_A = (start_M.unsqueeze(1) + seen_MA - 1).gather(0, keys_A.unsqueeze(0)).squeeze(0).long()
+    order_A = torch.empty_like(inv_A).scatter_(0, inv_A, torch.arange(keys_A.numel(), device=keys_A.device))
+    return order_A, inv_A, counts_M.long()
+
+
 def groups_one_by_one(x: Tensor) -> bool:
     """Whether the grouped dispatcher runs each module's rows through its single form (CPU, eager) rather than the
     static-shape grouped ops (CUDA, or under ``torch.compile``). A host read of the group sizes costs nothing on
@@ -417,12 +434,9 @@ class GroupedDispatcher:
             slot_A = torch.arange(flat_A.numel(), device=flat_A.device)
             return GroupedPlan(token_A=slot_A // K, slot_A=slot_A, inv_A=slot_A, mod_A=flat_A,
                                real_A1=(flat_A < n).unsqueeze(-1), offs_N=None)
-        order_A = torch.argsort(flat_A, stable=True)  # SKIP (= n) sorts last
+        order_A, inv_A, counts = counting_sort(flat_A, n + 1)  # SKIP (= n) sorts last
         mod_A = flat_A[order_A]
-        counts = torch.zeros(n + 1, dtype=torch.int64, device=idx_TK.device).scatter_add_(
-            0, flat_A, torch.ones_like(flat_A))
         offs_N = torch.cumsum(counts[:n], 0).to(torch.int32)
-        inv_A = torch.empty_like(order_A).scatter_(0, order_A, torch.arange(order_A.numel(), device=order_A.device))
         return GroupedPlan(token_A=order_A // K, slot_A=order_A, inv_A=inv_A, mod_A=mod_A,
                            real_A1=(mod_A < n).unsqueeze(-1), offs_N=offs_N,
                            sizes=counts.tolist() if one_by_one else None)

@@ -207,6 +207,65 @@ print(json.dumps(report))
 """
 
 
+# The routing ops of a step against the torch primitives they replace (issue 7: the H100 profile of 54849b4 had
+# 64 radix-sort kernels, 16 top-k kernels and atomic counts per K2H2S step), each compiled on its own, at the
+# K2H2S training shape: A = T·K assignments over N + 1 = 5 choices. Prints one JSON line of µs per call.
+ROUTING_CHECK = r"""
+import json, sys, time, torch
+from mom.dispatch import counting_sort
+from mom.routers import top_k
+dev, T = sys.argv[1], int(sys.argv[2])
+K, M = 2, 5
+g = torch.Generator().manual_seed(0)
+keys = torch.randint(0, M, (T * K,), generator=g).to(dev)
+logits = torch.randn(T, M, generator=g).to(dev).requires_grad_()
+def plan_argsort(k):
+    order = torch.argsort(k, stable=True)
+    counts = torch.zeros(M, dtype=torch.int64, device=k.device).scatter_add_(0, k, torch.ones_like(k))
+    inv = torch.empty_like(order).scatter_(0, order, torch.arange(k.numel(), device=k.device))
+    return order, inv, counts
+def plan_counting(k):
+    return counting_sort(k, M)
+def select_with(fn):
+    def loss(x):  # softmax, top-K, renormalise: the token-choice part of mom.routers.select
+        w, i = fn(x.softmax(-1))
+        return (w / w.sum(-1, keepdim=True) * (i + 1)).sum()
+    return loss
+def counts_scatter(k):
+    return torch.zeros(M, device=k.device).scatter_add_(0, k, torch.ones(k.numel(), device=k.device))
+def counts_compare(k):
+    return (k.view(-1, 1) == torch.arange(M, device=k.device)).sum(0).float()
+cases = {"plan_argsort": (plan_argsort, keys), "plan_counting": (plan_counting, keys),
+         "select_topk": (select_with(lambda p: p.topk(K, dim=-1)), logits),
+         "select_top_k": (select_with(lambda p: top_k(p, K)), logits),
+         "counts_scatter_add": (counts_scatter, keys), "counts_compare_sum": (counts_compare, keys)}
+sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+report = {"device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "torch": torch.__version__,
+          "assignments": T * K, "choices": M, "us_per_call": {}, "errors": {}}
+out = {}
+for name, (fn, arg) in cases.items():
+    try:
+        c = torch.compile(fn, fullgraph=True)
+        f = (lambda x, c=c: c(x).backward()) if name.startswith("select") else c  # forward + backward
+        for _ in range(3):
+            out[name] = f(arg)
+        sync()
+        best = float("inf")
+        for _ in range(5):
+            t0 = time.perf_counter()
+            for _ in range(20):
+                f(arg)
+            sync()
+            best = min(best, (time.perf_counter() - t0) / 20)
+        report["us_per_call"][name] = round(best * 1e6, 1)
+    except Exception as e:
+        report["errors"][name] = repr(e)[:300]
+if "plan_argsort" in out and "plan_counting" in out:
+    report["plans_equal"] = all(torch.equal(a, b) for a, b in zip(out["plan_argsort"], out["plan_counting"]))
+print(json.dumps(report))
+"""
+
+
 def steps(dev: str, dry: bool) -> list[tuple[str, list[str], int]]:
     """(name, command, time limit in seconds), most important first."""
     py, mom = sys.executable, [sys.executable, "-m", "mom.cli"]
@@ -234,6 +293,7 @@ def steps(dev: str, dry: bool) -> list[tuple[str, list[str], int]]:
                                "--no-progress", "--train.device", dev, "--train.max_steps", "10" if dry else "60",
                                "--train.batch_size", "4" if dry else "16", "--train.seq_len", "256",
                                "--train.eval_interval", "30", "--train.eval_tokens", "8192"], 120),
+        ("routing_ops", [py, "-c", ROUTING_CHECK, dev, "64" if dry else "16384"], 90),
         ("attention_mask", [py, "-c", ATTENTION_CHECK, dev] + (["2", "64"] if dry else ["16", "1024"]), 150),
         ("bench_train_packed_cudagraphs", bench + size + vocab + ["--compile", "--compile-mode", "reduce-overhead",
                                                                  "--only", "mom_grouped,dense",
@@ -287,7 +347,8 @@ def main() -> int:
         except subprocess.TimeoutExpired as e:
             rc = "timeout"
             text = "".join(s.decode(errors="replace") if isinstance(s, bytes) else (s or "") for s in (e.stdout, e.stderr))
-        snippet = {"dispatch": "<DISPATCH_CHECK>", "attention_mask": "<ATTENTION_CHECK>"}.get(name)
+        snippet = {"dispatch": "<DISPATCH_CHECK>", "attention_mask": "<ATTENTION_CHECK>",
+                   "routing_ops": "<ROUTING_CHECK>"}.get(name)
         shown = cmd if snippet is None else cmd[:2] + [snippet] + cmd[3:]
         results[name] = {"cmd": " ".join(shown[1:]), "rc": rc, "seconds": round(time.time() - t0, 1),
                          "json": first_json(text), "tail": text[-1200:]}

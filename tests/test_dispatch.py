@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from mom.dispatch import grouped_linear, grouped_mm
+from mom.dispatch import counting_sort, grouped_linear, grouped_mm
 from mom.model import MoM
+from mom.routers import top_k
 from tests.conftest import tiny_config
 
 CONFIGS = {
@@ -174,3 +175,27 @@ def test_unpicked_modules_get_zero_gradients_on_every_path(dispatch, grouped_pat
     for name in ("ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias"):
         g = pool.get_parameter(name).grad
         assert g is not None and g.abs().max() == 0, name
+
+
+@pytest.mark.parametrize("A,m", [(0, 3), (1, 3), (57, 5), (2000, 9), (6, 1)])
+def test_counting_sort_is_a_stable_argsort_with_inverse_and_counts(A, m):
+    keys = torch.randint(0, m, (A,))
+    order, inv, counts = counting_sort(keys, m)
+    ref = torch.argsort(keys, stable=True)
+    assert torch.equal(order, ref)
+    assert torch.equal(inv[ref], torch.arange(A))  # inv inverts order
+    assert torch.equal(counts, torch.bincount(keys, minlength=m))
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 6])
+def test_router_top_k_equals_topk_in_values_indices_and_gradients(k):
+    logits = torch.randn(50, 7, requires_grad=True)
+    weights = torch.randn(50, k)
+    out = []
+    for fn in (lambda p: top_k(p, k), lambda p: p.topk(k, dim=-1)):
+        masked = logits.masked_fill(torch.tensor([False] * 5 + [True, False]), float("-inf"))  # a masked choice
+        v, i = fn(masked.softmax(-1))
+        (g,) = torch.autograd.grad((v * weights).sum(), logits)
+        out.append((v, i, g))
+    assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])
+    assert torch.allclose(out[0][2], out[1][2], atol=1e-7)
