@@ -155,8 +155,8 @@ class MoMConfig(_JsonConfig):
     z_coef: float = 0.0  # router z-loss: mean(logsumexp(logits)²)
     # --- implementation ---
     dispatch: Dispatch = "grouped"  # fast sort+grouped-GEMM dispatcher, or the plain `loop` reference
-    # How attention hides all-SKIP tokens as keys: a boolean mask for SDPA, or `pack`: each sequence's keys as a
-    # causal segment of packed variable-length flash attention (CUDA; elsewhere and when decoding, the mask)
+    # How attention hides all-SKIP tokens as keys: a boolean mask for SDPA, or `pack`: each sequence's valid tokens
+    # moved to its front, then plain causal SDPA (training and scoring; decoding with a KV cache uses the mask)
     key_mask: KeyMask = "mask"
     init_std: float = 0.02
 

@@ -17,14 +17,14 @@ Each half of the pool has the two forms the dispatchers need (see :mod:`mom.disp
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mom.dispatch import bias_outside_gemm, gather_module_rows, grouped_linear, grouped_mm, skip_rows_unspecified
+from mom.dispatch import (bias_outside_gemm, counting_sort, gather_module_rows, grouped_linear, grouped_mm,
+                          skip_rows_unspecified)
 
 
 class StackedLinear(nn.Module):
@@ -190,9 +190,8 @@ def causal_attention(qkv_BT3D: Tensor, n_head: int, key_valid_BT: Tensor | None 
     all SKIP is invalid and no other token may attend to it. It still attends to itself (only its own,
     zero-weighted output sees that), which keeps every softmax row non-empty and NaN-free.
 
-    ``pack``: hide the invalid keys by packing instead of masking (:func:`packed_causal_attention`) where packed
-    attention runs (see :func:`packed_attention_available`); the outputs of valid tokens are the same, those of
-    invalid ones (never used) differ.
+    ``pack``: hide the invalid keys by packing instead of masking (:func:`packed_causal_attention`); the outputs
+    of valid tokens are the same, those of invalid ones (never used) differ.
 
     ``slot`` is a KV-cache slot (:class:`mom.engine.CacheSlot`) during incremental decoding: the new keys and
     values are written into it and the queries attend over everything cached so far, with the same rule.
@@ -205,8 +204,8 @@ def causal_attention(qkv_BT3D: Tensor, n_head: int, key_valid_BT: Tensor | None 
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_B1TS)
     elif key_valid_BT is None:
         o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    elif pack and packed_attention_available(qkv_BT3D):
-        return packed_causal_attention(qkv_BT3D, n_head, key_valid_BT, varlen_causal)
+    elif pack:
+        return packed_causal_attention(qkv_BT3D, n_head, key_valid_BT)
     else:
         causal_TT = torch.ones(T, T, dtype=torch.bool, device=qkv_BT3D.device).tril()
         eye_TT = torch.eye(T, dtype=torch.bool, device=qkv_BT3D.device)
@@ -216,50 +215,23 @@ def causal_attention(qkv_BT3D: Tensor, n_head: int, key_valid_BT: Tensor | None 
 
 
 # ---------------------------------------------------------------------------------------------- packed key mask
-# A boolean mask takes SDPA off its fastest path: on an H100 the masked attention calls of a K2H2S training step
-# took ~2× the unmasked ones (docs/benchmarks.md). Packing gets the mask for free from plain causal attention over
-# variable-length segments.
+# A boolean mask takes SDPA off its causal path: the kernel then computes all T × T scores instead of the lower
+# triangle, and on an H100 the masked attention of a K2H2S step took 1.8× the plain causal one (docs/benchmarks.md).
+# Packing gets the key mask from plain causal attention.
 
 
-try:  # PyTorch ≥ 2.10: packed (variable-length) flash attention, CUDA only
-    from torch.nn.attention.varlen import varlen_attn as _varlen_attn
-
-    # 2.10-2.11 spell causal `is_causal=True`; later versions a window (everything left, nothing right). Read
-    # here, once: the compiler should not trace `inspect`.
-    _VARLEN_CAUSAL = ({"is_causal": True} if "is_causal" in inspect.signature(_varlen_attn).parameters
-                      else {"window_size": (-1, 0)})
-except ImportError:
-    _varlen_attn = None
-
-
-def packed_attention_available(x: Tensor) -> bool:
-    """Whether :func:`varlen_causal` can run on ``x``'s device: PyTorch's packed flash attention, CUDA only."""
-    return x.is_cuda and _varlen_attn is not None
-
-
-def varlen_causal(q_NHd: Tensor, k_NHd: Tensor, v_NHd: Tensor, cu_S1: Tensor, max_len: int) -> Tensor:
-    """Causal attention within each packed segment ``cu[s]:cu[s+1]`` of the N rows: flash ``varlen_attn``."""
-    return _varlen_attn(q_NHd, k_NHd, v_NHd, cu_S1, cu_S1, max_len, max_len, **_VARLEN_CAUSAL)
-
-
-def packed_causal_attention(qkv_BT3D: Tensor, n_head: int, key_valid_BT: Tensor, attend) -> Tensor:
+def packed_causal_attention(qkv_BT3D: Tensor, n_head: int, key_valid_BT: Tensor) -> Tensor:
     """Causal attention in which invalid tokens are no keys, by packing rather than masking.
 
-    Each sequence's rows are reordered (stably) so that its valid tokens come first, and the B·T rows are cut into
-    2B segments: the valid tokens of sequence b, then its invalid ones. Plain causal attention within a segment
-    (``attend(q, k, v, cu_seqlens, max_len)``, e.g. :func:`varlen_causal`) then lets a valid token see exactly the
-    valid tokens at or before it, as the mask would. An invalid token sees the invalid ones before it instead of
-    the valid ones: its output differs from the masked one, but nothing reads it (all its picks are SKIP, weight
-    0). Shapes stay static (segments may be empty), so the whole step still compiles without host syncs."""
+    Each sequence's rows are reordered, stably, so that its valid tokens come first; plain causal attention
+    (``is_causal=True``, the fastest SDPA path) then lets a valid token see exactly the valid tokens at or before
+    it, as the mask would. An invalid token, packed after all valid ones, sees them all and the invalid ones before
+    it: its output differs from the masked one, but nothing reads it (all its picks are SKIP, weight 0). The
+    reorder is a counting sort by (sequence, invalid): static shapes, no host syncs."""
     B, T, threeD = qkv_BT3D.shape
     D = threeD // 3
-    dt = _compute_dtype(qkv_BT3D)  # the flash kernel takes bf16/fp16, and is not on autocast's lists
-    order_BT = torch.argsort((~key_valid_BT).to(torch.int8), dim=1, stable=True)
-    base_B1 = T * torch.arange(B, device=qkv_BT3D.device).unsqueeze(1)
-    perm_N = (order_BT + base_B1).reshape(-1)  # packed row → original row
-    inv_N = torch.empty_like(perm_N).scatter_(0, perm_N, torch.arange(B * T, device=perm_N.device))
-    bounds_B2 = torch.cat([base_B1, base_B1 + key_valid_BT.sum(1, keepdim=True)], 1)
-    cu_S1 = torch.cat([bounds_B2.reshape(-1), bounds_B2.new_full((1,), B * T)]).to(torch.int32)
-    q, k, v = qkv_BT3D.reshape(B * T, 3, n_head, D // n_head).index_select(0, perm_N).to(dt).unbind(1)
-    o_ND = attend(q, k, v, cu_S1, T).reshape(B * T, D)
-    return o_ND.index_select(0, inv_N).view(B, T, D)
+    seq_B1 = torch.arange(B, device=qkv_BT3D.device).unsqueeze(1)
+    keys_N = (2 * seq_B1 + (~key_valid_BT).long()).reshape(-1)  # sequence b's valid rows, then its invalid ones
+    perm_N, inv_N, _ = counting_sort(keys_N, 2 * B)  # packed row → original row, and back
+    packed_BT3D = qkv_BT3D.reshape(B * T, threeD).index_select(0, perm_N).view(B, T, threeD)
+    return causal_attention(packed_BT3D, n_head).reshape(B * T, D).index_select(0, inv_N).view(B, T, D)

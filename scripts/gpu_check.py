@@ -88,9 +88,7 @@ diffs = {n: rel(out["grouped"][1][n], out["loop"][1][n]) for n in out["loop"][1]
 report["model_max_rel_grad_diff"] = max(diffs.values())
 report["model_worst_grads"] = dict(sorted(diffs.items(), key=lambda kv: -kv[1])[:4])
 report["native_grouped_mm_calls"] = native_calls
-# key_mask="pack" (packed varlen flash attention) against the boolean mask, same weights and batch
-from mom.modules import packed_attention_available
-report["packed_attention_available"] = packed_attention_available(torch.empty(1, device=dev))
+# key_mask="pack" (valid tokens packed first, plain causal attention) against the boolean mask, same weights, batch
 try:
     packed = {}
     for km in ("mask", "pack"):
@@ -116,8 +114,8 @@ print(json.dumps(report))
 #   augmented   is_causal=True on head dim 64 + 8: q gets a constant 1 channel, k gets -1e4 on invalid keys, so an
 #               invalid key's score drops by 1e4/sqrt(64) and its softmax weight underflows to exactly 0
 #   flex        FlexAttention (compiled) with mask_mod causal & (key_valid | diagonal), block mask built per call
-#   varlen      mom.modules.packed_causal_attention (key_mask="pack"): flash varlen attention over each
-#               sequence's valid tokens as one causal segment, its invalid ones as another (permutation timed)
+#   pack        mom.modules.packed_causal_attention (key_mask="pack"): each sequence's valid tokens moved to its
+#               front, then is_causal=True (the reordering and its inverse timed too)
 # Each variant's output on the rows of valid queries is compared with bool_mask. Prints one JSON line.
 ATTENTION_CHECK = r"""
 import json, sys, time, torch
@@ -146,21 +144,10 @@ def augmented():
     o = F.scaled_dot_product_attention(qa, ka, va, is_causal=True, scale=hd ** -0.5)[..., :hd]
     return o.transpose(1, 2).reshape(B, T, H * hd)
 variants = {"causal": causal, "bool_mask": bool_mask, "augmented": augmented}
-try:
-    from mom.modules import packed_attention_available, packed_causal_attention, varlen_causal
-    if not packed_attention_available(qkv):
-        raise RuntimeError("packed attention needs CUDA and torch.nn.attention.varlen")
-    def varlen(valid=valid):
-        return packed_causal_attention(qkv, H, valid, varlen_causal)
-    variants["varlen"] = varlen
-    # a sequence with no invalid token leaves an empty segment: the result must still match
-    all_valid = valid.clone(); all_valid[0] = True
-    report_extra = {"varlen_empty_segment_err": None}
-    if dev == "cuda":
-        e = (varlen(all_valid).detach().float() - causal_attention(qkv, H, all_valid).detach().float())[all_valid]
-        report_extra["varlen_empty_segment_err"] = e.abs().max().item()
-except Exception as e:
-    report_extra = {"varlen_error": repr(e)[:300]}
+from mom.modules import packed_causal_attention
+def pack():
+    return packed_causal_attention(qkv, H, valid)
+variants["pack"] = pack
 try:
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
     flex_c = torch.compile(flex_attention, dynamic=False)
@@ -176,7 +163,6 @@ except Exception as e:
 sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
 report = {"device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "torch": torch.__version__,
           "shape": [B, T, H, hd], "dtype": str(dt), "ms_fwd_bwd": {}, "max_err_vs_bool_mask": {}, "errors": {}}
-report.update(report_extra)
 if "flex_error" in globals():
     report["errors"]["flex_setup"] = flex_error
 ref = bool_mask().detach().float()
@@ -281,7 +267,7 @@ def steps(dev: str, dry: bool) -> list[tuple[str, list[str], int]]:
         ("env", env, 30),
         ("dispatch", [py, "-c", DISPATCH_CHECK, dev], 90),
         ("bench_train_compiled", bench + size + vocab + ["--compile", "--profile", "PROFILE"], 240),
-        # All-SKIP keys hidden by packing (varlen flash attention) instead of a boolean mask (issue 7)
+        # All-SKIP keys hidden by packing (valid tokens first, plain causal attention) instead of a mask (issue 7)
         ("bench_train_packed_keys", bench + size + vocab + ["--compile", "--only", "mom_grouped,dense",
                                                            "--model.key_mask", "pack"], 200),
         # CUDA graphs for both contenders: a routed step launches more, smaller kernels than a dense one, so the

@@ -2,22 +2,10 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-import mom.modules
 from mom.model import MoM
 from mom.modules import causal_attention, packed_causal_attention
 from tests.conftest import tiny_config
-
-
-def segment_causal(q_NHd, k_NHd, v_NHd, cu_S1, max_len):
-    """CPU stand-in for flash varlen attention: causal within each packed segment, via an explicit mask."""
-    rows = torch.arange(q_NHd.shape[0])
-    seg_N = torch.searchsorted(cu_S1[1:].to(torch.int64), rows, right=True)
-    mask_NN = (seg_N[:, None] == seg_N[None, :]) & (rows[:, None] >= rows[None, :])
-    o = F.scaled_dot_product_attention(q_NHd.transpose(0, 1), k_NHd.transpose(0, 1), v_NHd.transpose(0, 1),
-                                       attn_mask=mask_NN)
-    return o.transpose(0, 1)
 
 
 @pytest.mark.parametrize("case", ["mixed", "a sequence all valid", "a sequence all invalid"])
@@ -31,7 +19,7 @@ def test_packed_equals_masked_on_valid_tokens(case):
         valid[2] = False
     dout = torch.randn(B, T, H * hd) * valid.unsqueeze(-1)  # what the model sends back: 0 for invalid tokens
     outs = []
-    for fn in (lambda: causal_attention(qkv, H, valid), lambda: packed_causal_attention(qkv, H, valid, segment_causal)):
+    for fn in (lambda: causal_attention(qkv, H, valid), lambda: packed_causal_attention(qkv, H, valid)):
         o = fn()
         (g,) = torch.autograd.grad(o, qkv, dout)
         outs.append((o, g))
@@ -42,10 +30,7 @@ def test_packed_equals_masked_on_valid_tokens(case):
         assert torch.isfinite(o_pack).all()
 
 
-def test_model_with_packed_keys_equals_masked(monkeypatch):
-    # Take the packed path on the CPU with the stand-in kernel: the whole model must not notice.
-    monkeypatch.setattr(mom.modules, "packed_attention_available", lambda x: True)
-    monkeypatch.setattr(mom.modules, "varlen_causal", segment_causal)
+def test_model_with_packed_keys_equals_masked():
     cfg = tiny_config(top_k=1, n_attn=2)
     masked = MoM(cfg)
     with torch.no_grad():  # attention routers that tell tokens apart (~half of them pick only SKIP)
@@ -72,21 +57,25 @@ def test_model_with_packed_keys_equals_masked(monkeypatch):
         assert (a.grad - b.grad).abs().max().item() <= 1e-5, n
 
 
-def test_packed_keys_fall_back_to_the_mask_off_cuda():
-    cfg = tiny_config()
-    a, b = MoM(cfg), MoM(cfg.replace(key_mask="pack"))
-    b.load_state_dict(a.state_dict())
-    idx = torch.randint(0, cfg.vocab_size, (2, 9))
-    assert torch.equal(a(idx).logits, b(idx).logits)
-
-
 @pytest.mark.slow
 def test_packed_attention_compiles_without_graph_breaks():
     torch._dynamo.reset()
     qkv = torch.randn(2, 9, 24, requires_grad=True)
     valid = torch.rand(2, 9) > 0.3
     valid[1] = True  # an empty segment
-    step = torch.compile(lambda x, m: packed_causal_attention(x, 2, m, segment_causal), fullgraph=True)
+    step = torch.compile(lambda x, m: packed_causal_attention(x, 2, m), fullgraph=True)
     o = step(qkv, valid)
     o.sum().backward()
     assert torch.allclose(o[valid], causal_attention(qkv, 2, valid)[valid], atol=1e-5)
+
+
+def test_decoding_with_packed_keys_uses_the_cache_mask_and_matches():
+    from mom.engine import Engine
+
+    cfg = tiny_config(n_ctx=64)
+    a = MoM(cfg).eval()
+    b = MoM(cfg.replace(key_mask="pack")).eval()
+    b.load_state_dict(a.state_dict())
+    prompt = torch.randint(0, cfg.vocab_size, (7,)).tolist()
+    outs = [Engine(m).generate([prompt], max_new_tokens=12, temperature=0)[0].tokens for m in (a, b)]
+    assert outs[0] == outs[1]
