@@ -120,6 +120,46 @@ def peak_flops(device: str) -> float | None:
     return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
 
 
+def bench_autocast(device: str):
+    """The benchmarks' precision: bf16 autocast on CUDA, plain fp32 on the CPU."""
+    if torch.device(device).type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def make_step(model, idx, *, mode: str = "train", device: str = "cpu", compile: bool = False,
+              compile_mode: str | None = None):
+    """One benchmark step of ``model`` on the batch ``idx``: forward (``mode="forward"``, no grad) or forward,
+    backward and fused AdamW (``"train"``), under bf16 autocast on CUDA, synchronised. ``compile``: under
+    ``torch.compile(fullgraph=True, mode=compile_mode)``, except the loop reference (it syncs on ``nonzero`` per
+    module, so it cannot compile whole and stays eager). Returns (step, optimiser)."""
+    from mom.train import fused_adamw
+
+    cuda = torch.device(device).type == "cuda"
+    amp = bench_autocast(device)
+    model.to(device).train(mode == "train")
+    compiled = compile and model.config.dispatch != "loop"
+    fwd = torch.compile(model, fullgraph=True, mode=compile_mode) if compiled else model
+    graphs = compiled and compile_mode == "reduce-overhead"
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused_adamw(device)) if mode == "train" else None
+
+    def step():
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are done with
+        if mode == "train":
+            with amp:
+                out = fwd(idx, idx)
+            (out.loss + out.aux_loss).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        else:
+            with torch.no_grad(), amp:
+                fwd(idx)
+        if cuda:
+            torch.cuda.synchronize()
+    return step, opt
+
+
 CONTENDERS = ("mom_grouped", "mom_loop", "dense")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -138,7 +178,7 @@ def bench_step(config: str = "K2H2S", mode: str = "train", batch: int = 4, seq_l
     from mom.flops import count, modules_per_step, usage_from_routes
     from mom.memory import optimizer_state, storage_bytes
     from mom.model import MoM
-    from mom.train import fused_adamw, keep_freed_memory
+    from mom.train import keep_freed_memory
 
     if compile_mode is not None and compile_mode not in COMPILE_MODES:
         raise ConfigError(f"unknown compile mode {compile_mode!r}; choose from {', '.join(COMPILE_MODES)}")
@@ -155,7 +195,7 @@ def bench_step(config: str = "K2H2S", mode: str = "train", batch: int = 4, seq_l
     if overrides:
         cfg = cfg.replace(**overrides)
     dense_cfg = vanilla_with_layers(cfg, active_layers(cfg))
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
+    amp = bench_autocast(device)
     configs = {"mom_grouped": cfg.replace(dispatch="grouped"), "mom_loop": cfg.replace(dispatch="loop"),
                "dense": dense_cfg}
     models = {k: MoM(c) for k, c in configs.items() if k in only}
@@ -163,33 +203,9 @@ def bench_step(config: str = "K2H2S", mode: str = "train", batch: int = 4, seq_l
         models["mom_loop"].load_state_dict(models["mom_grouped"].state_dict())
     idx = torch.randint(0, cfg.vocab_size, (batch, seq_len), device=device)
 
-    def make_step(model):
-        model.to(device).train(mode == "train")
-        # The loop reference syncs on `nonzero` per module, so it cannot compile whole; it stays eager.
-        compiled = compile and model.config.dispatch != "loop"
-        fwd = torch.compile(model, fullgraph=True, mode=compile_mode) if compiled else model
-        graphs = compiled and compile_mode == "reduce-overhead"
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused_adamw(device)) if mode == "train" else None
-
-        def step():
-            if graphs:
-                torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are done with
-            if mode == "train":
-                with amp:
-                    out = fwd(idx, idx)
-                (out.loss + out.aux_loss).backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            else:
-                with torch.no_grad(), amp:
-                    fwd(idx)
-            if cuda:
-                torch.cuda.synchronize()
-        return step, opt
-
     steps, opts = {}, {}
     for k, m in models.items():
-        steps[k], opts[k] = make_step(m)
+        steps[k], opts[k] = make_step(m, idx, mode=mode, device=device, compile=compile, compile_mode=compile_mode)
     for step in steps.values():
         for _ in range(warmup):
             step()

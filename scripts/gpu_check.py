@@ -279,6 +279,10 @@ def steps(dev: str, dry: bool) -> list[tuple[str, list[str], int]]:
                                "--no-progress", "--train.device", dev, "--train.max_steps", "10" if dry else "60",
                                "--train.batch_size", "4" if dry else "16", "--train.seq_len", "256",
                                "--train.eval_interval", "30", "--train.eval_tokens", "8192"], 120),
+        # This checkout against an earlier commit's package, side by side (needs .ab/mom_old, made here by
+        # `python scripts/ab_bench.py --prepare COMMIT`, and carry=[".ab", ...])
+        ("ab_previous", [py, "scripts/ab_bench.py", "--device", dev, "--compile", "--json", "--batch", size[1],
+                         "--seq-len", size[3], "--vocab-size", "512" if dry else "50304"], 240),
         ("routing_ops", [py, "-c", ROUTING_CHECK, dev, "64" if dry else "16384"], 90),
         ("attention_mask", [py, "-c", ATTENTION_CHECK, dev] + (["2", "64"] if dry else ["16", "1024"]), 150),
         ("bench_train_packed_cudagraphs", bench + size + vocab + ["--compile", "--compile-mode", "reduce-overhead",
