@@ -60,6 +60,8 @@ def main() -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--compile-mode", default=None)
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="model config override, e.g. --set n_attn=8 (repeatable)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.prepare:
@@ -76,8 +78,13 @@ def main() -> int:
     from mom.config import resolve_config
     from mom.model import MoM
 
+    if torch.device(args.device).type == "cpu":
+        from mom.train import keep_freed_memory
+
+        keep_freed_memory()  # as `mom bench` and `mom train` do on the CPU
     torch.manual_seed(0)
-    cfg = resolve_config(args.config).replace(vocab_size=args.vocab_size, n_ctx=max(args.seq_len, 64))
+    overrides = dict(kv.split("=", 1) for kv in args.set)
+    cfg = resolve_config(args.config).replace(vocab_size=args.vocab_size, n_ctx=max(args.seq_len, 64), **overrides)
     new = MoM(cfg)
     old = mom_old.model.MoM(mom_old.config.MoMConfig.from_dict(
         {k: v for k, v in cfg.to_dict().items() if k in mom_old.config.MoMConfig.__dataclass_fields__}))
@@ -89,7 +96,7 @@ def main() -> int:
         with torch.no_grad(), bench_autocast(args.device):
             losses[name] = m.to(args.device)(idx, idx).loss.item()
     steps = {name: make_step(m, idx, device=args.device, compile=args.compile, compile_mode=args.compile_mode)[0]
-             for name, m in (("mom_new", new), ("mom_old", old), ("dense", dense))}
+             for name, m in (("mom_old", old), ("mom_new", new), ("dense", dense))}
     for step in steps.values():
         for _ in range(3 if args.compile else 2):
             step()
