@@ -172,8 +172,8 @@ def bench_step(config: str = "K2H2S", mode: str = "train", batch: int = 4, seq_l
     (``compile``: the grouped MoM and the dense model under ``torch.compile(fullgraph=True, mode=compile_mode)``,
     warm-up steps absorbing the compilation; the loop reference stays eager). ``compile_mode="reduce-overhead"``
     replays each compiled forward and backward as CUDA graphs, which takes the host's kernel launches off the
-    step: a routed step launches more, smaller kernels than a dense one. ``only``: a subset of :data:`CONTENDERS` (ratios
-    need both of their contenders). ``profile``: after timing, profile one more step of each contender and write
+    step: a routed step launches more, smaller kernels than a dense one. ``only``: a subset of
+    :data:`CONTENDERS` (ratios need both of their contenders). ``profile``: after timing, profile one more step of each contender and write
     its top operators by device time to ``<profile>/<contender>.txt``."""
     from mom.flops import count, modules_per_step, usage_from_routes
     from mom.memory import optimizer_state, storage_bytes
@@ -257,7 +257,8 @@ def bench_step(config: str = "K2H2S", mode: str = "train", batch: int = 4, seq_l
     return {
         "benchmark": mode, "machine": machine(device), "device": device, "config": cfg.name, "dense_layers": dense_cfg.bottom,
         "vocab_size": cfg.vocab_size, "batch": batch, "seq_len": seq_len, "rounds": rounds, "compile": compile,
-        "compile_mode": compile_mode if compile else None, "results": rows, "peak_flops": peak, "peak_flops_source": PEAK_FLOPS_SOURCE if peak else None,
+        "compile_mode": compile_mode if compile else None, "results": rows, "peak_flops": peak,
+        "peak_flops_source": PEAK_FLOPS_SOURCE if peak else None,
         "mom_over_dense_time_per_active_flop": ratio(per_flop, "mom_grouped", "dense"),
         "routed_modules_per_step": usage,
         "modules_per_step_if_no_skip": {h: modules_per_step(cfg, h) for h in usage} if usage else None,
@@ -313,6 +314,7 @@ def cmd_bench(args, overrides) -> int:
         return 0
     r = bench_step(args.config or "K2H2S", args.what, args.batch, args.seq_len, args.rounds, device=args.device,
                    overrides=overrides["model"], compile=args.compile, warmup=3 if args.compile else 2,
-                   only=tuple(args.only.split(",")) if args.only else CONTENDERS, profile=args.profile, compile_mode=args.compile_mode)
+                   only=tuple(args.only.split(",")) if args.only else CONTENDERS, profile=args.profile,
+                   compile_mode=args.compile_mode)
     print(json.dumps(r, indent=2) if args.json else format_step(r))
     return 0

@@ -50,8 +50,8 @@ def routed_linear(xs_AD: Tensor, w_NDO: Tensor, b_NO: Tensor, mod_A: Tensor, off
     Rows sorted by module with group ends ``offs_N``: one grouped GEMM. With the native CUDA kernel the bias rides
     in the GEMM as one more weight row (:func:`_bias_as_weight_row`) and the SKIP mask is applied out here, where
     the compiler fuses it into the next elementwise op or gather; the CPU op adds the bias per group inside the
-    GEMM (``addmm``) and zeroes the SKIP rows itself, which is cheaper in eager mode. ``offs_N=None``: rows in any order, each multiplied by its own gathered weight matrix (cheaper
-    for a handful of tokens, e.g. decoding)."""
+    GEMM (``addmm``) and zeroes the SKIP rows itself, which is cheaper in eager mode. ``offs_N=None``: rows in any
+    order, each multiplied by its own gathered weight matrix (cheaper for a handful of tokens, e.g. decoding)."""
     dtype = _compute_dtype(xs_AD)
     xs_AD, w_NDO, b_NO = xs_AD.to(dtype), w_NDO.to(dtype), b_NO.to(dtype)
     if offs_N is None:
@@ -68,14 +68,14 @@ def _bias_as_weight_row(xs_AD: Tensor, w_NDO: Tensor, b_NO: Tensor) -> tuple[Ten
     """``[xs | 1 | 0…]`` and ``[w ; b ; 0…]``: the bias as one more input row of each module's weights, against a
     column of ones, so the grouped GEMM adds it and its weight gradient holds the bias gradient (the sum of each
     group's output-gradient rows) in that row. A per-module bias gradient would otherwise be one more pass over
-    the (A, O) output gradient (a one-hot GEMM; 0.7 ms of a K2H2S step on an H100, docs/log.md). The zero padding
+    the (A, O) output gradient: a one-hot GEMM (such GEMMs took 1.2 ms of a K2H2S step on an H100, about two thirds
+    of it bias gradients by bytes read; docs/log.md). The zero padding
     keeps the rows 16-byte aligned for the kernel; the compiler writes the extra columns in the kernel that makes
     ``xs`` and folds the weight concatenation into the cast to bf16 that happens anyway. The GEMMs grow by
     8 / D (1% at D = 768)."""
     A, D = xs_AD.shape
     pad = 8 - D % 8  # ≥ 1: the ones column, then zeros up to a multiple of 8
-    ones_A1 = xs_AD.new_ones(A, 1)
-    xs_AE = torch.cat([xs_AD, ones_A1, xs_AD.new_zeros(A, pad - 1)], 1)
+    xs_AE = torch.cat([xs_AD, xs_AD.new_ones(A, 1), xs_AD.new_zeros(A, pad - 1)], 1)
     w_NEO = torch.cat([w_NDO, b_NO.unsqueeze(1), w_NDO.new_zeros(w_NDO.shape[0], pad - 1, w_NDO.shape[2])], 1)
     return xs_AE, w_NEO
 
@@ -230,9 +230,9 @@ def causal_attention(qkv_BT3D: Tensor, n_head: int, key_valid_BT: Tensor | None 
 
 
 # ---------------------------------------------------------------------------------------------- packed key mask
-# A boolean mask takes SDPA off its causal path: the kernel then computes all T × T scores instead of the lower
-# triangle, and on an H100 the masked attention of a K2H2S step took 1.8× the plain causal one (docs/benchmarks.md).
-# Packing gets the key mask from plain causal attention.
+# A boolean mask takes SDPA off its causal path: on an H100 the masked attention of a K2H2S step took 1.8× the plain
+# causal one (docs/benchmarks.md), likely because the kernel then computes all T × T scores rather than the causal
+# triangle. Packing gets the key mask from plain causal attention.
 
 
 def packed_causal_attention(qkv_BT3D: Tensor, n_head: int, key_valid_BT: Tensor) -> Tensor:
