@@ -74,15 +74,15 @@ gx2, gw2 = torch.autograd.grad(dispatch.grouped_mm(x, w, offs), (x, w), dy)
 rgw2 = torch.stack([xf[o - n:o].t() @ dyf[o - n:o] for o, n in zip(torch.tensor(sizes).cumsum(0).tolist(), sizes)])
 report["raw_op_rel_err"] = {"dx": rel(gx2[:n_real], (rgx - 0)[:n_real]), "dw_ignoring_tail": rel(gw2, rgw2)}
 cfg = resolve_config("K2H2S").replace(vocab_size=8192, n_ctx=256)
-out = {}
-for name in ("loop", "grouped"):
+idx = torch.randint(0, 8192, (4, 256), generator=torch.Generator().manual_seed(1)).to(dev)
+def loss_and_grads(model_cfg):  # loss and fp32 gradients of one bf16 step of a fresh model (same seed, weights)
     torch.manual_seed(0)
-    m = MoM(cfg.replace(dispatch=name)).to(dev)
-    idx = torch.randint(0, 8192, (4, 256), generator=torch.Generator().manual_seed(1)).to(dev)
+    m = MoM(model_cfg).to(dev)
     with torch.autocast(dev, dtype=torch.bfloat16, enabled=dev == "cuda"):
         res = m(idx, idx)
     (res.loss + res.aux_loss).backward()
-    out[name] = (res.loss.float().item(), {n: p.grad.float() for n, p in m.named_parameters() if p.grad is not None})
+    return res.loss.float().item(), {n: p.grad.float() for n, p in m.named_parameters() if p.grad is not None}
+out = {name: loss_and_grads(cfg.replace(dispatch=name)) for name in ("loop", "grouped")}
 report["model_loss"] = {k: v[0] for k, v in out.items()}
 diffs = {n: rel(out["grouped"][1][n], out["loop"][1][n]) for n in out["loop"][1]}
 report["model_max_rel_grad_diff"] = max(diffs.values())
@@ -90,14 +90,7 @@ report["model_worst_grads"] = dict(sorted(diffs.items(), key=lambda kv: -kv[1])[
 report["native_grouped_mm_calls"] = native_calls
 # key_mask="pack" (valid tokens packed first, plain causal attention) against the boolean mask, same weights, batch
 try:
-    packed = {}
-    for km in ("mask", "pack"):
-        torch.manual_seed(0)
-        m = MoM(cfg.replace(key_mask=km)).to(dev)
-        with torch.autocast(dev, dtype=torch.bfloat16, enabled=dev == "cuda"):
-            res = m(idx, idx)
-        (res.loss + res.aux_loss).backward()
-        packed[km] = (res.loss.float().item(), {n: p.grad.float() for n, p in m.named_parameters() if p.grad is not None})
+    packed = {km: loss_and_grads(cfg.replace(key_mask=km)) for km in ("mask", "pack")}
     report["packed_keys_loss"] = {k: v[0] for k, v in packed.items()}
     report["packed_keys_max_rel_grad_diff"] = max(rel(packed["pack"][1][n], packed["mask"][1][n]) for n in packed["mask"][1])
 except Exception as e:

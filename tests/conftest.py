@@ -21,6 +21,21 @@ def tiny_config(**fields) -> MoMConfig:
     return MoMConfig(**base)
 
 
+def train_outputs(models, idx):
+    """Forward (with routes) and backward of each model on the same batch; returns their outputs, the gradients
+    left in the models."""
+    outs = []
+    for model in models:
+        out = model(idx, idx, return_routes=True)
+        (out.loss + out.aux_loss).backward()
+        outs.append(out)
+    return outs
+
+
+def param_grads(model) -> dict:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
 def make_hf_gpt2(tmp_path, *, n_layer=2, n_embd=32, n_head=4, vocab=97, n_positions=32, seed=0):
     """An HF GPT2LMHeadModel with random weights saved to tmp_path (no download)."""
     transformers = pytest.importorskip("transformers")

@@ -6,7 +6,7 @@ import torch
 from mom.dispatch import counting_sort, grouped_linear, grouped_mm
 from mom.model import MoM
 from mom.routers import top_k
-from tests.conftest import tiny_config
+from tests.conftest import param_grads, tiny_config, train_outputs
 
 CONFIGS = {
     "gru-K2-H3-skip": dict(router="gru", top_k=2, steps=3, n_attn=3, n_ffn=5, skip=True),
@@ -17,10 +17,6 @@ CONFIGS = {
                         ffn_candidates="grouped", skip=False, attn_top_k=1, ffn_top_k=2),
     "two-chunks-pooled": dict(chunks=2, steps=2, n_attn=2, n_ffn=3, balance_scope="pooled", z_coef=1e-3),
 }
-
-
-def _grads(model):
-    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -35,14 +31,10 @@ def test_grouped_equals_loop(name, grouped_path):
     ref = MoM(cfg.replace(dispatch="loop"))
     ref.load_state_dict(fast.state_dict())
     idx = torch.randint(0, cfg.vocab_size, (3, 19))
-    outs = []
-    for model in (fast, ref):
-        out = model(idx, idx, return_routes=True)
-        (out.loss + out.aux_loss).backward()
-        outs.append(out)
+    outs = train_outputs((fast, ref), idx)
     assert (outs[0].logits - outs[1].logits).abs().max().item() <= 1e-5
     assert torch.allclose(outs[0].aux_loss, outs[1].aux_loss, atol=1e-6)
-    gf, gr = _grads(fast), _grads(ref)
+    gf, gr = param_grads(fast), param_grads(ref)
     assert gf.keys() == gr.keys()
     for n in gf:
         assert (gf[n] - gr[n]).abs().max().item() <= 1e-5, n
