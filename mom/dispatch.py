@@ -383,8 +383,11 @@ class LoopDispatcher:
     def run(self, plan: LoopPlan, x_TD: Tensor, w_TK: Tensor, single: SingleFn, grouped: GroupedFn,
             out_dim: int) -> Tensor:
         y_TO = x_TD.new_zeros(x_TD.shape[0], out_dim)
+        grad = torch.is_grad_enabled()
         for m, (t, k) in enumerate(zip(plan.tokens, plan.slots)):
             # A module no token picked runs on 0 rows, so that it gets a (zero) gradient like the others.
+            if not (grad or t.numel()):
+                continue
             y_TO = y_TO.index_add(0, t, single(x_TD[t], m) * w_TK[t, k].unsqueeze(-1).to(y_TO.dtype))
         return y_TO
 
@@ -404,6 +407,13 @@ def counting_sort(keys_A: Tensor, m: int) -> tuple[Tensor, Tensor, Tensor]:
     inv_A = (start_M.unsqueeze(1) + seen_MA - 1).gather(0, keys_A.unsqueeze(0)).squeeze(0).long()
     order_A = torch.empty_like(inv_A).scatter_(0, inv_A, torch.arange(keys_A.numel(), device=keys_A.device))
     return order_A, inv_A, counts_M.long()
+
+
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype matmuls on ``x`` produce: autocast's where it is on, else ``x``'s."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
 
 
 def groups_one_by_one(x: Tensor) -> bool:
@@ -455,10 +465,14 @@ class GroupedDispatcher:
         xs_AD = gather_rows(x_TD, plan.token_A, plan.inv_A, w_TK.shape[1])
         # One split, not a slice per module: each slice's backward would zero-fill a gradient of all A rows.
         parts = xs_AD.split(plan.sizes)
-        # Empty groups run too (on 0 rows): every module then gets a gradient, zero if unused, as on the static
-        # path, so the optimiser treats modules alike on every device, even when a step's picks were all SKIP.
-        ys = [single(part, m) for m, part in enumerate(parts[:-1])]
-        ys.append(xs_AD.new_zeros(plan.sizes[-1], out_dim, dtype=ys[0].dtype))  # the SKIP rows
+        # With gradients, empty groups run too (on 0 rows): every module then gets a gradient, zero if unused, as
+        # on the static path, so the optimiser treats modules alike on every device, even when a step's picks were
+        # all SKIP. Without (decoding), they are left out: a decode step picks K of N modules, and the empty
+        # calls' per-operator overhead was most of the module work (docs/log.md).
+        grad = torch.is_grad_enabled()
+        ys = [single(part, m) for m, part in enumerate(parts[:-1]) if grad or part.shape[0]]
+        dtype = ys[0].dtype if ys else compute_dtype(x_TD)
+        ys.append(xs_AD.new_zeros(plan.sizes[-1], out_dim, dtype=dtype))  # the SKIP rows
         return combine_picks(torch.cat(ys), w_TK, plan)
 
 

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mom.dispatch import (bias_outside_gemm, counting_sort, gather_module_rows, grouped_linear, grouped_mm,
-                          skip_rows_unspecified)
+from mom.dispatch import (bias_outside_gemm, compute_dtype, counting_sort, gather_module_rows, grouped_linear,
+                          grouped_mm, skip_rows_unspecified)
 
 
 class StackedLinear(nn.Module):
@@ -52,7 +52,7 @@ def routed_linear(xs_AD: Tensor, w_NDO: Tensor, b_NO: Tensor, mod_A: Tensor, off
     the compiler fuses it into the next elementwise op or gather; the CPU op adds the bias per group inside the
     GEMM (``addmm``) and zeroes the SKIP rows itself, which is cheaper in eager mode. ``offs_N=None``: rows in any
     order, each multiplied by its own gathered weight matrix (cheaper for a handful of tokens, e.g. decoding)."""
-    dtype = _compute_dtype(xs_AD)
+    dtype = compute_dtype(xs_AD)
     xs_AD, w_NDO, b_NO = xs_AD.to(dtype), w_NDO.to(dtype), b_NO.to(dtype)
     if offs_N is None:
         mod_A = mod_A.clamp(max=w_NDO.shape[0] - 1)
@@ -98,12 +98,6 @@ class StackedLayerNorm(nn.Module):
         mask = skip_rows_unspecified(xs_AD)  # the SKIP rows' gradient comes from the grouped op's input gradient
         gamma_AD, beta_AD = (gather_module_rows(p, mod_A, mask) for p in (self.weight, self.bias))
         return torch.addcmul(beta_AD, xn, gamma_AD)
-
-
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    if torch.is_autocast_enabled(x.device.type):
-        return torch.get_autocast_dtype(x.device.type)
-    return x.dtype
 
 
 class _Container(nn.Module):

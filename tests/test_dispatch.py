@@ -169,6 +169,31 @@ def test_unpicked_modules_get_zero_gradients_on_every_path(dispatch, grouped_pat
         assert g is not None and g.abs().max() == 0, name
 
 
+@pytest.mark.parametrize("dispatch", ["grouped", "loop"])
+@pytest.mark.parametrize("picks", ["mixed", "all-skip"])
+def test_without_gradients_only_picked_modules_run_with_the_same_output(dispatch, picks):
+    """Decoding (no gradients) runs only the modules some token picked; with gradients every module runs (see the
+    test above). Both give the same output, also when every pick is SKIP."""
+    from mom.model import ffn_half
+    from mom.routers import Route
+
+    cfg = tiny_config(n_ffn=4, dispatch=dispatch)
+    model = MoM(cfg)
+    pool = model.chunks[0].pool
+    x = torch.randn(3, cfg.d_model)
+    idx = torch.tensor([[0, 4], [2, 0], [4, 4]]) if picks == "mixed" else torch.full((3, 2), 4)
+    route = Route(idx_TK=idx, w_TK=torch.rand(3, 2) * (idx < 4), n=4)
+    ys = {}
+    for grad in (True, False):
+        mods, called = pool.slices(), []
+        ffn = mods.ffn
+        mods.ffn = lambda x_tD, m: called.append(m) or ffn(x_tD, m)
+        with torch.set_grad_enabled(grad):
+            ys[grad] = ffn_half(mods, x, route, model.dispatcher)
+        assert called == ([0, 1, 2, 3] if grad else [0, 2] if picks == "mixed" else []), grad
+    assert torch.equal(ys[True].detach(), ys[False])
+
+
 @pytest.mark.parametrize("A,m", [(0, 3), (1, 3), (57, 5), (2000, 9), (6, 1)])
 def test_counting_sort_is_a_stable_argsort_with_inverse_and_counts(A, m):
     keys = torch.randint(0, m, (A,))
