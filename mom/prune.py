@@ -168,14 +168,31 @@ def prune(model, attn_keep: float, ffn_keep: float, by: str = "usage", batches=N
 
 
 # ================================================================================================ writing
+# What a pruned checkpoint directory holds: ``--force`` replaces a directory holding only these, nothing else.
+PRUNED_FILES = ("model.safetensors", "config.json", "prune.json", "manifest.json")
+
+
+def check_out(out: Path, force: bool) -> None:
+    """``--out`` may be new, empty, or (with ``force``) an earlier pruned checkpoint: the directory is replaced as a
+    whole, so one holding anything else (another run, the source checkpoint, a user's files) is refused."""
+    if out.exists() and not out.is_dir():
+        raise MomError(f"--out {out}: exists and is not a directory")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not force:
+        raise MomError(f"--out {out}: exists and is not empty; pass --force to replace it")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in PRUNED_FILES)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", …" if len(foreign) > 3 else "")
+        raise MomError(f"--out {out}: holds more than a pruned checkpoint ({shown}); --force replaces only a "
+                       "directory of model.safetensors, config.json, prune.json and manifest.json: pick a new --out")
+
+
 def save_atomic(model, out: Path, report: dict, force: bool) -> None:
     """Write the pruned checkpoint (``model.safetensors``, ``config.json``, ``prune.json``) into a temporary
     directory beside ``out`` and rename it into place, so ``out`` is never left half-written."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise MomError(f"--out {out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise MomError(f"--out {out}: exists and is not empty; pass --force to replace it")
+    check_out(out, force)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
@@ -203,7 +220,6 @@ def save_atomic(model, out: Path, report: dict, force: bool) -> None:
         shutil.rmtree(trash, ignore_errors=True)
 
 
-
 # ================================================================================================ CLI
 def add_prune_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--ckpt", required=True, metavar="DIR", help="a mom model directory (or a training run)")
@@ -220,7 +236,8 @@ def add_prune_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--windows", type=int, default=None, help="with --by usage: validation windows (default 32)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--device", default="auto", help="cpu, cuda (default: cuda if available)")
-    p.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--force", action="store_true",
+                   help="replace an earlier pruned checkpoint in --out (a directory holding other files is refused)")
     return p
 
 
@@ -241,8 +258,7 @@ def cli_prune(args: argparse.Namespace, overrides: dict[str, dict[str, str]]) ->
     out = Path(args.out)
     if out.resolve() == src.resolve():
         raise MomError("--out must differ from the checkpoint being pruned")
-    if out.is_dir() and any(out.iterdir()) and not args.force:
-        raise MomError(f"--out {out}: exists and is not empty; pass --force to replace it")
+    check_out(out, args.force)  # before any loading
     device = pick_device(args.device)
     model = load_model(src, device, **overrides.get("model", {}))
     check_prunable(model.config)

@@ -180,12 +180,21 @@ def test_cli_errors(ckpt, tmp_path, capsys):
     assert (tmp_path / "full" / "keep.txt").read_text() == "x"
 
 
-def test_cli_force_replaces_an_existing_output(ckpt, tmp_path, capsys):
+def test_cli_force_replaces_an_earlier_pruned_checkpoint_and_nothing_else(ckpt, tmp_path, capsys):
     _, ck, _ = ckpt
     out = tmp_path / "o"
-    out.mkdir()
-    (out / "old.txt").write_text("old")
-    assert main(["prune", "--ckpt", str(ck), "--by", "norm", "--ffn-keep", "0.5", "--out", str(out), "--force"]) == 0
+    args = ["prune", "--ckpt", str(ck), "--by", "norm", "--out", str(out), "--force"]
+    assert main(args + ["--ffn-keep", "0.75"]) == 0
+    assert main(args + ["--ffn-keep", "0.5"]) == 0  # replaces the first one
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "manifest.json", "model.safetensors",
                                                         "prune.json"]
     assert MoM.from_pretrained(out).config.n_ffn == 2
+    # A directory holding anything else is never replaced, --force or not: a user's files, or the source
+    # checkpoint itself when --out is its parent.
+    (out / "notes.txt").write_text("mine")
+    assert "holds more than a pruned checkpoint (notes.txt)" in _error(args + ["--ffn-keep", "0.5"], capsys)
+    assert (out / "notes.txt").read_text() == "mine" and MoM.from_pretrained(out).config.n_ffn == 2
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert "holds more than a pruned checkpoint (" in _error(
+        ["prune", "--ckpt", str(ck), "--by", "norm", "--ffn-keep", "0.5", "--out", str(tmp_path), "--force"], capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before and (ck / "model.safetensors").is_file()
