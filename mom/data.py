@@ -533,7 +533,7 @@ def prepare(
         existing = _existing_dataset_files(out)
         if existing:
             raise DataError(
-                f"{out}: already holds a dataset ({', '.join(existing)}); use --force (overwrite=True) to replace it"
+                f"{out}: already holds a dataset ({', '.join(existing)}); pass --force to replace it"
             )
     enc = tokenizer()
 
@@ -751,6 +751,11 @@ def load_tokens(
                 f"{p}: no {split}.bin here (found: {', '.join(have) or 'no .bin files'}); "
                 f"prepare a dataset with: mom prepare --out {p}"
             )
+    elif p.suffix != ".bin":
+        # A text file read as uint16 would pass every check but the id range, and flops/routes/prune would then
+        # measure, and decide on, noise.
+        raise DataError(f"{p}: not a token file (.bin) or dataset directory; tokenise text first with: "
+                        f"mom prepare --corpus {p} --out DIR")
     else:
         bin_path = p
     if meta is not None and meta.get("format") != "mom-tokens":

@@ -388,6 +388,16 @@ def test_load_rejects_out_of_vocabulary_ids(tmp_path, monkeypatch):
         data.load_tokens(f)
 
 
+def test_a_text_file_is_not_read_as_tokens(tmp_path):
+    """Found by a user audit: flops/routes/prune/memory --data FILE.txt read the text's bytes as uint16 ids and
+    reported results measured on noise."""
+    f = tmp_path / "story.txt"
+    f.write_text("Once upon a time there were four little rabbits.\n")
+    with pytest.raises(DataError, match=re.escape(f"{f}: not a token file (.bin) or dataset directory; tokenise "
+                                                  f"text first with: mom prepare --corpus {f} --out DIR")):
+        data.load_tokens(f, "val")
+
+
 @pytest.mark.parametrize("size,pattern", [(0, "token file is empty"), (7, "size 7 bytes is odd")])
 def test_load_rejects_bad_sizes(tmp_path, size, pattern):
     f = tmp_path / "val.bin"
