@@ -8,8 +8,12 @@ Config fields are overridden with ``--model.<field> VALUE`` (e.g. ``--model.top_
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
+import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -78,10 +82,15 @@ def cmd_configs(args, overrides) -> int:
     from mom.config import preset_names
     from mom.flops import count
 
+    from mom.analysis import check_positive
+
+    check_positive("--seq-len", args.seq_len)
     names = [args.config] if args.config else preset_names()
     rows = []
     for name in names:
         cfg = _model_config(name, overrides["model"])
+        if args.seq_len is not None and args.seq_len > cfg.n_ctx and args.config:
+            raise MomError(f"--seq-len {args.seq_len} exceeds {cfg.name}'s context length n_ctx={cfg.n_ctx}")
         c = count(cfg, args.seq_len)
         rows.append({"name": cfg.name, "layout": _layout(cfg), **c.as_dict(), "config": cfg.to_dict()})
     if args.json:
@@ -93,18 +102,30 @@ def cmd_configs(args, overrides) -> int:
               f"{r['forward_flops_per_token'] / 1e9:13.3f}  {r['layout']}")
     if not args.config:
         print("\nGrid points K{K}H{H}{S|M|L} (e.g. K3H1S) are built on demand: mom configs --config K3H1S")
-    print(f"FLOPs: 2·(active matmul params) + 4·d·T per attention core, T = {rows[0]['seq_len']} "
+    lengths = sorted({r["seq_len"] for r in rows})
+    T = lengths[0] if len(lengths) == 1 else "each preset's n_ctx"
+    print(f"FLOPs: 2·(active matmul params) + 4·d·T per attention core, T = {T} "
           "(nanoGPT/PaLM counting; token choice assumes no SKIP picks). Active params count a module once per use.")
     return 0
 
 
 # ---------------------------------------------------------------------------------------------- convert
-def _make_dir(out: Path) -> None:
-    """Create an output directory (with parents) once the inputs have loaded; an OS refusal is one error line."""
+@contextlib.contextmanager
+def _output_dir(out: Path):
+    """Create an output directory (with parents) once the inputs have loaded, for the writes in the ``with`` body;
+    an OS refusal is one error line. If the body fails, a directory created here is removed again (nothing
+    half-written is left behind); one that existed keeps what it had, as the writes are atomic file by file."""
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise MomError(f"{out}: cannot create the output directory ({e.strerror or e})") from None
+    try:
+        yield out
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
 
 def cmd_convert(args, overrides) -> int:
@@ -116,16 +137,18 @@ def cmd_convert(args, overrides) -> int:
         raise MomError(f"{out} exists and is not a directory")
     if out.exists() and any(out.iterdir()) and not args.force:
         raise MomError(f"{out} exists and is not empty; pass --force to overwrite")
+    if out.resolve() == Path(args.from_hf or args.to_hf).resolve():
+        raise MomError("--out must differ from the model being converted (it would overwrite its files)")
     if args.from_hf:
         cfg = _model_config(args.config, overrides["model"]) if args.config else None
         model = from_gpt2(args.from_hf, cfg)
-        _make_dir(out)
-        model.save_pretrained(out)
+        with _output_dir(out):
+            model.save_pretrained(out)
         print(f"wrote {model.config.name} ({model.num_params() / 1e6:.2f}M params, depth {model.config.depth}) to {out}")
     else:
         model = MoM.from_pretrained(args.to_hf)
-        _make_dir(out)
-        to_hf(model, out)
+        with _output_dir(out):
+            to_hf(model, out)
         print(f"wrote HF GPT2LMHeadModel ({model.config.depth} layers) to {out}")
     return 0
 
@@ -150,8 +173,11 @@ def cmd_generate(args, overrides) -> int:
         raise MomError("empty prompt")
     from mom.analysis import pick_device
 
+    from mom.analysis import resolve_model_dir
+
     device = pick_device(args.device)  # like every other command: auto, and one line for a device that is not there
-    model = MoM.from_pretrained(args.ckpt, map_location=device, **overrides["model"])
+    # A model directory, or a training run (finished or not: its latest checkpoint), as for eval, flops and prune.
+    model = MoM.from_pretrained(resolve_model_dir(args.ckpt), map_location=device, **overrides["model"])
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                             top_p=args.top_p, seed=args.seed, stop=args.stop or [])
     engine = Engine(model, use_cache=not args.no_cache, compile=args.compile)
@@ -194,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(func=cmd_convert, overrides=("model",))
 
     g = sub.add_parser("generate", help="generate text from a checkpoint with the KV-cached engine")
-    g.add_argument("--ckpt", required=True, metavar="DIR", help="a mom model directory (model.safetensors + config.json)")
+    g.add_argument("--ckpt", required=True, metavar="DIR", help="a mom model directory (model.safetensors + config.json) or a training run (its latest checkpoint)")
     g.add_argument("--prompt", action="append", help="prompt text (repeat for a batch)")
     g.add_argument("--prompt-file", metavar="FILE", help="one prompt per non-empty line")
     g.add_argument("--max-new-tokens", type=int, default=64)
@@ -276,7 +302,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args, extra = parser.parse_known_args(argv)
         overrides = _split_overrides(extra, args.overrides)
-        return args.func(args, overrides)
+        rc = args.func(args, overrides)
+        sys.stdout.flush()  # here, so that a failing write of buffered output is handled below, not at exit
+        return rc
+    except BrokenPipeError:
+        # The reader went away (``mom configs | head``): stop quietly, as Unix tools do; point stdout at devnull so
+        # the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, the shell's status for a tool killed by a closed pipe
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"mom: error: {e.strerror or e} (writing {getattr(e, 'filename', None) or 'output'})", file=sys.stderr)
+        return EXIT_USAGE
     except MomError as e:
         print(f"mom: error: {str(e).translate(_LINE_BREAKS)}", file=sys.stderr)
         return EXIT_USAGE

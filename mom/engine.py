@@ -112,14 +112,16 @@ class SamplingParams:
     def validate(self) -> None:
         if self.max_new_tokens < 1:
             raise MomError(f"max_new_tokens must be ≥ 1, got {self.max_new_tokens}")
-        if not self.temperature >= 0:
-            raise MomError(f"temperature must be ≥ 0, got {self.temperature}")
+        if not 0 <= self.temperature < float("inf"):
+            raise MomError(f"temperature must be ≥ 0 and finite, got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
             raise MomError(f"top_k must be ≥ 1, got {self.top_k}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise MomError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.seed is not None and not -(2**63) <= self.seed < 2**64:  # what torch.Generator can hold
             raise MomError(f"seed must be between -2**63 and 2**64 - 1, got {self.seed}")
+        if any(not s for s in self.stop):
+            raise MomError("stop strings must be non-empty (an empty one would stop before the first token)")
 
 
 def sample_next(logits_BV: Tensor, p: SamplingParams, gen: torch.Generator | None) -> Tensor:

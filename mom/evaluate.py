@@ -207,6 +207,13 @@ class PerplexityResult:
     windows: int
 
 
+def _check_stride(stride: int, n_ctx: int) -> None:
+    if n_ctx < 2:
+        raise MomError(f"perplexity needs n_ctx ≥ 2, the model has {n_ctx}")
+    if not 1 <= stride < n_ctx:
+        raise MomError(f"--stride must be in [1, n_ctx - 1 = {n_ctx - 1}], got {stride}")
+
+
 def sliding_windows(n_tokens: int, n_ctx: int, stride: int) -> list[tuple[int, int, int]]:
     """(begin, end, first_target) of each window: tokens [begin, end) are the input; targets first_target ..
     end-1 are scored there (the tokens no earlier window reached). HF's loop, with token 0 never a target.
@@ -214,10 +221,7 @@ def sliding_windows(n_tokens: int, n_ctx: int, stride: int) -> list[tuple[int, i
     ``stride`` is at most n_ctx - 1: a window's first token has no left context inside the window, so
     consecutive windows must share at least one token for every token to be scored (HF's loop with
     stride = n_ctx silently skips each window's first token)."""
-    if n_ctx < 2:
-        raise MomError(f"perplexity needs n_ctx ≥ 2, the model has {n_ctx}")
-    if not 1 <= stride < n_ctx:
-        raise MomError(f"--stride must be in [1, n_ctx - 1 = {n_ctx - 1}], got {stride}")
+    _check_stride(stride, n_ctx)
     out = []
     prev_end = 1  # token 0 has no left context: it is never scored
     for begin in range(0, n_tokens, stride):
@@ -234,9 +238,13 @@ def sliding_windows(n_tokens: int, n_ctx: int, stride: int) -> list[tuple[int, i
 def perplexity(model, tokens: np.ndarray | Sequence[int], *, stride: int | None = None, batch_size: int = 8,
                causal_routing: bool = True, log: Log = _quiet) -> PerplexityResult:
     """Sliding-window perplexity of ``tokens`` (see the module docstring)."""
-    model.eval()
     n_ctx = model.config.n_ctx
-    stride = stride or max(1, n_ctx // 2)
+    # ``is None``, not ``or``: a stride of 0 is a mistake to report, not a request for the default
+    stride = max(1, n_ctx // 2) if stride is None else stride
+    _check_stride(stride, n_ctx)
+    if batch_size < 1:
+        raise MomError(f"--batch-size must be ≥ 1, got {batch_size}")
+    model.eval()
     toks = torch.as_tensor(np.asarray(tokens, dtype=np.int64))
     if toks.numel() < 2:
         raise DataError(f"perplexity needs at least 2 tokens, got {toks.numel()}")
@@ -309,15 +317,21 @@ class TrainParams:
         for name in ("max_train", "max_eval"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise MomError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(self, name)}")
+        # written so that NaN fails every check (a NaN compares false with everything)
         if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise MomError(f"--lr must be a positive number, got {self.lr}")
-        if not 0 <= self.warmup < 1 or self.weight_decay < 0 or self.grad_clip <= 0:
-            raise MomError("--warmup must be in [0, 1), --weight-decay ≥ 0, grad clip > 0")
+            raise MomError(f"--lr must be a positive number, got {self.lr:g}")
+        if not 0 <= self.warmup < 1:
+            raise MomError(f"--warmup must be a fraction of the updates in [0, 1), got {self.warmup:g}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise MomError(f"--weight-decay must be a finite number ≥ 0, got {self.weight_decay:g}")
+        if not (self.grad_clip > 0 and math.isfinite(self.grad_clip)):
+            raise MomError(f"grad_clip must be a positive number, got {self.grad_clip:g}")
 
 
 @dataclass
 class GlueParams(TrainParams):
-    """Classification fine-tuning: ``max_len`` tokens per example (capped at n_ctx)."""
+    """Classification fine-tuning: ``max_len`` tokens per example (capped at n_ctx; the report records the
+    value used)."""
 
     max_len: int = 128
 
@@ -494,8 +508,8 @@ def run_glue(ckpt: str | os.PathLike, data: ClassificationData, *, params: GlueP
     mean, std = mean_std([r["metrics"] for r in runs])
     return {"task": spec.name, "format": spec.glue_dir, "proxy_of": spec.proxy_of, "data": data.source,
             "model": str(ckpt), "sizes": {"train": len(train), **{s: len(r) for s, r in dev.items()}},
-            "params": asdict(p), "seeds": list(seeds), "metrics": list(mean), "mean": mean, "std": std,
-            "runs": runs}
+            "params": asdict(p) | {"max_len": max_len}, "seeds": list(seeds), "metrics": list(mean), "mean": mean,
+            "std": std, "runs": runs}
 
 
 # ============================================================================================== summarisation
@@ -629,10 +643,14 @@ class SummaryParams(TrainParams):
 
     def validate(self) -> None:
         super().validate()
-        if self.beams < 1 or self.max_new_tokens < 1:
-            raise MomError("--beams and --max-new-tokens must be ≥ 1")
+        for name in ("beams", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise MomError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(self, name)}")
         if self.max_doc_tokens is not None and self.max_doc_tokens < 1:
             raise MomError(f"--max-doc-tokens must be ≥ 1, got {self.max_doc_tokens}")
+        # NaN would make every finished hypothesis score NaN and the choice among them arbitrary
+        if not math.isfinite(self.length_penalty):
+            raise MomError(f"--length-penalty must be a finite number, got {self.length_penalty:g}")
 
 
 def run_xsum(ckpt: str | os.PathLike, data: SummaryData, *, params: SummaryParams | None = None,
@@ -710,6 +728,8 @@ def lm_eval_adapter(model, *, batch_size: int = 8, max_gen_toks: int = 256):
     except ImportError:
         raise MomError("lm-eval is not installed: pip install 'lm-eval>=0.4.5' "
                        "(or the extra: pip install 'mixture-of-modules[lmeval]')") from None
+    if batch_size < 1:
+        raise MomError(f"--batch-size must be ≥ 1, got {batch_size}")
     enc = _tokenizer(model)
     n_ctx = model.config.n_ctx
     device = next(model.parameters()).device
@@ -784,10 +804,29 @@ def lm_eval_adapter(model, *, batch_size: int = 8, max_gen_toks: int = 256):
     return MomLM()
 
 
+def _check_limit(limit: float | None) -> float | None:
+    """``limit`` as lm-eval should get it: None, a fraction in (0, 1), or an int ≥ 1 (2.0 from the command line
+    becomes 2, so the report says 2). Negative and zero limits crash inside lm-eval with an unrelated message,
+    and 2.5 would silently mean 2."""
+    if limit is None:
+        return None
+    if not (0 < limit < 1 or (limit >= 1 and math.isfinite(limit) and limit == int(limit))):
+        raise MomError(f"--limit must be a whole number of examples ≥ 1 or a fraction in (0, 1), got {limit:g}")
+    return limit if limit < 1 else int(limit)
+
+
 def run_lm_eval(ckpt: str | os.PathLike, tasks: Sequence[str], *, include_path: str | os.PathLike | None = None,
                 limit: int | float | None = None, num_fewshot: int | None = None, batch_size: int = 8,
                 device: str | torch.device = "cpu") -> dict:
-    """Run lm-eval-harness tasks (built-in ones, or the YAMLs under ``include_path`` only) on a checkpoint."""
+    """Run lm-eval-harness tasks (built-in ones, or the YAMLs under ``include_path`` only) on a checkpoint.
+
+    ``limit``: examples per task, a whole number ≥ 1 or a fraction in (0, 1) of each task (lm-eval reads a
+    value below 1 as a fraction and truncates anything else to an integer)."""
+    limit = _check_limit(limit)
+    if num_fewshot is not None and num_fewshot < 0:
+        raise MomError(f"--num-fewshot must be ≥ 0, got {num_fewshot}")
+    if batch_size < 1:
+        raise MomError(f"--batch-size must be ≥ 1, got {batch_size}")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # local task data only: never reach for the Hub
     adapter = lm_eval_adapter(load_model(ckpt, device), batch_size=batch_size)
     from lm_eval import simple_evaluate
@@ -832,19 +871,26 @@ def _print_report(report: dict, as_json: bool, header: str) -> None:
 
 
 def cli_ppl(args: argparse.Namespace, overrides) -> int:
-    device = pick_device(args.device)
-    model = load_model(args.ckpt, device)
-    if args.data is None:
-        from mom.analysis import resolve_data_dir
-
-        args.data = resolve_data_dir(None)
-    tokens, source = read_eval_tokens(args.data, args.split, model)
-    if args.max_tokens is not None:
-        if args.max_tokens < 2:
-            raise MomError(f"--max-tokens must be ≥ 2, got {args.max_tokens}")
-        tokens = tokens[:args.max_tokens]
+    if args.max_tokens is not None and args.max_tokens < 2:
+        raise MomError(f"--max-tokens must be ≥ 2, got {args.max_tokens}")
     if args.batch_size < 1:
         raise MomError(f"--batch-size must be ≥ 1, got {args.batch_size}")
+    data = args.data
+    if data is None:
+        from mom.analysis import DEFAULT_DATA_DIR
+
+        if not (DEFAULT_DATA_DIR / "val.bin").is_file():
+            raise DataError("no data to measure perplexity on: give --data DIR|FILE (a dataset directory from "
+                            "'mom prepare --out DIR', a .bin token file or a UTF-8 text file), or prepare the "
+                            f"built-in corpus with 'mom prepare --out {DEFAULT_DATA_DIR}'")
+        data = DEFAULT_DATA_DIR
+    device = pick_device(args.device)
+    model = load_model(args.ckpt, device)
+    if args.stride is not None:
+        _check_stride(args.stride, model.config.n_ctx)  # before reading and tokenising the data
+    tokens, source = read_eval_tokens(data, args.split, model)
+    if args.max_tokens is not None:
+        tokens = tokens[:args.max_tokens]
     res = perplexity(model, tokens, stride=args.stride, batch_size=args.batch_size,
                      causal_routing=not args.train_routing, log=_quiet if args.json else _stderr)
     report = {"model": str(args.ckpt), "data": source, **asdict(res),
@@ -862,6 +908,17 @@ def _params(cls, args) -> TrainParams:
     return cls(**fields)
 
 
+def _check_output_file(path: str | os.PathLike, option: str) -> None:
+    """A file the command will write at the end: its directory must exist and it must not be a directory."""
+    p = Path(path)
+    if p.is_dir():
+        raise MomError(f"{option} {p}: is a directory; give a file name")
+    if not p.parent.is_dir():
+        raise MomError(f"{option} {p}: directory {p.parent} does not exist")
+    if not os.access(p.parent, os.W_OK | os.X_OK):
+        raise MomError(f"{option} {p}: directory {p.parent} is not writable")
+
+
 def cli_glue(args: argparse.Namespace, overrides) -> int:
     from mom.tasks import load_classification
 
@@ -869,7 +926,10 @@ def cli_glue(args: argparse.Namespace, overrides) -> int:
     params = _params(GlueParams, args)
     params.validate()
     seeds = _seeds(args.seeds)
-    load_model(args.ckpt)  # fail on a missing checkpoint before reading data
+    n_ctx = load_model(args.ckpt).config.n_ctx  # fail on a missing checkpoint before reading data
+    if args.max_len is not None and args.max_len > n_ctx:
+        # the default (128) is capped silently; a value the user typed is worth a word (the report says n_ctx)
+        _stderr(f"mom: note: --max-len {args.max_len} is more than the model's n_ctx; using {n_ctx}")
     data = load_classification(args.task, args.data)
     report = run_glue(args.ckpt, data, params=params, seeds=seeds, device=device,
                       log=_quiet if args.json else _stderr)
@@ -885,6 +945,8 @@ def cli_xsum(args: argparse.Namespace, overrides) -> int:
     params = _params(SummaryParams, args)
     params.validate()
     seeds = _seeds(args.seeds)
+    if args.predictions is not None:
+        _check_output_file(args.predictions, "--predictions")  # now, not after fine-tuning and decoding
     load_model(args.ckpt)
     if args.task is not None:
         if args.task.lower() not in SUMMARY_PROXIES:
@@ -896,9 +958,10 @@ def cli_xsum(args: argparse.Namespace, overrides) -> int:
     report = run_xsum(args.ckpt, data, params=params, seeds=seeds, device=device,
                       log=_quiet if args.json else _stderr, keep_predictions=args.predictions is not None)
     if args.predictions is not None:
+        from mom.analysis import write_atomic
+
         rows = report.pop("predictions")
-        Path(args.predictions).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
-                                          encoding="utf-8")
+        write_atomic(args.predictions, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     sizes = ", ".join(f"{k} {v:,}" for k, v in report["sizes"].items())
     decoding = "greedy" if params.beams == 1 else f"beam {params.beams}"
     title = f"{args.task or 'xsum'} ({sizes}; {decoding}; {len(seeds)} seed(s)) — {args.ckpt}"
@@ -961,7 +1024,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                         "(default: data/builtin if prepared)")
     p.add_argument("--split", default="val", help="split of a dataset directory (default val)")
     p.add_argument("--stride", type=int, default=None,
-                   help="window step in tokens, at most n_ctx - 1 (default n_ctx/2)")
+                   help="window step in tokens, 1 to n_ctx - 1 (default n_ctx/2)")
     p.add_argument("--max-tokens", type=int, default=None, metavar="N", help="score the first N tokens only")
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward (default 8)")
     p.add_argument("--train-routing", action="store_true",
@@ -975,7 +1038,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                         "proxies rt-polarity, bible-para (no --data)")
     g.add_argument("--data", default=None, metavar="DIR", help="the task's GLUE directory (train.tsv, dev.tsv)")
     _finetune_args(g, 16, 64)
-    g.add_argument("--max-len", type=int, default=128, help="tokens per example (default 128, at most n_ctx)")
+    g.add_argument("--max-len", type=int, default=None,
+                   help="tokens per example (default 128); capped at the model's n_ctx, with a note on stderr "
+                        "when a larger value is given; the report records the value used")
     g.set_defaults(func=cli_glue, overrides=())
 
     x = sub.add_parser("xsum", help="fine-tune on document → summary, generate, report ROUGE")
@@ -988,8 +1053,10 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     x.add_argument("--beams", type=int, default=1, help="1 = greedy (KV-cached engine), >1 = beam search")
     x.add_argument("--max-new-tokens", type=int, default=64)
     x.add_argument("--max-doc-tokens", type=int, default=None, help="cut documents to N tokens (default: fill n_ctx)")
-    x.add_argument("--length-penalty", type=float, default=1.0, help="beam search: score / length**penalty")
-    x.add_argument("--predictions", metavar="FILE", default=None, help="write every summary to this .jsonl")
+    x.add_argument("--length-penalty", type=float, default=1.0,
+                   help="beam search: score / length**penalty (a finite number; default 1.0)")
+    x.add_argument("--predictions", metavar="FILE", default=None,
+                   help="write every summary to this .jsonl (its directory must exist; checked before fine-tuning)")
     x.set_defaults(func=cli_xsum, overrides=())
 
     h = sub.add_parser("lm-eval", help="run lm-eval-harness tasks (e.g. local task YAMLs) on a checkpoint")
@@ -997,9 +1064,10 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     h.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
     h.add_argument("--include-path", default=None, metavar="DIR",
                    help="a directory of task YAMLs; only those tasks are indexed (fast, offline)")
-    h.add_argument("--limit", type=float, default=None, help="examples per task (N, or a fraction < 1)")
-    h.add_argument("--num-fewshot", type=int, default=None)
-    h.add_argument("--batch-size", type=int, default=8, help="sequences per forward when scoring")
+    h.add_argument("--limit", type=float, default=None,
+                   help="examples per task: a whole number N ≥ 1, or a fraction in (0, 1) of each task")
+    h.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples (≥ 0; default: the task's)")
+    h.add_argument("--batch-size", type=int, default=8, help="sequences per forward when scoring (≥ 1)")
     h.set_defaults(func=cli_lm_eval, overrides=())
 
     e = sub.add_parser("export-proxy", help="write an offline proxy in its real format (GLUE tsv / XSUM jsonl)")

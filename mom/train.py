@@ -1176,9 +1176,11 @@ def cli_train(args: argparse.Namespace, overrides: dict[str, dict[str, str]]) ->
         raise MomError("--resume needs --out RUN_DIR")
     if not args.config and not args.resume:
         raise MomError("--config is required (a preset such as tiny or tiny-mom, a JSON config, or a run directory)")
-    if not args.config and model_over:
-        raise MomError("--model.FIELD overrides need --config")
     mcfg = resolve_config(args.config) if args.config else None
+    if mcfg is None and model_over:
+        # Resuming with a few --model.X: compare just those against the run's own model config (as --train.X).
+        run = read_latest(Path(args.out)) if Path(args.out).is_dir() else None
+        mcfg = MoMConfig.load(run[1] / "config.json") if run else None
     if mcfg is not None and model_over:
         mcfg = mcfg.replace(**model_over)
     out = Path(args.out or Path("runs") / mcfg.name)

@@ -1,6 +1,7 @@
 """The command line: configs listing, conversion, and one-line errors with exit code 2."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -21,6 +22,7 @@ def test_configs_table_and_json(capsys):
     out = capsys.readouterr().out
     for name in ("gpt2", "gpt2-large", "mom-p-small", "mom-e-large", "tiny-mom", "layerskip", "mod", "universal", "moe"):
         assert f"\n{name} " in out
+    assert "T = each preset's n_ctx" in out  # presets differ in n_ctx (the footer once named the first row's)
     assert main(["configs", "--json", "--config", "K3H1S"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert rows[0]["config"]["top_k"] == 3 and rows[0]["params"] > 1e8
@@ -70,9 +72,15 @@ def test_convert_from_and_to_hf(tmp_path):
     # A non-empty output directory is never overwritten without --force.
     r = run_cli("convert", "--from-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "mom"))
     assert r.returncode == 2 and "exists and is not empty" in r.stderr
-    # A MoM layout cannot be exported as GPT-2.
+    # A MoM layout cannot be exported as GPT-2, and the refused export leaves no directory behind.
     r = run_cli("convert", "--to-hf", str(tmp_path / "mom2"), "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and "only a vanilla (chunks=0) model" in r.stderr
+    assert not (tmp_path / "x").exists()
+    # Converting a model onto itself would overwrite its own files, --force or not.
+    before = (tmp_path / "hf" / "config.json").read_text()
+    r = run_cli("convert", "--from-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "hf"), "--force")
+    assert r.returncode == 2 and "--out must differ from the model being converted" in r.stderr
+    assert (tmp_path / "hf" / "config.json").read_text() == before
 
 
 @pytest.mark.parametrize(
@@ -88,6 +96,8 @@ def test_convert_from_and_to_hf(tmp_path):
         (["configs", "x\ny"], "unrecognized argument 'x\\ny'"),
         (["prepare", "--out", "{tmp}/o", "--model.top_k", "1"], "this command takes no --model./--train. overrides"),
         (["memory", "--config", "tiny", "--batch", "99999999999999999999"], "--batch must be < 2**31"),
+        (["configs", "--seq-len", "0"], "--seq-len must be ≥ 1, got 0"),
+        (["configs", "--config", "tiny", "--seq-len", "4096"], "--seq-len 4096 exceeds tiny's context length"),
     ],
 )
 def test_odd_arguments_are_one_error_line(tmp_path, capsys, args, message):
@@ -114,3 +124,19 @@ def test_out_of_memory_is_one_error_line(monkeypatch, capsys):
     monkeypatch.setattr(mom.model.MoM, "__init__", lambda *a, **k: 1 / 0)  # any other error is still a bug
     with pytest.raises(ZeroDivisionError):
         main(["memory", "--config", "tiny", "--forward-only"])
+
+
+def _cli_with_stdout(fd_setup: str, *args):
+    """``mom *args`` in a subprocess whose stdout is set up by ``fd_setup`` (Python code run first)."""
+    code = f"import os, sys, mom.cli\n{fd_setup}\nsys.exit(mom.cli.main({list(args)!r}))"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+
+
+def test_a_closed_pipe_ends_quietly_and_a_full_disk_is_one_line():
+    # found by a user audit: `mom configs --json | head -2` and `> /dev/full` ended in tracebacks
+    closed = _cli_with_stdout("r, w = os.pipe(); os.close(r); os.dup2(w, 1)", "configs", "--json")
+    assert closed.returncode == 141 and closed.stderr == ""
+    if os.path.exists("/dev/full"):
+        full = _cli_with_stdout("os.dup2(os.open('/dev/full', os.O_WRONLY), 1)", "configs", "--json")
+        assert full.returncode == 2 and full.stderr.startswith("mom: error: No space left on device")
+        assert full.stderr.count("\n") == 1 and "Traceback" not in full.stderr

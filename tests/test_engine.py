@@ -98,6 +98,8 @@ def test_streaming_yields_the_same_tokens():
         ([[]], dict(), "prompt 0 is empty"),
         ([list(range(60))], dict(max_new_tokens=10), "exceed the context length n_ctx=64"),
         ([[1]], dict(temperature=-1), "temperature must be ≥ 0"),
+        ([[1]], dict(temperature=float("inf")), "temperature must be ≥ 0 and finite"),
+        ([[1]], dict(stop=["\n", ""]), "stop strings must be non-empty"),
         ([[1]], dict(top_p=1.5), "top_p must be in \\(0, 1\\]"),
         ([[1]], dict(top_k=0), "top_k must be ≥ 1"),
         ([[1000]], dict(), "token id 1000 outside the vocabulary"),
@@ -183,7 +185,21 @@ def test_generate_cli_bad_input(ckpt, extra, message):
 
 def test_generate_cli_missing_checkpoint(tmp_path):
     r = _mom("generate", "--ckpt", str(tmp_path / "nope"), "--prompt", "hi")
-    assert r.returncode == 2 and "model directory not found" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "checkpoint directory not found" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_generate_cli_takes_an_unfinished_training_run(ckpt, tmp_path):
+    """Like eval, flops and prune: a run directory without a final model.safetensors (interrupted) generates from
+    its latest checkpoint (found by a user audit: it said "weights file not found")."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(ckpt, run / "checkpoints" / "step-00000002")
+    (run / "latest.json").write_text('{"step": 2, "path": "checkpoints/step-00000002"}')
+    args = ("--prompt", "Hello", "--max-new-tokens", "4", "--temperature", "0")
+    r, ref = _mom("generate", "--ckpt", str(run), *args), _mom("generate", "--ckpt", str(ckpt), *args)
+    assert r.returncode == 0 and ref.returncode == 0, r.stderr
+    assert r.stdout == ref.stdout
 
 
 def test_bench_decode_smoke():

@@ -380,3 +380,82 @@ def test_lm_eval_adapter_on_local_task_yamls(ckpt, tmp_path, capsys, monkeypatch
     assert rolling == pytest.approx(sum(logp[i, t].item() for i, t in enumerate(ids)), abs=1e-4)
     assert "unknown lm-eval task" in _error(capsys, ["eval", "lm-eval", "--ckpt", str(ckpt), "--tasks", "nope",
                                                       "--include-path", str(tasks_dir)])
+
+
+def test_predictions_path_is_checked_before_fine_tuning(ckpt, tmp_path, capsys, monkeypatch):
+    def never(*a, **k):
+        raise AssertionError("fine-tuning started despite an unusable --predictions path")
+
+    monkeypatch.setattr(ev, "run_xsum", never)
+    xsum = ["eval", "xsum", "--ckpt", str(ckpt), "--data", str(XSUM), "--epochs", "1", "--predictions"]
+    missing = tmp_path / "nodir" / "p.jsonl"
+    assert f"--predictions {missing}: directory {missing.parent} does not exist" in _error(capsys, [*xsum, str(missing)])
+    assert f"--predictions {tmp_path}: is a directory" in _error(capsys, [*xsum, str(tmp_path)])
+    assert not missing.parent.exists()
+
+
+def test_lm_eval_arguments_are_checked_up_front(ckpt, tmp_path, capsys):
+    # checked before lm-eval is imported or the model loaded, so this runs without the optional extra
+    lm = ["eval", "lm-eval", "--ckpt", str(ckpt), "--tasks", "t", "--include-path", str(tmp_path)]
+    for limit in ("-1", "0", "2.5", "nan", "inf"):
+        err = _error(capsys, [*lm, "--limit", limit])
+        assert "--limit must be a whole number of examples ≥ 1 or a fraction in (0, 1), got" in err
+    assert "--batch-size must be ≥ 1, got 0" in _error(capsys, [*lm, "--batch-size", "0"])
+    assert "--num-fewshot must be ≥ 0, got -1" in _error(capsys, [*lm, "--num-fewshot", "-1"])
+    assert ev._check_limit(0.25) == 0.25 and ev._check_limit(3.0) == 3 and isinstance(ev._check_limit(3.0), int)
+
+
+def test_ppl_without_data_says_what_perplexity_needs(ckpt, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no data/builtin here
+    err = _error(capsys, ["eval", "ppl", "--ckpt", str(ckpt)])
+    assert "no data to measure perplexity on: give --data" in err and "routing" not in err
+
+
+@pytest.mark.parametrize("stride", ["0", "-3", "64"])
+def test_ppl_stride_zero_is_an_error_not_the_default(ckpt, tmp_path, capsys, stride):
+    text = tmp_path / "t.txt"
+    text.write_text("Some text to score, long enough for a few windows of the tiny model.")
+    err = _error(capsys, ["eval", "ppl", "--ckpt", str(ckpt), "--data", str(text), "--stride", stride])
+    assert f"--stride must be in [1, n_ctx - 1 = 63], got {stride}" in err
+    with pytest.raises(ev.MomError, match="got 0"):
+        ev.perplexity(MoM(tiny_config(n_ctx=16)), list(range(20)), stride=0)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_non_finite_float_options_are_refused(ckpt, capsys, value):
+    xsum = ["eval", "xsum", "--ckpt", str(ckpt), "--data", str(XSUM), "--epochs", "1", "--beams", "2"]
+    # --opt=value: argparse would read a separate "-inf" as an option name
+    assert f"--length-penalty must be a finite number, got {value}" in _error(capsys, [*xsum, f"--length-penalty={value}"])
+    assert "--weight-decay must be a finite number ≥ 0" in _error(capsys, [*xsum, f"--weight-decay={value}"])
+    assert "--lr must be a positive number" in _error(capsys, [*xsum, f"--lr={value}"])
+    assert "--warmup must be a fraction of the updates in [0, 1)" in _error(capsys, [*xsum, f"--warmup={value}"])
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--warmup", "2", "--warmup must be a fraction of the updates in [0, 1), got 2"),
+    ("--warmup=-0.1", None, "--warmup must be a fraction of the updates in [0, 1), got -0.1"),
+    ("--weight-decay=-1", None, "--weight-decay must be a finite number ≥ 0, got -1"),
+    ("--max-len", "1", "--max-len must be ≥ 2, got 1"),
+])
+def test_glue_option_errors_name_the_option_and_its_range(ckpt, capsys, option, value, message):
+    extra = [option] if value is None else [option, value]  # a negative value goes in as --opt=value
+    err = _error(capsys, ["eval", "glue", "--ckpt", str(ckpt), "--task", "rt-polarity", *extra])
+    assert message in err
+
+
+def test_xsum_decoding_option_errors_name_the_option(ckpt, capsys):
+    xsum = ["eval", "xsum", "--ckpt", str(ckpt), "--data", str(XSUM)]
+    assert "--beams must be ≥ 1, got 0" in _error(capsys, [*xsum, "--beams", "0"])
+    assert "--max-new-tokens must be ≥ 1, got 0" in _error(capsys, [*xsum, "--max-new-tokens", "0"])
+
+
+def test_glue_max_len_above_n_ctx_is_capped_and_recorded(ckpt, capsys):
+    argv = ["eval", "glue", "--ckpt", str(ckpt), "--task", "sst2", "--data", str(GLUE / "SST-2"), "--epochs", "1",
+            "--max-train", "2", "--max-eval", "2", "--json"]
+    assert main([*argv, "--max-len", "1000"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["params"]["max_len"] == 64  # what was used, not what was asked for
+    assert "mom: note: --max-len 1000 is more than the model's n_ctx; using 64" in err
+    assert main(argv) == 0  # the default 128 is capped too, without a note
+    out, err = capsys.readouterr()
+    assert json.loads(out)["params"]["max_len"] == 64 and "note" not in err

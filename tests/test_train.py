@@ -344,7 +344,7 @@ def cli_setup(tmp_path_factory, data_dir, phase1):
 
 
 @pytest.mark.parametrize("case", ["missing-data", "id-over-vocab", "empty-bin", "unmappable-init", "width-init",
-                                  "resume-other-config", "resume-other-data", "resume-nothing", "exists",
+                                  "resume-other-config", "resume-other-model-field", "resume-other-data", "resume-nothing", "exists",
                                   "bad-train-field"])
 def test_cli_errors_are_one_line_exit_2_and_write_nothing(cli_setup, case, tmp_path):
     s = cli_setup
@@ -363,6 +363,8 @@ def test_cli_errors_are_one_line_exit_2_and_write_nothing(cli_setup, case, tmp_p
                         "--data", s["data"], "--out", out], "d_model is 32 but the config"),
         "resume-other-config": (["--config", s["d"] / "vanilla.json", "--model.n_head", "2", "--out", s["phase1"],
                                  "--resume"], "was trained with a different model config (n_head: 4 in the run, 2 now)"),
+        "resume-other-model-field": (["--out", s["phase1"], "--resume", "--model.n_head", "2"],
+                                     "was trained with a different model config (n_head: 4 in the run, 2 now)"),
         "resume-other-data": (["--out", s["phase1"], "--resume", "--data", s["other"]],
                               "is not the run's data (train split: 3,000 tokens, the run had 20,000)"),
         "resume-nothing": (["--config", s["d"] / "vanilla.json", "--out", out, "--resume"],
@@ -392,6 +394,9 @@ def test_cli_resume_of_a_finished_run_is_a_no_op(cli_setup, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "already finished (6 of 6 steps)" in r.stdout
     assert (run / "metrics.jsonl").read_text() == before
+    # --model.X without --config is checked against the run's own config (docs/training.md); a matching one passes
+    r = cli("train", "--out", run, "--resume", "--model.n_head", "4", "--no-progress", cwd=tmp_path)
+    assert r.returncode == 0 and "already finished" in r.stdout, r.stderr
 
 
 # ---------------------------------------------------------------------------------------------- DDP
