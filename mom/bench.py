@@ -194,6 +194,9 @@ def bench_step(config: str = "K2H2S", mode: str = "train", batch: int = 4, seq_l
     cfg = resolve_config(config)
     if overrides:
         cfg = cfg.replace(**overrides)
+    if seq_len > cfg.n_ctx:
+        raise ConfigError(f"--seq-len {seq_len} exceeds {cfg.name}'s context length n_ctx={cfg.n_ctx} "
+                          "(raise it with --model.n_ctx)")
     dense_cfg = vanilla_with_layers(cfg, active_layers(cfg))
     amp = bench_autocast(device)
     configs = {"mom_grouped": cfg.replace(dispatch="grouped"), "mom_loop": cfg.replace(dispatch="loop"),
@@ -307,6 +310,10 @@ def format_step(r: dict) -> str:
 
 
 def cmd_bench(args, overrides) -> int:
+    from mom.analysis import check_positive
+
+    for name in ("batch", "seq_len", "new_tokens", "prompt_len", "rounds"):
+        check_positive("--" + name.replace("_", "-"), getattr(args, name))
     if args.what == "decode":
         r = bench_decode(args.config or "tiny-mom", args.new_tokens, args.prompt_len, args.rounds, device=args.device,
                          compile=args.compile)

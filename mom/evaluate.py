@@ -988,7 +988,7 @@ def cli_lm_eval(args: argparse.Namespace, overrides) -> int:
 def cli_export_proxy(args: argparse.Namespace, overrides) -> int:
     from mom.tasks import export_proxy
 
-    sizes = export_proxy(args.task, args.out)
+    sizes = export_proxy(args.task, args.out, overwrite=args.force)
     fmt = {"rt-polarity": "SST-2 tsv", "bible-para": "MRPC tsv", "news-xsum": "XSUM jsonl"}[args.task.lower()]
     print(f"wrote {args.task} ({fmt}: " + ", ".join(f"{k} {v:,}" for k, v in sizes.items()) + f") to {args.out}")
     return 0
@@ -1073,5 +1073,6 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     e = sub.add_parser("export-proxy", help="write an offline proxy in its real format (GLUE tsv / XSUM jsonl)")
     e.add_argument("--task", required=True, choices=["rt-polarity", "bible-para", "news-xsum"])
     e.add_argument("--out", required=True, metavar="DIR")
+    e.add_argument("--force", action="store_true", help="replace the task's files already in --out")
     e.set_defaults(func=cli_export_proxy, overrides=())
     return parser

@@ -599,14 +599,19 @@ def _write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def export_proxy(task: str, out: str | os.PathLike) -> dict[str, int]:
+def export_proxy(task: str, out: str | os.PathLike, overwrite: bool = False) -> dict[str, int]:
     """Write a proxy in its real format: ``rt-polarity`` as an SST-2 directory, ``bible-para`` as an MRPC
     directory (``train.tsv``, ``dev.tsv``), ``news-xsum`` as an XSUM directory (``train.jsonl``, ``test.jsonl``).
-    Reading the result back with the matching GLUE/XSUM loader gives the same examples. Returns the sizes."""
+    Reading the result back with the matching GLUE/XSUM loader gives the same examples. Returns the sizes.
+    Files of those names already in ``out`` are replaced only with ``overwrite``."""
     out = Path(out)
     name = task.lower()
     if name not in (*PROXY_TASKS, *SUMMARY_PROXIES):
         raise DataError(f"unknown proxy '{task}'; proxies: {', '.join([*PROXY_TASKS, *SUMMARY_PROXIES])}")
+    files = ("train.jsonl", "test.jsonl") if name == "news-xsum" else ("train.tsv", "dev.tsv")
+    existing = [f for f in files if (out / f).exists()]
+    if existing and not overwrite:
+        raise DataError(f"{out}: already holds {', '.join(existing)}; pass --force to replace them")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # a file in the way, no permission

@@ -49,3 +49,18 @@ def test_bench_compile_mode_is_checked_and_reported():
     r = bench_step("tiny-mom", "forward", batch=1, seq_len=16, rounds=1, warmup=1, overrides=TINY, only=("dense",),
                    compile=True, compile_mode="max-autotune-no-cudagraphs")
     assert r["compile_mode"] == "max-autotune-no-cudagraphs" and "(max-autotune-no-cudagraphs)" in format_step(r)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["bench", "forward", "--config", "tiny", "--batch", "0"], "--batch must be ≥ 1, got 0"),
+    (["bench", "forward", "--config", "tiny", "--rounds", "0"], "--rounds must be ≥ 1, got 0"),
+    (["bench", "decode", "--new-tokens", "0"], "--new-tokens must be ≥ 1, got 0"),
+    (["bench", "train", "--config", "tiny", "--seq-len", "100000"], "--seq-len 100000 exceeds tiny's context length"),
+])
+def test_bench_sizes_are_checked(args, message, capsys):
+    # found by a user audit: a traceback, or "inf ms/step" with exit 0
+    from mom.cli import main
+
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mom: error: ") and message in err and err.count("\n") == 1, err

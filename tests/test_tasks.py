@@ -2,6 +2,7 @@
 proxies (sizes, determinism, recipes) and their export in the real formats."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -245,3 +246,13 @@ def test_export_news_xsum_round_trips(tmp_path):
     assert back.train == built.train and back.test == built.test
     first = json.loads((tmp_path / "test.jsonl").read_text().split("\n")[0])
     assert set(first) == {"id", "document", "summary"}
+
+
+def test_export_proxy_never_overwrites_without_force(tmp_path):
+    # found by a user audit: exporting into a directory replaced the user's own train.tsv silently
+    (tmp_path / "train.tsv").write_text("mine\n")
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path}: already holds train.tsv; pass --force")):
+        tasks.export_proxy("rt-polarity", tmp_path)
+    assert (tmp_path / "train.tsv").read_text() == "mine\n" and not (tmp_path / "dev.tsv").exists()
+    tasks.export_proxy("rt-polarity", tmp_path, overwrite=True)
+    assert load_glue(tmp_path, "sst2").train
