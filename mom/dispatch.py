@@ -243,6 +243,9 @@ torch.library.register_autograd("mom::grouped_linear", _grouped_linear_backward,
 
 
 # ---------------------------------------------------------------------------------------------- row gathers
+# The autograd Functions below save their context in ``forward(ctx, ...)``, not in a separate ``setup_context``:
+# with one, every ``apply`` binds its arguments through ``inspect.signature`` (~75 µs), which was 18% of an eager
+# tiny-mom decode step (docs/log.md).
 class _GatherRows(torch.autograd.Function):
     """``x[idx]`` where every row of ``x`` is read exactly ``fan`` times, by the output rows ``inv.view(-1, fan)``.
 
@@ -252,13 +255,10 @@ class _GatherRows(torch.autograd.Function):
     grouped op may leave unspecified: pass it only then, see :func:`skip_rows_unspecified`)."""
 
     @staticmethod
-    def forward(x: Tensor, idx: Tensor, inv: Tensor, fan: int, keep: Tensor | None) -> Tensor:
+    def forward(ctx, x: Tensor, idx: Tensor, inv: Tensor, fan: int, keep: Tensor | None) -> Tensor:
+        ctx.save_for_backward(inv, keep)
+        ctx.fan = fan
         return x.index_select(0, idx)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        ctx.save_for_backward(inputs[2], inputs[4])
-        ctx.fan = inputs[3]
 
     @staticmethod
     def backward(ctx, g: Tensor):
@@ -273,8 +273,20 @@ class _GatherRows(torch.autograd.Function):
         return dx, None, None, None, None
 
 
+def _needs_grad(*tensors: Tensor) -> bool:
+    """Whether autograd would record an op on ``tensors``; when not (decoding), the Functions below are skipped for
+    their plain forward: ``apply`` costs ~30 µs of Python per call, a tenth of an eager tiny-mom decode step."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def gather_rows(x: Tensor, idx: Tensor, inv: Tensor, fan: int, keep: Tensor | None = None) -> Tensor:
+    if not _needs_grad(x):
+        return x.index_select(0, idx)
     return _GatherRows.apply(x, idx, inv, fan, keep)
+
+
+def _module_rows(p: Tensor, mod: Tensor) -> Tensor:
+    return p.index_select(0, mod.clamp(max=p.shape[0] - 1))  # SKIP (mod == N) reads row N-1: masked by callers
 
 
 class _GatherModuleRows(torch.autograd.Function):
@@ -286,13 +298,10 @@ class _GatherModuleRows(torch.autograd.Function):
     is unspecified, see :func:`skip_rows_unspecified`) they are zeroed first."""
 
     @staticmethod
-    def forward(p: Tensor, mod: Tensor, mask_skip: bool) -> Tensor:
-        return p.index_select(0, mod.clamp(max=p.shape[0] - 1))
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        ctx.save_for_backward(inputs[1])
-        ctx.n, ctx.mask_skip = inputs[0].shape[0], inputs[2]
+    def forward(ctx, p: Tensor, mod: Tensor, mask_skip: bool) -> Tensor:
+        ctx.save_for_backward(mod)
+        ctx.n, ctx.mask_skip = p.shape[0], mask_skip
+        return _module_rows(p, mod)
 
     @staticmethod
     def backward(ctx, g: Tensor):
@@ -304,6 +313,8 @@ class _GatherModuleRows(torch.autograd.Function):
 
 
 def gather_module_rows(p: Tensor, mod: Tensor, mask_skip: bool = True) -> Tensor:
+    if not _needs_grad(p):
+        return _module_rows(p, mod)
     return _GatherModuleRows.apply(p, mod, mask_skip)
 
 
@@ -316,18 +327,9 @@ class _CombinePicks(torch.autograd.Function):
     and SKIP picks have weight 0."""
 
     @staticmethod
-    def forward(ys_AO: Tensor, w_TK: Tensor, inv_A: Tensor, token_A: Tensor, slot_A: Tensor) -> Tensor:
-        T, K = w_TK.shape
-        w_TK = w_TK.to(ys_AO.dtype)
-        y_TO = ys_AO.index_select(0, inv_A[0::K]) * w_TK[:, :1]
-        for k in range(1, K):
-            y_TO = torch.addcmul(y_TO, ys_AO.index_select(0, inv_A[k::K]), w_TK[:, k:k + 1])
-        return y_TO
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        ys_AO, w_TK, inv_A, token_A, slot_A = inputs
+    def forward(ctx, ys_AO: Tensor, w_TK: Tensor, inv_A: Tensor, token_A: Tensor, slot_A: Tensor) -> Tensor:
         ctx.save_for_backward(ys_AO, w_TK, inv_A, token_A, slot_A)
+        return _combine_picks_forward(ys_AO, w_TK, inv_A)
 
     @staticmethod
     def backward(ctx, g_TO: Tensor):
@@ -341,7 +343,18 @@ class _CombinePicks(torch.autograd.Function):
         return dys_AO, dw_TK, None, None, None
 
 
+def _combine_picks_forward(ys_AO: Tensor, w_TK: Tensor, inv_A: Tensor) -> Tensor:
+    K = w_TK.shape[1]
+    wy_TK = w_TK.to(ys_AO.dtype)  # the weights in the outputs' dtype (bf16 under autocast)
+    y_TO = ys_AO.index_select(0, inv_A[0::K]) * wy_TK[:, :1]
+    for k in range(1, K):
+        y_TO = torch.addcmul(y_TO, ys_AO.index_select(0, inv_A[k::K]), wy_TK[:, k:k + 1])
+    return y_TO
+
+
 def combine_picks(ys_AO: Tensor, w_TK: Tensor, plan: "GroupedPlan") -> Tensor:
+    if not _needs_grad(ys_AO, w_TK):
+        return _combine_picks_forward(ys_AO, w_TK, plan.inv_A)
     return _CombinePicks.apply(ys_AO, w_TK, plan.inv_A, plan.token_A, plan.slot_A)
 
 
