@@ -480,8 +480,9 @@ class GroupedDispatcher:
         parts = xs_AD.split(plan.sizes)
         # With gradients, empty groups run too (on 0 rows): every module then gets a gradient, zero if unused, as
         # on the static path, so the optimiser treats modules alike on every device, even when a step's picks were
-        # all SKIP. Without (decoding), they are left out: a decode step picks K of N modules, and the empty
-        # calls' per-operator overhead was most of the module work (docs/log.md).
+        # all SKIP. Without (decoding), they are left out: a decode step picks K of N modules, and each empty call
+        # still costs a LayerNorm's and the matmuls' per-operator overhead (282 → 147 matmul calls per tiny-mom
+        # token, docs/log.md).
         grad = torch.is_grad_enabled()
         ys = [single(part, m) for m, part in enumerate(parts[:-1]) if grad or part.shape[0]]
         dtype = ys[0].dtype if ys else compute_dtype(x_TD)
