@@ -875,9 +875,11 @@ def cli_ppl(args: argparse.Namespace, overrides) -> int:
         raise MomError(f"--max-tokens must be ≥ 2, got {args.max_tokens}")
     if args.batch_size < 1:
         raise MomError(f"--batch-size must be ≥ 1, got {args.batch_size}")
+    from mom.analysis import DEFAULT_DATA_DIR, resolve_model_dir
+
+    ckpt = resolve_model_dir(args.ckpt)  # a missing checkpoint is named first, as by every other command
     data = args.data
     if data is None:
-        from mom.analysis import DEFAULT_DATA_DIR
 
         if not (DEFAULT_DATA_DIR / "val.bin").is_file():
             raise DataError("no data to measure perplexity on: give --data DIR|FILE (a dataset directory from "
@@ -885,7 +887,7 @@ def cli_ppl(args: argparse.Namespace, overrides) -> int:
                             f"built-in corpus with 'mom prepare --out {DEFAULT_DATA_DIR}'")
         data = DEFAULT_DATA_DIR
     device = pick_device(args.device)
-    model = load_model(args.ckpt, device)
+    model = load_model(ckpt, device)
     if args.stride is not None:
         _check_stride(args.stride, model.config.n_ctx)  # before reading and tokenising the data
     tokens, source = read_eval_tokens(data, args.split, model)
