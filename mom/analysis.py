@@ -456,13 +456,23 @@ def render_html(rep: RouteReport, embed_png: bool = True) -> str:
 
 
 # ================================================================================================ shared CLI helpers
+def check_output_file(path: str | os.PathLike, option: str | None = None) -> Path:
+    """A file a command will write: not a directory, in a directory that exists and is writable. Commands that write
+    at the end of long work call it up front, naming their ``option``; :func:`write_atomic` calls it again."""
+    path = Path(path)
+    where = f"{option} {path}" if option else str(path)
+    if path.is_dir():
+        raise MomError(f"{where}: is a directory; give a file name")
+    if not path.parent.is_dir():
+        raise MomError(f"{where}: directory {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise MomError(f"{where}: directory {path.parent} is not writable")
+    return path
+
+
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
     """:func:`mom.fileio.atomic_write` with every OS failure turned into one clear user error."""
-    path = Path(path)
-    if path.is_dir():
-        raise MomError(f"{path}: is a directory; give a file name")
-    if not path.parent.is_dir():
-        raise MomError(f"{path.parent}: output directory does not exist")
+    path = check_output_file(path)
     try:
         return atomic_write(path, data)
     except OSError as e:
@@ -579,8 +589,7 @@ def cli_routes(args: argparse.Namespace, overrides: dict[str, dict[str, str]]) -
     out = Path(args.out)
     if out.suffix.lower() not in OUT_FORMATS:
         raise MomError(f"--out {out}: unsupported extension '{out.suffix}' (use .png, .html or .json)")
-    if not out.parent.is_dir():
-        raise MomError(f"--out {out}: directory {out.parent} does not exist")
+    check_output_file(out, "--out")
     for name in ("seq_len", "windows", "batch_size", "max_tokens"):
         check_positive("--" + name.replace("_", "-"), getattr(args, name))
     device = pick_device(args.device)

@@ -910,17 +910,6 @@ def _params(cls, args) -> TrainParams:
     return cls(**fields)
 
 
-def _check_output_file(path: str | os.PathLike, option: str) -> None:
-    """A file the command will write at the end: its directory must exist and it must not be a directory."""
-    p = Path(path)
-    if p.is_dir():
-        raise MomError(f"{option} {p}: is a directory; give a file name")
-    if not p.parent.is_dir():
-        raise MomError(f"{option} {p}: directory {p.parent} does not exist")
-    if not os.access(p.parent, os.W_OK | os.X_OK):
-        raise MomError(f"{option} {p}: directory {p.parent} is not writable")
-
-
 def cli_glue(args: argparse.Namespace, overrides) -> int:
     from mom.tasks import load_classification
 
@@ -941,6 +930,7 @@ def cli_glue(args: argparse.Namespace, overrides) -> int:
 
 
 def cli_xsum(args: argparse.Namespace, overrides) -> int:
+    from mom.analysis import check_output_file, write_atomic
     from mom.tasks import SUMMARY_PROXIES, load_xsum, news_xsum
 
     device = pick_device(args.device)
@@ -948,7 +938,7 @@ def cli_xsum(args: argparse.Namespace, overrides) -> int:
     params.validate()
     seeds = _seeds(args.seeds)
     if args.predictions is not None:
-        _check_output_file(args.predictions, "--predictions")  # now, not after fine-tuning and decoding
+        check_output_file(args.predictions, "--predictions")  # now, not after fine-tuning and decoding
     load_model(args.ckpt)
     if args.task is not None:
         if args.task.lower() not in SUMMARY_PROXIES:
@@ -960,8 +950,6 @@ def cli_xsum(args: argparse.Namespace, overrides) -> int:
     report = run_xsum(args.ckpt, data, params=params, seeds=seeds, device=device,
                       log=_quiet if args.json else _stderr, keep_predictions=args.predictions is not None)
     if args.predictions is not None:
-        from mom.analysis import write_atomic
-
         rows = report.pop("predictions")
         write_atomic(args.predictions, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     sizes = ", ".join(f"{k} {v:,}" for k, v in report["sizes"].items())
