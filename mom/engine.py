@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -109,6 +110,10 @@ class SamplingParams:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):  # one stop string, not a set of one-character ones
+            self.stop = [self.stop]
+
     def validate(self) -> None:
         if self.max_new_tokens < 1:
             raise MomError(f"max_new_tokens must be ≥ 1, got {self.max_new_tokens}")
@@ -181,7 +186,9 @@ class Engine:
         return decode_generated(self.tok, ids)
 
     def _encode(self, prompts) -> tuple[list[str | None], list[list[int]]]:
-        if isinstance(prompts, (str, bytes)) or (prompts and isinstance(prompts[0], int)):
+        if isinstance(prompts, (Tensor, np.ndarray)):  # one prompt (1-D) or a batch of equal-length ones (2-D)
+            prompts = prompts.tolist()
+        if isinstance(prompts, (str, bytes)) or (prompts and isinstance(prompts[0], (int, np.integer))):
             prompts = [prompts]
         if not prompts:
             raise MomError("no prompts given")
@@ -192,6 +199,9 @@ class Engine:
                 ids.append(self.tok.encode_ordinary(p))
             else:
                 texts.append(None)
+                p = p.tolist() if isinstance(p, (Tensor, np.ndarray)) else p
+                if not isinstance(p, (list, tuple)) or not all(isinstance(t, (int, np.integer)) for t in p):
+                    raise MomError(f"prompt {i} must be a string or a sequence of integer token ids, got {p!r:.60}")
                 ids.append([int(t) for t in p])
             if not ids[-1]:
                 raise MomError(f"prompt {i} is empty")

@@ -250,6 +250,12 @@ class MoM(nn.Module):
         a small model's forward. ``return_hidden``: also return the final hidden states (after ln_f).
         """
         cfg = self.config
+        # Shape and dtype only: checking the ids' range would be a host sync per step (an id past the vocabulary
+        # fails in the embedding lookup).
+        if not isinstance(idx_BT, Tensor) or idx_BT.dim() != 2 or idx_BT.is_floating_point() or idx_BT.numel() == 0:
+            what = (f"a {type(idx_BT).__name__}" if not isinstance(idx_BT, Tensor)
+                    else f"shape {tuple(idx_BT.shape)}, dtype {idx_BT.dtype}")
+            raise ValueError(f"idx_BT must be a non-empty (batch, time) tensor of integer token ids, got {what}")
         B, T = idx_BT.shape
         if cache is None:
             if T > cfg.n_ctx:

@@ -863,7 +863,10 @@ def train(mcfg: MoMConfig | None, tcfg: TrainConfig | None, *, out: str | os.Pat
         if resume_from is None:
             if force and out.exists():
                 _clear_run(out)
-            out.mkdir(parents=True, exist_ok=True)
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+            except OSError as e:  # a file where a parent directory should be, no permission
+                raise MomError(f"{out}: cannot create the run directory ({e.strerror or e})") from None
             mcfg.save(out / "config.json")
             tcfg.save(out / "train_config.json")
             run_info = {"command": command, "init_from": init, "init": init_note, "data": str(data_dir),
@@ -1014,7 +1017,8 @@ def train(mcfg: MoMConfig | None, tcfg: TrainConfig | None, *, out: str | os.Pat
                 break
     except KeyboardInterrupt:
         latest = read_latest(out) if dist.is_main else None
-        say(f"interrupted after step {done}; continue from step {latest[0] if latest else 0} with --resume", bar)
+        say(f"interrupted after step {done}; " + (f"continue from step {latest[0]} with --resume" if latest else
+                                                  "no checkpoint yet: start over with --force"), bar)
         raise
     except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
         if not isinstance(e, (torch.OutOfMemoryError, MemoryError)) and not _is_host_oom(e):

@@ -218,3 +218,24 @@ def test_compiled_decode_equals_eager():
     eager = Engine(model).generate(prompts, max_new_tokens=10, temperature=0)
     compiled = Engine(model, compile=True).generate(prompts, max_new_tokens=10, temperature=0)
     assert [g.tokens for g in eager] == [g.tokens for g in compiled]
+
+
+def test_prompts_as_tensors_or_arrays_and_a_single_stop_string():
+    # found by a user audit: a tensor prompt raised "Boolean value of Tensor ... is ambiguous", numpy ids were
+    # "not iterable", and stop="ab" stopped at any 'a' or 'b'
+    import numpy as np
+
+    model = _model(FAMILIES["vanilla"])
+    ref = Engine(model).generate([[4, 5, 6]], max_new_tokens=3, temperature=0)[0].tokens
+    for prompt in (torch.tensor([4, 5, 6]), torch.tensor([[4, 5, 6]]), np.array([4, 5, 6]), list(np.array([4, 5, 6]))):
+        assert Engine(model).generate(prompt, max_new_tokens=3, temperature=0)[0].tokens == ref
+    with pytest.raises(MomError, match="prompt 0 must be a string or a sequence of integer token ids"):
+        Engine(model).generate([[1.0, 2.0]])
+    assert SamplingParams(stop="ON ON").stop == ["ON ON"]
+
+
+@pytest.mark.parametrize("idx", [torch.tensor([1, 2, 3]), torch.ones(1, 3), torch.zeros(1, 0, dtype=torch.long),
+                                 [[1, 2, 3]]])
+def test_model_input_must_be_a_2d_integer_tensor(idx):
+    with pytest.raises(ValueError, match="idx_BT must be a non-empty \\(batch, time\\) tensor of integer token ids"):
+        _model(FAMILIES["vanilla"])(idx)

@@ -20,7 +20,7 @@ import torch
 
 import mom.train as train_mod
 from mom.config import MoMConfig, TrainConfig
-from mom.errors import CheckpointError, ConfigError
+from mom.errors import CheckpointError, ConfigError, MomError
 from mom.model import MoM
 from mom.train import lr_at, read_latest, read_metrics, train
 from tests.conftest import write_tokens
@@ -441,3 +441,21 @@ def test_gloo_two_processes_match_one_process(tmp_path, data_dir, parallel):
     assert res.finished and read_latest(cont)[0] == 6
     wc = MoM.from_pretrained(cont).state_dict()
     assert max((wc[k] - wb[k]).abs().max().item() for k in wc) < 1e-4
+
+
+def test_an_out_below_a_file_is_one_error_and_an_early_interrupt_points_to_force(tmp_path, data_dir, monkeypatch,
+                                                                                 capsys):
+    # found by a user audit: `--out afile/sub` ended in a NotADirectoryError traceback, and an interrupt before the
+    # first checkpoint advised a --resume that could only fail ("no checkpoint to resume from")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(MomError, match="afile/sub: cannot create the run directory"):
+        train(vanilla_cfg(), tcfg(max_steps=2), out=tmp_path / "afile" / "sub", data=str(data_dir), progress=False)
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "_full", interrupt)  # called once per step, inside the training loop
+    with pytest.raises(KeyboardInterrupt):
+        train(vanilla_cfg(), tcfg(max_steps=4, ckpt_interval=0, eval_interval=0), out=tmp_path / "run",
+              data=str(data_dir), progress=False)
+    assert "interrupted after step 0; no checkpoint yet: start over with --force" in capsys.readouterr().out
