@@ -228,9 +228,11 @@ class Engine:
         cfg = self.model.config
         device = next(self.model.parameters()).device
         longest = max(len(x) for x in ids)
-        if longest + p.max_new_tokens > cfg.n_ctx:
+        # The last new token is sampled, never fed back: the model sees at most longest + max_new_tokens - 1.
+        seen = longest + p.max_new_tokens - 1
+        if seen > cfg.n_ctx:
             raise MomError(f"prompt ({longest} tokens) + max_new_tokens ({p.max_new_tokens}) exceed the context "
-                           f"length n_ctx={cfg.n_ctx}")
+                           f"length n_ctx={cfg.n_ctx} by {seen - cfg.n_ctx}")
         B = len(ids)
         pads = [longest - len(x) for x in ids]
         idx_BT = torch.tensor([[0] * pad + x for pad, x in zip(pads, ids)], device=device)  # pads: any id, never keys
@@ -239,9 +241,9 @@ class Engine:
             gen = torch.Generator(device=device).manual_seed(p.seed)
         out_tokens: list[list[int]] = [[] for _ in range(B)]
         finish = [None] * B
-        cache = KVCache(self.model, B, longest + p.max_new_tokens, pad_lengths=pads) if self.use_cache else None
+        cache = KVCache(self.model, B, seen, pad_lengths=pads) if self.use_cache else None
         logits_BV = self._logits(idx_BT, cache, pads)
-        for _ in range(p.max_new_tokens):
+        for i in range(p.max_new_tokens):
             nxt_B = sample_next(logits_BV, p, gen)
             step: list[int | None] = []
             for b, t in enumerate(nxt_B.tolist()):
@@ -255,8 +257,8 @@ class Engine:
                 elif p.stop and texts[b] is not None and any(s in self.decode(out_tokens[b]) for s in p.stop):
                     finish[b] = "stop"
             yield step
-            if all(f is not None for f in finish):
-                break
+            if all(f is not None for f in finish) or i + 1 == p.max_new_tokens:
+                break  # (after the last token: no forward whose logits nothing would read)
             if cache is not None:
                 logits_BV = self._decode(nxt_B.unsqueeze(1), cache=cache).logits[:, -1]
             else:  # the uncached reference recomputes the whole sequence

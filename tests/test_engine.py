@@ -239,3 +239,21 @@ def test_prompts_as_tensors_or_arrays_and_a_single_stop_string():
 def test_model_input_must_be_a_2d_integer_tensor(idx):
     with pytest.raises(ValueError, match="idx_BT must be a non-empty \\(batch, time\\) tensor of integer token ids"):
         _model(FAMILIES["vanilla"])(idx)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_the_last_token_is_not_fed_back_so_the_whole_context_is_usable(use_cache):
+    # found by a user audit: every call ran one forward whose logits nothing read, and a prompt of n_ctx tokens
+    # could not get even one new token
+    model = _model(FAMILIES["mom-gru-K2-H6"])
+    n_ctx = model.config.n_ctx
+    calls = []
+    model.register_forward_pre_hook(lambda m, a: calls.append(1))
+    engine = Engine(model, use_cache=use_cache)
+    g = engine.generate([list(range(1, n_ctx + 1))], max_new_tokens=1, temperature=0)[0]
+    assert len(g.tokens) == 1 and len(calls) == 1  # the prompt's forward only
+    calls.clear()
+    g = engine.generate([list(range(1, n_ctx - 2))], max_new_tokens=4, temperature=0)[0]
+    assert len(g.tokens) == 4 and len(calls) == 4  # prompt, then 3 of the 4 new tokens fed back
+    with pytest.raises(MomError, match=f"exceed the context length n_ctx={n_ctx} by 1"):
+        engine.generate([list(range(1, n_ctx + 1))], max_new_tokens=2)
