@@ -464,7 +464,8 @@ def check_output_file(path: str | os.PathLike, option: str | None = None) -> Pat
     if path.is_dir():
         raise MomError(f"{where}: is a directory; give a file name")
     if not path.parent.is_dir():
-        raise MomError(f"{where}: directory {path.parent} does not exist")
+        state = "is not a directory" if path.parent.exists() else "does not exist"
+        raise MomError(f"{where}: directory {path.parent} {state}")
     if not os.access(path.parent, os.W_OK | os.X_OK):
         raise MomError(f"{where}: directory {path.parent} is not writable")
     return path
@@ -494,6 +495,8 @@ def pick_device(spec: str | None) -> torch.device:
 def resolve_model_dir(spec: str | os.PathLike) -> Path:
     """A model directory (``model.safetensors`` + ``config.json``) or a training run's latest checkpoint."""
     path = Path(spec)
+    if path.is_file():
+        raise CheckpointError(f"{path}: is a file; give the model or run directory that holds it")
     if not path.is_dir():
         raise CheckpointError(f"{path}: checkpoint directory not found")
     if (path / "model.safetensors").is_file():

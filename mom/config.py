@@ -529,7 +529,7 @@ class TrainConfig(_JsonConfig):
     eps: float = 1e-5
     weight_decay: float = 0.1  # on matmul weights and embeddings; never on LayerNorms or biases
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping (the norm is still logged)
-    eval_interval: int = 200  # steps between validation passes (also at step 0 and at the end); 0 = only at the end
+    eval_interval: int = 200  # steps between validation passes (also at step 0 and at the end); 0 = at those two only
     eval_tokens: int = 65536  # validation tokens per pass (consecutive windows from the start); 0 = the whole split
     log_interval: int = 10  # steps between metrics.jsonl rows with routing statistics
     ckpt_interval: int = 500  # steps between checkpoints (also at the end); 0 = only at the end

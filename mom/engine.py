@@ -79,6 +79,10 @@ class KVCache:
             raise MomError(f"{max_len} tokens exceed the model's context length n_ctx={cfg.n_ctx}")
         p = next(model.parameters())
         device, dtype = device or p.device, dtype or p.dtype
+        if batch_size < 1 or max_len < 1:
+            raise MomError(f"a KV cache needs batch_size ≥ 1 and max_len ≥ 1, got {batch_size} and {max_len}")
+        if pad_lengths is not None and len(pad_lengths) != batch_size:
+            raise MomError(f"pad_lengths has {len(pad_lengths)} entries for a batch of {batch_size}")
         self.max_len = max_len
         self.pos_t = torch.zeros((), dtype=torch.long, device=device)
         pads = torch.tensor(list(pad_lengths) if pad_lengths is not None else [0] * batch_size, device=device)

@@ -313,6 +313,8 @@ class MoM(nn.Module):
         from safetensors.torch import save_file
 
         directory = Path(directory)
+        if directory.exists() and not directory.is_dir():
+            raise CheckpointError(f"{directory}: exists and is not a directory")
         state = self.state_dict() if state_dict is None else state_dict
         tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
         meta = {"format": MODEL_FORMAT, "config": json.dumps(self.config.to_dict())}
@@ -327,6 +329,8 @@ class MoM(nn.Module):
         """Load a model saved by :meth:`save_pretrained`. ``overrides`` may change non-shape fields
         (e.g. ``dispatch="loop"``)."""
         directory = Path(directory)
+        if directory.is_file():
+            raise CheckpointError(f"{directory}: is a file; give the model directory that holds it")
         if not directory.is_dir():
             raise CheckpointError(f"{directory}: model directory not found")
         cfg_path, weights = directory / "config.json", directory / "model.safetensors"

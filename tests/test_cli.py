@@ -140,3 +140,22 @@ def test_a_closed_pipe_ends_quietly_and_a_full_disk_is_one_line():
         full = _cli_with_stdout("os.dup2(os.open('/dev/full', os.O_WRONLY), 1)", "configs", "--json")
         assert full.returncode == 2 and full.stderr.startswith("mom: error: No space left on device")
         assert full.stderr.count("\n") == 1 and "Traceback" not in full.stderr
+
+
+def test_a_file_where_a_directory_belongs_is_named_as_such(tmp_path, capsys):
+    # found by a user audit: "checkpoint directory not found" for an existing file, "directory X does not exist"
+    # for a parent that is a file, and a raw FileExistsError from save_pretrained
+    from mom.analysis import check_output_file, resolve_model_dir
+    from mom.config import preset
+    from mom.errors import MomError
+
+    f = tmp_path / "afile"
+    f.write_text("x")
+    with pytest.raises(MomError, match="afile: is a file; give the model or run directory that holds it"):
+        resolve_model_dir(f)
+    with pytest.raises(MomError, match="afile: is a file; give the model directory that holds it"):
+        MoM.from_pretrained(f)
+    with pytest.raises(MomError, match="directory .*afile is not a directory"):
+        check_output_file(f / "routes.png", "--out")
+    with pytest.raises(MomError, match="afile: exists and is not a directory"):
+        MoM(preset("tiny").replace(n_ctx=16, d_model=32, n_head=2, vocab_size=97)).save_pretrained(f)

@@ -257,3 +257,15 @@ def test_the_last_token_is_not_fed_back_so_the_whole_context_is_usable(use_cache
     assert len(g.tokens) == 4 and len(calls) == 4  # prompt, then 3 of the 4 new tokens fed back
     with pytest.raises(MomError, match=f"exceed the context length n_ctx={n_ctx} by 1"):
         engine.generate([list(range(1, n_ctx + 1))], max_new_tokens=2)
+
+
+@pytest.mark.parametrize("args, kw, message", [
+    ((0, 8), {}, "batch_size ≥ 1 and max_len ≥ 1, got 0 and 8"),
+    ((1, 0), {}, "batch_size ≥ 1 and max_len ≥ 1, got 1 and 0"),
+    ((2, 8), dict(pad_lengths=[0]), "pad_lengths has 1 entries for a batch of 2"),
+])
+def test_kv_cache_sizes_are_checked(args, kw, message):
+    from mom.engine import KVCache
+
+    with pytest.raises(MomError, match=message):
+        KVCache(_model(FAMILIES["vanilla"]), *args, **kw)
