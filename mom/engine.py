@@ -119,6 +119,15 @@ class SamplingParams:
             self.stop = [self.stop]
 
     def validate(self) -> None:
+        # Types first: a float count or a string would otherwise fail deep inside torch with an unrelated message.
+        for name, integer in (("max_new_tokens", True), ("top_k", True), ("seed", True), ("temperature", False),
+                              ("top_p", False)):
+            v = getattr(self, name)
+            if v is None and name in ("top_k", "seed", "top_p"):
+                continue
+            kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
+            if isinstance(v, bool) or not isinstance(v, kinds):
+                raise MomError(f"{name} must be {'an integer' if integer else 'a number'}, got {v!r}")
         if self.max_new_tokens < 1:
             raise MomError(f"max_new_tokens must be ≥ 1, got {self.max_new_tokens}")
         if not 0 <= self.temperature < float("inf"):

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from mom.config import MoMConfig
 from mom.fileio import atomic_write, verify_manifest, write_manifest
 from mom.dispatch import make_dispatcher
-from mom.errors import CheckpointError, ConfigError
+from mom.errors import CheckpointError, ConfigError, MomError
 from mom.modules import ModulePool, ModuleSlices, causal_attention
 from mom.routers import (ROUTERS, Route, balance_loss, balance_stats, candidate_mask, capacity_cutoff, select,
                           static_route, z_loss)
@@ -333,6 +333,8 @@ class MoM(nn.Module):
             raise CheckpointError(f"{directory}: is a file; give the model directory that holds it")
         if not directory.is_dir():
             raise CheckpointError(f"{directory}: model directory not found")
+        if torch.device(map_location).type == "cuda" and not torch.cuda.is_available():
+            raise MomError(f"map_location={map_location!r}: no CUDA device is available")
         cfg_path, weights = directory / "config.json", directory / "model.safetensors"
         if not cfg_path.is_file():
             raise CheckpointError(f"{cfg_path}: missing (is {directory} a mom model directory?)")

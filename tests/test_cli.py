@@ -157,5 +157,9 @@ def test_a_file_where_a_directory_belongs_is_named_as_such(tmp_path, capsys):
         MoM.from_pretrained(f)
     with pytest.raises(MomError, match="directory .*afile is not a directory"):
         check_output_file(f / "routes.png", "--out")
+    if not torch.cuda.is_available():
+        MoM(preset("tiny").replace(n_ctx=16, d_model=32, n_head=2, vocab_size=97)).save_pretrained(tmp_path / "m")
+        with pytest.raises(MomError, match="map_location='cuda': no CUDA device is available"):
+            MoM.from_pretrained(tmp_path / "m", map_location="cuda")
     with pytest.raises(MomError, match="afile: exists and is not a directory"):
         MoM(preset("tiny").replace(n_ctx=16, d_model=32, n_head=2, vocab_size=97)).save_pretrained(f)

@@ -104,6 +104,9 @@ def test_streaming_yields_the_same_tokens():
         ([[1]], dict(top_k=0), "top_k must be ≥ 1"),
         ([[1000]], dict(), "token id 1000 outside the vocabulary"),
         ([[1]], dict(seed=2**64), "seed must be between"),  # found by tests/test_fuzz.py (was a torch overflow)
+        ([[1]], dict(max_new_tokens=2.5), "max_new_tokens must be an integer, got 2.5"),  # found by a user audit
+        ([[1]], dict(top_k="3"), "top_k must be an integer, got '3'"),
+        ([[1]], dict(temperature=None), "temperature must be a number, got None"),
     ],
 )
 def test_bad_generation_input(prompts, params, message):
