@@ -79,10 +79,9 @@ def _layout(cfg) -> str:
 
 
 def cmd_configs(args, overrides) -> int:
+    from mom.analysis import check_positive
     from mom.config import preset_names
     from mom.flops import count
-
-    from mom.analysis import check_positive
 
     check_positive("--seq-len", args.seq_len)
     names = [args.config] if args.config else preset_names()
@@ -156,7 +155,6 @@ def cmd_convert(args, overrides) -> int:
 # ---------------------------------------------------------------------------------------------- generate
 def cmd_generate(args, overrides) -> int:
     from mom.engine import Engine, SamplingParams
-    from mom.model import MoM
 
     prompts = list(args.prompt or [])
     if args.prompt_file:
@@ -171,13 +169,11 @@ def cmd_generate(args, overrides) -> int:
         raise MomError("no prompt: give --prompt TEXT or --prompt-file FILE")
     if any(not p.strip() for p in prompts):
         raise MomError("empty prompt")
-    from mom.analysis import pick_device
-
-    from mom.analysis import resolve_model_dir
+    from mom.analysis import load_model, pick_device
 
     device = pick_device(args.device)  # like every other command: auto, and one line for a device that is not there
     # A model directory, or a training run (finished or not: its latest checkpoint), as for eval, flops and prune.
-    model = MoM.from_pretrained(resolve_model_dir(args.ckpt), map_location=device, **overrides["model"])
+    model = load_model(args.ckpt, device, **overrides["model"])
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                             top_p=args.top_p, seed=args.seed, stop=args.stop or [])
     engine = Engine(model, use_cache=not args.no_cache, compile=args.compile)

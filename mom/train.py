@@ -1180,11 +1180,11 @@ def cli_train(args: argparse.Namespace, overrides: dict[str, dict[str, str]]) ->
         raise MomError("--resume needs --out RUN_DIR")
     if not args.config and not args.resume:
         raise MomError("--config is required (a preset such as tiny or tiny-mom, a JSON config, or a run directory)")
+    # Resuming with a few --model.X or --train.X and no config: compare just those against the run's own configs.
+    run = read_latest(Path(args.out)) if args.resume and Path(args.out).is_dir() else None
     mcfg = resolve_config(args.config) if args.config else None
-    if mcfg is None and model_over:
-        # Resuming with a few --model.X: compare just those against the run's own model config (as --train.X).
-        run = read_latest(Path(args.out)) if Path(args.out).is_dir() else None
-        mcfg = MoMConfig.load(run[1] / "config.json") if run else None
+    if mcfg is None and model_over and run:
+        mcfg = MoMConfig.load(run[1] / "config.json")
     if mcfg is not None and model_over:
         mcfg = mcfg.replace(**model_over)
     out = Path(args.out or Path("runs") / mcfg.name)
@@ -1192,8 +1192,6 @@ def cli_train(args: argparse.Namespace, overrides: dict[str, dict[str, str]]) ->
     if args.train_config or not args.resume:
         tcfg = resolve_train_config(args.train_config or "default")
     elif train_over:
-        # Resuming with a few --train.X: compare just those against the run's own train config.
-        run = read_latest(out) if out.is_dir() else None
         tcfg = TrainConfig.load(run[1] / "train_config.json") if run else TrainConfig()
     if tcfg is not None and train_over:
         tcfg = tcfg.replace(**train_over)
