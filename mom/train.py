@@ -921,7 +921,9 @@ def train(mcfg: MoMConfig | None, tcfg: TrainConfig | None, *, out: str | os.Pat
 
     def run_eval(step: int) -> float:
         t0 = time.perf_counter()
-        loss = evaluate(fwd if not dist.enabled else model, batches, tcfg.eval_tokens, amp, lockstep=fsdp)
+        # Always the uncompiled model: a compiled one would compile a second graph for no-grad evaluation (and a
+        # third for a shorter last batch), which costs far more than one pass over eval_tokens saves.
+        loss = evaluate(model, batches, tcfg.eval_tokens, amp, lockstep=fsdp)
         log({"type": "val", "step": step, "tokens": tokens_seen, "val_loss": loss, "val_ppl": math.exp(min(loss, 50)),
              "seconds": round(time.perf_counter() - t0, 3)})
         say(f"step {step}: val loss {loss:.4f} (ppl {math.exp(min(loss, 50)):.1f})", bar)
@@ -954,10 +956,12 @@ def train(mcfg: MoMConfig | None, tcfg: TrainConfig | None, *, out: str | os.Pat
                 sync = micro == accum - 1 or not dist.enabled
                 with (contextlib.nullcontext() if sync else _no_grad_sync(fwd, fsdp)):
                     with _autocast(device, amp):
-                        res = fwd(x_BT, y_BT, return_routes=want_routes and micro == 0)
+                        # A compiled forward is specialised on return_routes, so it always returns them (tensors
+                        # the step computes anyway): one graph instead of one for logging steps and one for others.
+                        res = fwd(x_BT, y_BT, return_routes=tcfg.compile or (want_routes and micro == 0))
                     ((res.loss + res.aux_loss) / accum).backward()
                 window.add_micro(res, accum)
-                if res.routes is not None:
+                if want_routes and micro == 0:
                     routes = res.routes
             # The norm first, clipping after the check: clipping by a NaN norm would smear NaN over every gradient
             # and hide which parameters went bad. (clip_grad_norm_ is exactly these two calls.)

@@ -159,6 +159,29 @@ def test_metrics_have_routing_statistics(tmp_path, data_dir):
     assert (out / "routing.png").is_file()
 
 
+def test_compiled_training_compiles_one_graph(tmp_path, data_dir, monkeypatch):
+    """--train.compile traces the training step once: evaluation runs uncompiled (a no-grad graph and a short last
+    batch would each compile again), and routes are returned at every step, not only on logging steps. Counted with
+    dynamo's eager backend (tracing only), so the test is fast; results must equal an uncompiled run."""
+    from torch._dynamo.testing import CompileCounter
+
+    counter, real_compile = CompileCounter(), torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(model, backend=counter))
+    torch._dynamo.reset()
+    settings = dict(max_steps=4, eval_interval=2, eval_tokens=200, ckpt_interval=0, log_interval=2)
+    runs = {}
+    for compiled in (True, False):
+        out = tmp_path / f"compile-{compiled}"
+        train(mom_cfg(top_k=2), tcfg(compile=compiled, **settings), out=out, data=str(data_dir), progress=False)
+        runs[compiled] = read_metrics(out)
+    assert counter.frame_count == 1
+    assert [r["step"] for r in runs[True] if "routing" in r] == [2, 4]
+    for a, b in zip(runs[True], runs[False], strict=True):
+        for key in ("val_loss", "loss", "grad_norm"):
+            if key in a:
+                assert a[key] == pytest.approx(b[key], rel=1e-5), (key, a["step"])
+
+
 def test_routing_stats_counts_picks():
     from mom.model import RouteRecord
 
