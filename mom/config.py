@@ -537,7 +537,7 @@ class TrainConfig(_JsonConfig):
     seed: int = 1337  # initialisation, and with the step number the data order
     device: str = "auto"  # auto (cuda if available, else cpu), cpu, cuda, cuda:N, mps
     dtype: DeviceDtype = "auto"  # auto = bf16 autocast on CUDA, float32 elsewhere
-    compile: bool = False  # torch.compile the model
+    compile: bool = False  # torch.compile the training step (evaluation runs uncompiled)
     parallel: Parallel = "ddp"  # under torchrun: ddp (replicas) or fsdp (FSDP2: sharded gradients and AdamW state)
     max_bad_steps: int = 3  # stop after this many optimiser steps in a row skipped for a non-finite loss or gradient
     collapse_share: float = 0.9  # router collapse: one module picked by more than this fraction of the tokens …
