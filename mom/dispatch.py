@@ -422,6 +422,14 @@ def counting_sort(keys_A: Tensor, m: int) -> tuple[Tensor, Tensor, Tensor]:
     return order_A, inv_A, counts_M.long()
 
 
+def argsort_small(keys_A: Tensor, m: int) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`counting_sort`'s results from one stable sort and a ``bincount`` (fewer ops: cheaper for small A on
+    the CPU, where the ops' overhead dominates)."""
+    order_A = torch.sort(keys_A, stable=True).indices
+    inv_A = torch.empty_like(order_A).scatter_(0, order_A, torch.arange(keys_A.numel(), device=keys_A.device))
+    return order_A, inv_A, torch.bincount(keys_A, minlength=m)
+
+
 def compute_dtype(x: Tensor) -> torch.dtype:
     """The dtype matmuls on ``x`` produce: autocast's where it is on, else ``x``'s."""
     if torch.is_autocast_enabled(x.device.type):
@@ -457,7 +465,10 @@ class GroupedDispatcher:
             slot_A = torch.arange(flat_A.numel(), device=flat_A.device)
             return GroupedPlan(token_A=slot_A // K, slot_A=slot_A, inv_A=slot_A, mod_A=flat_A,
                                real_A1=(flat_A < n).unsqueeze(-1), offs_N=None)
-        order_A, inv_A, counts = counting_sort(flat_A, n + 1)  # SKIP (= n) sorts last
+        # SKIP (= n) sorts last. On the CPU path with few assignments (decoding) one stable sort costs 9 µs where
+        # the counting sort's ~15 small ops cost 26 µs; from a few thousand on, the counting sort is faster.
+        sort = argsort_small if one_by_one and flat_A.numel() <= 2048 else counting_sort
+        order_A, inv_A, counts = sort(flat_A, n + 1)
         mod_A = flat_A[order_A]
         offs_N = torch.cumsum(counts[:n], 0).to(torch.int32)
         return GroupedPlan(token_A=order_A // K, slot_A=order_A, inv_A=inv_A, mod_A=mod_A,

@@ -153,38 +153,49 @@ class ModuleSlices:
     """A pool's modules one at a time: the single forms ``qkv``, ``proj``, ``ffn`` (module m on some tokens) that
     the loop dispatcher, the CPU grouped path and static routes use, for one forward pass.
 
-    Each stacked parameter is unbound into its N slices once, on first use, and the slices are shared by every
-    dispatch of the pass. Indexing ``weight[m]`` at each use would be simpler, but each use would then get, in
-    backward, a zero-filled gradient the size of the whole stack (``SelectBackward``), added into the
-    parameter's gradient: N full-size fills and adds per dispatch of a loop over N modules. On the 2-core CPU
-    the loop reference took 1.43× the time that way at 8 modules (docs/log.md), a handicap a loop over separate
-    modules (the paper's code) does not have. Make a fresh one per forward pass (the slices belong to its graph)."""
+    Module m's parameters are never taken as ``weight[m]`` per use: in backward each use would then get a
+    zero-filled gradient the size of the whole stack (``SelectBackward``), added into the parameter's gradient: N
+    full-size fills and adds per dispatch of a loop over N modules. On the 2-core CPU the loop reference took 1.43×
+    the time that way at 8 modules (docs/log.md), a handicap a loop over separate modules (the paper's code) does
+    not have. Instead, when the weights need a gradient, the linears take their stacks whole and sum their gradient
+    in one buffer (:class:`_ModuleLinear`); otherwise (decoding, autocast, compiling), and for the LayerNorms, each
+    stacked parameter is unbound into its N slices once, on first use, and the slices are shared by every dispatch
+    of the pass. Make a fresh one per forward pass (the slices and gradient buffers belong to its graph)."""
 
     def __init__(self, pool: ModulePool):
         self.pool = pool
+        self._stacks: dict[str, Tensor] = {}  # looked up once: ``get_parameter`` walks submodules (~10 µs a call)
         self._slices: dict[str, tuple[Tensor, ...]] = {}
         self._grads: dict[str, _PoolGradient] = {}
+
+    def _stack(self, name: str) -> Tensor:
+        p = self._stacks.get(name)
+        if p is None:
+            p = self._stacks[name] = self.pool.get_parameter(name)
+        return p
 
     def _module(self, m: int, *names: str) -> list[Tensor]:
         out = []
         for name in names:
-            if name not in self._slices:
-                self._slices[name] = self.pool.get_parameter(name).unbind(0)
-            out.append(self._slices[name][m])
+            parts = self._slices.get(name)
+            if parts is None:
+                parts = self._slices[name] = self._stack(name).unbind(0)
+            out.append(parts[m])
         return out
 
     def _linear(self, x: Tensor, m: int, prefix: str) -> Tensor:
-        w_NDO, b_NO = self.pool.get_parameter(f"{prefix}.weight"), self.pool.get_parameter(f"{prefix}.bias")
+        w_NDO, b_NO = self._stack(f"{prefix}.weight"), self._stack(f"{prefix}.bias")
         if _summed_in_place(x, w_NDO, b_NO):
-            if prefix not in self._grads:
-                self._grads[prefix] = _PoolGradient(w_NDO, b_NO)
-            return _ModuleLinear.apply(x, w_NDO, b_NO, m, self._grads[prefix])
+            acc = self._grads.get(prefix)
+            if acc is None:
+                acc = self._grads[prefix] = _PoolGradient(w_NDO, b_NO)
+            return _ModuleLinear.apply(x, w_NDO, b_NO, m, acc)
         w, b = self._module(m, f"{prefix}.weight", f"{prefix}.bias")
         return F.linear(x, w.t(), b)
 
     def _layer_norm(self, x: Tensor, m: int, prefix: str) -> Tensor:
         w, b = self._module(m, f"{prefix}.weight", f"{prefix}.bias")
-        return F.layer_norm(x, x.shape[-1:], w, b, self.pool.get_submodule(prefix).eps)
+        return F.layer_norm(x, x.shape[-1:], w, b, getattr(self.pool, prefix).eps)
 
     def qkv(self, x: Tensor, m: int) -> Tensor:
         return self._linear(self._layer_norm(x, m, "ln_1"), m, "attn.c_attn")

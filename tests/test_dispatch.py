@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mom.dispatch import counting_sort, grouped_linear, grouped_mm
+from mom.dispatch import argsort_small, counting_sort, grouped_linear, grouped_mm
 from mom.model import MoM
 from mom.routers import top_k
 from tests.conftest import param_grads, tiny_config, train_outputs
@@ -230,10 +230,11 @@ def test_without_gradients_only_picked_modules_run_with_the_same_output(dispatch
     assert torch.equal(ys[True].detach(), ys[False])
 
 
+@pytest.mark.parametrize("sort", [counting_sort, argsort_small])
 @pytest.mark.parametrize("A,m", [(0, 3), (1, 3), (57, 5), (2000, 9), (6, 1)])
-def test_counting_sort_is_a_stable_argsort_with_inverse_and_counts(A, m):
+def test_plan_sorts_are_a_stable_argsort_with_inverse_and_counts(A, m, sort):
     keys = torch.randint(0, m, (A,))
-    order, inv, counts = counting_sort(keys, m)
+    order, inv, counts = sort(keys, m)
     ref = torch.argsort(keys, stable=True)
     assert torch.equal(order, ref)
     assert torch.equal(inv[ref], torch.arange(A))  # inv inverts order
