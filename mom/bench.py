@@ -22,6 +22,7 @@ import torch
 from mom.config import MoMConfig, resolve_config
 from mom.errors import ConfigError
 from mom.engine import Engine
+from mom.flops import PEAK_FLOPS_SOURCE, peak_flops
 
 
 def machine(device: str = "cpu") -> str:
@@ -107,17 +108,6 @@ def format_decode(r: dict) -> str:
     ])
 
 
-# Dense bf16 tensor-core peak FLOP/s by device name (no sparsity). The SXM figures: a PCIe H100 peaks at 756.
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
-PEAK_FLOPS_SOURCE = ("NVIDIA data sheets: H100 SXM 989 TFLOP/s dense BF16 (1979 with sparsity), H200 the same, "
-                     "A100 312")
-
-
-def peak_flops(device: str) -> float | None:
-    if torch.device(device).type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
 
 
 def bench_autocast(device: str):

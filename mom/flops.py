@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import torch
+
 from mom.config import MoMConfig
 
 
@@ -93,6 +95,20 @@ def count(cfg: MoMConfig, seq_len: int | None = None, usage: dict[str, float] | 
     fwd = 2 * matmul + 4 * d * T * cores
     return Counts(params=params, active_params=active, matmul_params_active=matmul, attention_cores=cores,
                   depth=cfg.depth, forward_flops_per_token=fwd, train_flops_per_token=3 * fwd, seq_len=T)
+
+
+# Dense bf16 tensor-core peak FLOP/s by device name (no sparsity). The SXM figures: a PCIe H100 peaks at 756.
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+PEAK_FLOPS_SOURCE = ("NVIDIA data sheets: H100 SXM 989 TFLOP/s dense BF16 (1979 with sparsity), H200 the same, "
+                     "A100 312")
+
+
+def peak_flops(device) -> float | None:
+    """The bf16 peak of a CUDA device named in :data:`PEAK_FLOPS`; None elsewhere (CPUs have no such table)."""
+    if torch.device(device).type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
 
 
 # ================================================================================================ vanilla counterpart

@@ -929,6 +929,7 @@ def train(mcfg: MoMConfig | None, tcfg: TrainConfig | None, *, out: str | os.Pat
         say(f"step {step}: val loss {loss:.4f} (ppl {math.exp(min(loss, 50)):.1f})", bar)
         return loss
 
+    speed = Speed(mcfg, T, device, amp, dist.world)
     t_start = time.perf_counter()
     last_val: float | None = None
     bar = _progress(progress and dist.is_main, tcfg.max_steps, start)
@@ -993,6 +994,7 @@ def train(mcfg: MoMConfig | None, tcfg: TrainConfig | None, *, out: str | os.Pat
             tokens_seen += tokens_per_step
             if (done % tcfg.log_interval == 0 or done == tcfg.max_steps) and window.steps:
                 row = window.row(done, lr, tokens_seen, dist, tokens_per_step)
+                row.update(speed.of(row["tokens_per_s"]))
                 if routes is not None:
                     row["routing"] = routing_stats(routes)
                     for w in collapse.update(row["routing"]):
@@ -1002,7 +1004,8 @@ def train(mcfg: MoMConfig | None, tcfg: TrainConfig | None, *, out: str | os.Pat
                             f"at {w['rows']} metrics rows in a row", bar)
                 log(row)
                 if bar is not None:
-                    bar.set_postfix_str(f"loss {row['loss']:.3f}, {row['tokens_per_s']:,.0f} tok/s", refresh=False)
+                    mfu = f", MFU {row['mfu']:.1%}" if "mfu" in row else ""
+                    bar.set_postfix_str(f"loss {row['loss']:.3f}, {row['tokens_per_s']:,.0f} tok/s{mfu}", refresh=False)
             if bar is not None:
                 bar.update(1)
             if (tcfg.eval_interval and done % tcfg.eval_interval == 0) or done == tcfg.max_steps:
@@ -1122,6 +1125,29 @@ class _Window:
         self.t0 = now
         self.reset()
         return row
+
+
+class Speed:
+    """Achieved training FLOP/s of a metrics row, and its MFU where the device's peak is known.
+
+    FLOPs are :func:`mom.flops.count`'s analytic training FLOPs per token (6 × active matmul parameters +
+    attention; every one of the K picks counted as a module run, SKIP picks included, so for a MoM this is an
+    upper bound on the work done), as in ``mom bench``. MFU only under bf16 autocast on a CUDA device of
+    :data:`mom.flops.PEAK_FLOPS`, whose figures are bf16 tensor-core peaks; against all processes' peaks."""
+
+    def __init__(self, mcfg: MoMConfig, seq_len: int, device: torch.device, amp: torch.dtype | None, world: int):
+        from mom.flops import count, peak_flops
+
+        self.flops_per_token = count(mcfg, seq_len).train_flops_per_token
+        peak = peak_flops(device) if amp == torch.bfloat16 else None
+        self.peak = peak * world if peak else None
+
+    def of(self, tokens_per_s: float) -> dict[str, float]:
+        achieved = self.flops_per_token * tokens_per_s
+        out = {"tflops": round(achieved / 1e12, 4)}
+        if self.peak:
+            out["mfu"] = round(achieved / self.peak, 4)
+        return out
 
 
 def _progress(enabled: bool, total: int, initial: int):

@@ -124,8 +124,13 @@ def test_loss_falls_and_the_run_directory_is_complete(tmp_path, data_dir):
     assert vals[0]["val_loss"] == pytest.approx(math.log(VOCAB), abs=0.1)  # random init: uniform guess
     assert vals[-1]["val_loss"] < vals[0]["val_loss"] - 1.0, vals
     assert rows[-1]["loss"] < rows[0]["loss"] - 1.0
-    for key in ("loss", "aux_loss", "balance_loss", "z_loss", "lr", "grad_norm", "tokens_per_s", "tokens"):
+    for key in ("loss", "aux_loss", "balance_loss", "z_loss", "lr", "grad_norm", "tokens_per_s", "tokens", "tflops"):
         assert key in rows[0], key
+    from mom.flops import count
+
+    flops_tok = count(vanilla_cfg(), 16).train_flops_per_token
+    assert rows[0]["tflops"] == pytest.approx(flops_tok * rows[0]["tokens_per_s"] / 1e12, rel=1e-3, abs=1e-4)
+    assert "mfu" not in rows[0]  # no peak table for a CPU
     for name in ("config.json", "train_config.json", "run.json", "metrics.jsonl", "latest.json", "model.safetensors",
                  "loss.png"):
         assert (out / name).is_file(), name
@@ -157,6 +162,19 @@ def test_metrics_have_routing_statistics(tmp_path, data_dir):
             assert 0.0 <= e["skip_all"] <= e["skip"] + 1e-9
             assert e["modules_per_token"] == pytest.approx(2 * (1 - e["skip"]), abs=1e-4)
     assert (out / "routing.png").is_file()
+
+
+def test_mfu_only_under_bf16_on_a_device_with_a_known_peak(monkeypatch):
+    import mom.flops
+
+    monkeypatch.setattr(mom.flops, "peak_flops", lambda device: 100e12 if device.type == "cuda" else None)
+    cfg, cuda = vanilla_cfg(), torch.device("cuda")
+    per_token = mom.flops.count(cfg, 16).train_flops_per_token
+    tok_s = 50e12 / per_token  # 50 TFLOP/s achieved
+    assert train_mod.Speed(cfg, 16, cuda, torch.bfloat16, 1).of(tok_s) == {"tflops": 50.0, "mfu": 0.5}
+    assert train_mod.Speed(cfg, 16, cuda, torch.bfloat16, 2).of(tok_s)["mfu"] == 0.25  # two GPUs' peak
+    assert "mfu" not in train_mod.Speed(cfg, 16, cuda, None, 1).of(tok_s)  # fp32: the bf16 peak does not apply
+    assert "mfu" not in train_mod.Speed(cfg, 16, torch.device("cpu"), torch.bfloat16, 1).of(tok_s)
 
 
 def test_compiled_training_compiles_one_graph(tmp_path, data_dir, monkeypatch):
