@@ -664,6 +664,8 @@ def init_from(model: nn.Module, spec: str) -> str:
 
     cfg = model.config
     is_hf = spec.startswith("hf:")
+    if not (spec[3:] if is_hf else spec).strip():  # Path("") would quietly mean the current directory
+        raise ConfigError(f"--init-from {spec!r}: empty; give a run or model directory, or hf:DIR")
     path = Path(spec[3:] if is_hf else spec)
     if not is_hf and (path / "config.json").is_file():
         try:

@@ -386,7 +386,7 @@ def cli_setup(tmp_path_factory, data_dir, phase1):
 
 @pytest.mark.parametrize("case", ["missing-data", "id-over-vocab", "empty-bin", "unmappable-init", "width-init",
                                   "resume-other-config", "resume-other-model-field", "resume-other-data", "resume-nothing", "exists",
-                                  "bad-train-field"])
+                                  "bad-train-field", "empty-init"])
 def test_cli_errors_are_one_line_exit_2_and_write_nothing(cli_setup, case, tmp_path):
     s = cli_setup
     out = tmp_path / "out"
@@ -414,6 +414,8 @@ def test_cli_errors_are_one_line_exit_2_and_write_nothing(cli_setup, case, tmp_p
                    "already holds a training run"),
         "bad-train-field": (["--config", s["d"] / "vanilla.json", "--train.lr", "fast", "--out", out],
                             "lr must be a number, got 'fast'"),
+        "empty-init": (["--config", s["d"] / "vanilla.json", "--init-from", "", "--data", s["data"], "--out", out],
+                       "--init-from '': empty"),
     }[case]
     before = sorted(p.name for p in s["phase1"].rglob("*"))
     r = cli("train", *args, *(common if "--resume" not in args else ["--no-progress"]), cwd=tmp_path)
