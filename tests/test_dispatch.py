@@ -1,5 +1,7 @@
 """The fast grouped dispatcher equals the plain loop reference, in values and gradients."""
 
+import functools
+
 import pytest
 import torch
 
@@ -156,17 +158,26 @@ def test_single_forms_never_index_a_stacked_parameter_per_use():
         assert nodes == {"UnbindBackward0" if ".ln_" in name else "_ModuleLinearBackward"}, (name, nodes)
 
 
-@pytest.mark.parametrize("dispatch,fields", [
-    ("grouped", {}), ("loop", {}),
-    ("grouped", dict(router="fixed", skip=False, top_k=1, n_attn=3, n_ffn=3, steps=2)),  # module 2 never runs
-])
-def test_in_place_summed_gradients_equal_autograd_through_slices(dispatch, fields, monkeypatch):
+def _special_case(name: str, dispatch: str):
+    from mom.config import preset
+
+    return preset(name).replace(vocab_size=97, n_ctx=32, d_model=32, n_head=4, dispatch=dispatch)
+
+
+@pytest.mark.parametrize("dispatch,make", [
+    ("grouped", lambda d: tiny_config(n_attn=3, n_ffn=4, top_k=2, steps=3, bottom=1, top=1, dispatch=d)),
+    ("loop", lambda d: tiny_config(n_attn=3, n_ffn=4, top_k=2, steps=3, bottom=1, top=1, dispatch=d)),
+    ("grouped", lambda d: tiny_config(router="fixed", skip=False, top_k=1, n_attn=3, n_ffn=3, steps=2, dispatch=d)),
+    *[("grouped", functools.partial(_special_case, name)) for name in ("universal", "moe", "mod", "layerskip")],
+], ids=["grouped", "loop", "fixed-unused-module", "universal", "moe", "mod", "layerskip"])
+def test_in_place_summed_gradients_equal_autograd_through_slices(dispatch, make, monkeypatch):
     """:class:`_PoolGradient` against plain autograd through unbound slices (``_summed_in_place`` off): modules used
-    at several steps, modules no token picked, modules never run (fixed routing), vanilla layers, two micro-batches
-    accumulated into ``.grad``, and a second backward through a retained graph."""
+    at several steps, modules no token picked, modules never run (fixed routing: module 2 of 3 with 2 steps),
+    vanilla layers, the special-case presets (one module shared by 6 steps, MoE pools, expert choice, layer skip),
+    two micro-batches accumulated into ``.grad``, and a second backward through a retained graph."""
     import mom.modules as modules
 
-    cfg = tiny_config(**{**dict(n_attn=3, n_ffn=4, top_k=2, steps=3, bottom=1, top=1), **fields, "dispatch": dispatch})
+    cfg = make(dispatch)
     torch.manual_seed(0)
     idx_a, idx_b = (torch.randint(0, cfg.vocab_size, (2, 12)) for _ in range(2))
     grads = {}
