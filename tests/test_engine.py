@@ -131,8 +131,9 @@ def test_tiny_temperatures_and_padded_vocabularies():
     assert g.tokens == [50300] * 3 and g.text == ""
 
 
-def test_gathered_decode_path_equals_loop():
-    """A few tokens take the gathered-weights path of the grouped dispatcher; it must equal the loop reference."""
+def test_few_token_decode_paths_equal_loop(grouped_path):
+    """A few tokens without gradients take the host plan on the CPU (one-by-one) and the gathered-weights path on
+    the static paths (CUDA, compile); both must equal the loop reference."""
     cfg = tiny_config(top_k=2, n_attn=3, n_ffn=4)
     fast = _model(cfg)
     ref = MoM(cfg.replace(dispatch="loop")).eval()
