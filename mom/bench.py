@@ -108,8 +108,6 @@ def format_decode(r: dict) -> str:
     ])
 
 
-
-
 def bench_autocast(device: str):
     """The benchmarks' precision: bf16 autocast on CUDA, plain fp32 on the CPU."""
     if torch.device(device).type == "cuda":

@@ -521,7 +521,6 @@ class GroupedDispatcher:
         ys.append(xs_AD.new_zeros(plan.sizes[-1], out_dim, dtype=dtype))  # the SKIP rows
         return combine_picks(torch.cat(ys), w_TK, plan)
 
-
     @staticmethod
     def _run_on_host(plan: HostPlan, x_TD: Tensor, w_TK: Tensor, single: SingleFn, out_dim: int) -> Tensor:
         T = x_TD.shape[0]
