@@ -527,10 +527,11 @@ class GroupedDispatcher:
         w_A = w_TK.reshape(-1)
         y_TO = None
         for m, tokens, slots in plan.picks:
-            if T == 1:  # one token (batch-1 decoding): no row gathers, and a module appears once
+            if T == 1:  # one token (batch-1 decoding): no row gathers
                 y = single(x_TD, m)
-                w = w_A[slots[0]].to(y.dtype)
-                y_TO = y * w if y_TO is None else torch.addcmul(y_TO, y, w)  # as the combine sums the K picks
+                for slot in slots:  # one slot per module from the routers; a hand-made route may repeat a module
+                    w = w_A[slot].to(y.dtype)
+                    y_TO = y * w if y_TO is None else torch.addcmul(y_TO, y, w)  # as the combine sums the K picks
                 continue
             t_R = torch.tensor(tokens, device=x_TD.device)
             y = single(x_TD.index_select(0, t_R), m)

@@ -153,20 +153,17 @@ class ModuleSlices:
     """A pool's modules one at a time: the single forms ``qkv``, ``proj``, ``ffn`` (module m on some tokens) that
     the loop dispatcher, the CPU grouped path and static routes use, for one forward pass.
 
-    Module m's parameters are never taken as ``weight[m]`` per use: in backward each use would then get a
-    zero-filled gradient the size of the whole stack (``SelectBackward``), added into the parameter's gradient: N
-    full-size fills and adds per dispatch of a loop over N modules. On the 2-core CPU the loop reference took 1.43×
-    the time that way at 8 modules (docs/log.md), a handicap a loop over separate modules (the paper's code) does
-    not have. Instead, when the weights need a gradient, the linears take their stacks whole and sum their gradient
-    in one buffer (:class:`_ModuleLinear`); otherwise (decoding, autocast, compiling), and for the LayerNorms, each
-    stacked parameter is unbound into its N slices once, on first use, and the slices are shared by every dispatch
-    of the pass. Make a fresh one per forward pass (the slices and gradient buffers belong to its graph)."""
+    Each stacked parameter is unbound into its N slices once, on first use, and the slices are shared by every
+    dispatch of the pass. Indexing ``weight[m]`` at each use would be simpler, but each use would then get, in
+    backward, a zero-filled gradient the size of the whole stack (``SelectBackward``), added into the
+    parameter's gradient: N full-size fills and adds per dispatch of a loop over N modules. On the 2-core CPU
+    the loop reference took 1.43× the time that way at 8 modules (docs/log.md), a handicap a loop over separate
+    modules (the paper's code) does not have. Make a fresh one per forward pass (the slices belong to its graph)."""
 
     def __init__(self, pool: ModulePool):
         self.pool = pool
         self._stacks: dict[str, Tensor] = {}  # looked up once: ``get_parameter`` walks submodules (~10 µs a call)
         self._slices: dict[str, tuple[Tensor, ...]] = {}
-        self._grads: dict[str, _PoolGradient] = {}
 
     def _stack(self, name: str) -> Tensor:
         p = self._stacks.get(name)
@@ -184,12 +181,6 @@ class ModuleSlices:
         return out
 
     def _linear(self, x: Tensor, m: int, prefix: str) -> Tensor:
-        w_NDO, b_NO = self._stack(f"{prefix}.weight"), self._stack(f"{prefix}.bias")
-        if _summed_in_place(x, w_NDO, b_NO):
-            acc = self._grads.get(prefix)
-            if acc is None:
-                acc = self._grads[prefix] = _PoolGradient(w_NDO, b_NO)
-            return _ModuleLinear.apply(x, w_NDO, b_NO, m, acc)
         w, b = self._module(m, f"{prefix}.weight", f"{prefix}.bias")
         return F.linear(x, w.t(), b)
 
@@ -206,82 +197,6 @@ class ModuleSlices:
     def ffn(self, x: Tensor, m: int) -> Tensor:
         h = F.gelu(self._linear(self._layer_norm(x, m, "ln_2"), m, "mlp.c_fc"), approximate="tanh")
         return self._linear(h, m, "mlp.c_proj")
-
-
-def _summed_in_place(x: Tensor, w: Tensor, b: Tensor) -> bool:
-    """Whether a single-form linear takes the stacked weights whole (:class:`_ModuleLinear`): when both need a
-    gradient, in eager mode (the accumulator's Python state is not traceable) and in one dtype (under autocast
-    the slices path lets autograd handle the casts)."""
-    return (torch.is_grad_enabled() and w.requires_grad and b.requires_grad and x.dtype == w.dtype == b.dtype
-            and not torch.is_autocast_enabled(x.device.type) and not torch.compiler.is_compiling())
-
-
-class _PoolGradient:
-    """The gradient of one stacked linear (weight (N, D, O), bias (N, O)) over every single-form use in one
-    forward pass, summed in place.
-
-    Through unbound slices, autograd would add the gradients of a module's H uses in separate passes over the
-    weights and then stack the N slices' sums into the parameter's gradient, one more copy of the whole pool:
-    at K2H2S width with 8 modules the adds and the stack (``aten::add``, ``aten::cat``) took 15% of a CPU training
-    step of 256 tokens (docs/log.md). Here each use's backward writes its module's gradient straight into one
-    (N, D, O) buffer (``mm`` into the module's slice the first time, ``addmm_`` after), and the last use to run
-    hands the buffer to autograd; the others return no gradient for the stacked weights. A buffer is handed
-    over only once every use has run, so autograd never holds a tensor that is still being written."""
-
-    def __init__(self, w_NDO: Tensor, b_NO: Tensor):
-        self.w_NDO, self.b_NO = w_NDO, b_NO
-        self.uses = 0  # single-form uses recorded by the forward pass
-        self.pending = 0  # those whose backward has not run yet in the current backward pass
-        self.dw_NDO: Tensor | None = None
-        self.db_NO: Tensor | None = None
-        self.written: list[bool] = []
-
-    def add_use(self) -> None:
-        self.uses += 1
-        self.pending += 1
-
-    def accumulate(self, m: int, x_RD: Tensor, dy_RO: Tensor) -> tuple[Tensor | None, Tensor | None]:
-        if self.dw_NDO is None:  # the first use to run backward: no zero-fill, every module's slice is written
-            self.dw_NDO, self.db_NO = torch.empty_like(self.w_NDO), torch.empty_like(self.b_NO)
-            self.written = [False] * self.w_NDO.shape[0]
-        if self.written[m]:
-            self.dw_NDO[m].addmm_(x_RD.t(), dy_RO)
-            self.db_NO[m].add_(dy_RO.sum(0))
-        else:
-            torch.mm(x_RD.t(), dy_RO, out=self.dw_NDO[m])
-            torch.sum(dy_RO, 0, out=self.db_NO[m])
-            self.written[m] = True
-        self.pending -= 1
-        if self.pending:
-            return None, None
-        for g, done in enumerate(self.written):  # modules this forward pass never ran
-            if not done:
-                self.dw_NDO[g].zero_()
-                self.db_NO[g].zero_()
-        dw, db = self.dw_NDO, self.db_NO
-        self.dw_NDO = self.db_NO = None
-        self.pending = self.uses  # a second backward through the same graph (retain_graph) starts over
-        return dw, db
-
-
-class _ModuleLinear(torch.autograd.Function):
-    """``x @ w[m] + b[m]`` with the stacked weights as inputs; their gradient is summed by ``acc`` over the
-    forward pass (:class:`_PoolGradient`). Context saved in ``forward`` (see :mod:`mom.dispatch` on why)."""
-
-    @staticmethod
-    def forward(ctx, x_RD: Tensor, w_NDO: Tensor, b_NO: Tensor, m: int, acc: _PoolGradient) -> Tensor:
-        ctx.save_for_backward(x_RD, w_NDO)
-        ctx.m, ctx.acc = m, acc
-        acc.add_use()
-        return torch.addmm(b_NO[m], x_RD, w_NDO[m])
-
-    @staticmethod
-    def backward(ctx, dy_RO: Tensor):
-        x_RD, w_NDO = ctx.saved_tensors
-        dy_RO = dy_RO.contiguous()
-        dx = dy_RO.mm(w_NDO[ctx.m].t()) if ctx.needs_input_grad[0] else None
-        dw, db = ctx.acc.accumulate(ctx.m, x_RD, dy_RO)
-        return dx, dw, db, None, None
 
 
 def causal_attention(qkv_BT3D: Tensor, n_head: int, key_valid_BT: Tensor | None = None, slot=None,

@@ -1,7 +1,5 @@
 """The fast grouped dispatcher equals the plain loop reference, in values and gradients."""
 
-import functools
-
 import pytest
 import torch
 
@@ -145,55 +143,15 @@ def _pool_param_users(model, out) -> dict:
     return users
 
 
-def test_single_forms_never_index_a_stacked_parameter_per_use():
-    """The single forms (loop reference, CPU grouped path) take a stacked parameter whole or through one ``unbind``
-    per forward pass, never ``weight[m]`` per use: each ``SelectBackward`` of a stacked parameter would add a
-    zero-filled gradient the size of the whole stack per use (the loop reference took 1.43× the time at 8 modules on
-    CPU). The linears' weights go to :class:`_ModuleLinear` whole (their gradient summed in place), the LayerNorms'
-    through one unbind."""
+def test_loop_reference_unbinds_each_stacked_parameter_once_per_forward():
+    """The single forms take module m's slices from one ``unbind`` per stacked parameter and forward pass, not
+    ``weight[m]`` per use: each ``SelectBackward`` of a stacked parameter would add a zero-filled gradient the size of
+    the whole stack per use (the loop reference took 1.43× the time at 8 modules on CPU)."""
     cfg = tiny_config(n_attn=3, n_ffn=4, top_k=2, steps=2, dispatch="loop")
     model = MoM(cfg)
     users = _pool_param_users(model, model(torch.randint(0, cfg.vocab_size, (2, 12))))
-    for name, nodes in users.items():
-        assert nodes == {"UnbindBackward0" if ".ln_" in name else "_ModuleLinearBackward"}, (name, nodes)
-
-
-def _special_case(name: str, dispatch: str):
-    from mom.config import preset
-
-    return preset(name).replace(vocab_size=97, n_ctx=32, d_model=32, n_head=4, dispatch=dispatch)
-
-
-@pytest.mark.parametrize("dispatch,make", [
-    ("grouped", lambda d: tiny_config(n_attn=3, n_ffn=4, top_k=2, steps=3, bottom=1, top=1, dispatch=d)),
-    ("loop", lambda d: tiny_config(n_attn=3, n_ffn=4, top_k=2, steps=3, bottom=1, top=1, dispatch=d)),
-    ("grouped", lambda d: tiny_config(router="fixed", skip=False, top_k=1, n_attn=3, n_ffn=3, steps=2, dispatch=d)),
-    *[("grouped", functools.partial(_special_case, name)) for name in ("universal", "moe", "mod", "layerskip")],
-], ids=["grouped", "loop", "fixed-unused-module", "universal", "moe", "mod", "layerskip"])
-def test_in_place_summed_gradients_equal_autograd_through_slices(dispatch, make, monkeypatch):
-    """:class:`_PoolGradient` against plain autograd through unbound slices (``_summed_in_place`` off): modules used
-    at several steps, modules no token picked, modules never run (fixed routing: module 2 of 3 with 2 steps),
-    vanilla layers, the special-case presets (one module shared by 6 steps, MoE pools, expert choice, layer skip),
-    two micro-batches accumulated into ``.grad``, and a second backward through a retained graph."""
-    import mom.modules as modules
-
-    cfg = make(dispatch)
-    torch.manual_seed(0)
-    idx_a, idx_b = (torch.randint(0, cfg.vocab_size, (2, 12)) for _ in range(2))
-    grads = {}
-    for in_place in (True, False):
-        if not in_place:
-            monkeypatch.setattr(modules, "_summed_in_place", lambda *a: False)
-        torch.manual_seed(1)
-        model = MoM(cfg)
-        for idx in (idx_a, idx_b):
-            out = model(idx, idx)
-            (out.loss + out.aux_loss).backward(retain_graph=True)
-        (out.loss * 0.5).backward()  # the second micro-batch's graph again
-        grads[in_place] = param_grads(model)
-    assert grads[True].keys() == grads[False].keys()
-    for name, g in grads[True].items():
-        assert torch.allclose(g, grads[False][name], atol=1e-6, rtol=1e-5), name
+    for name, nodes in users.items():  # every pool parameter through exactly one unbind
+        assert nodes == {"UnbindBackward0"}, (name, nodes)
 
 
 @pytest.mark.parametrize("dispatch", ["grouped", "loop"])
@@ -242,10 +200,12 @@ def test_without_gradients_only_picked_modules_run_with_the_same_output(dispatch
     torch.testing.assert_close(ys[True].detach(), ys[False], rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("idx", [[[2, 0]], [[1, 4]], [[4, 4]]], ids=["two-modules", "one-skip", "all-skip"])
+@pytest.mark.parametrize("idx", [[[2, 0]], [[1, 4]], [[4, 4]], [[3, 1, 1]]],
+                         ids=["two-modules", "one-skip", "all-skip", "a-module-twice"])
 def test_decoding_one_token_on_the_host_equals_the_sorted_path_exactly(idx):
     """Without gradients, a few assignments are planned on the host (:class:`HostPlan`): a batch-1 decode step sums
-    its K picks in the combine's order, so its output is bitwise that of the sorted path."""
+    its K picks in the combine's order, so its output is bitwise that of the sorted path. Routers never pick a module
+    twice for one token, but a hand-made route may: then each pick still counts."""
     from mom.dispatch import GroupedPlan, HostPlan
     from mom.model import ffn_half
     from mom.routers import Route
@@ -254,15 +214,18 @@ def test_decoding_one_token_on_the_host_equals_the_sorted_path_exactly(idx):
     model = MoM(cfg)
     x = torch.randn(1, cfg.d_model)
     idx = torch.tensor(idx)
-    route = Route(idx_TK=idx, w_TK=torch.rand(1, 2) * (idx < 4), n=4)
+    route = Route(idx_TK=idx, w_TK=torch.rand(idx.shape) * (idx < 4), n=4)
     with torch.no_grad():
         assert isinstance(model.dispatcher.plan(idx, 4), HostPlan)
         host = ffn_half(model.chunks[0].pool.slices(), x, route, model.dispatcher)
     assert isinstance(model.dispatcher.plan(idx, 4), GroupedPlan)  # with gradients: the sorted path
     with torch.no_grad():
         assert isinstance(model.dispatcher.plan(torch.zeros(17, 1, dtype=torch.long), 4), GroupedPlan)  # > 16
-    sorted_path = ffn_half(model.chunks[0].pool.slices(), x, route, model.dispatcher)
-    assert torch.equal(host, sorted_path.detach())
+    sorted_path = ffn_half(model.chunks[0].pool.slices(), x, route, model.dispatcher).detach()
+    if idx.shape[1] == 2:
+        assert torch.equal(host, sorted_path)
+    else:  # the sorted path runs the repeated module on two copies of the row: the matmul may round differently
+        torch.testing.assert_close(host, sorted_path, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("sort", [counting_sort, argsort_small])
