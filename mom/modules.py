@@ -176,7 +176,10 @@ class ModuleSlices:
         for name in names:
             parts = self._slices.get(name)
             if parts is None:
-                parts = self._slices[name] = self._stack(name).unbind(0)
+                p = self._stack(name)
+                # A one-module pool (a vanilla layer) takes a view: its gradient is the parameter's, where unbind's
+                # backward would copy it into a stack of one.
+                parts = self._slices[name] = (p.squeeze(0),) if p.shape[0] == 1 else p.unbind(0)
             out.append(parts[m])
         return out
 
