@@ -489,6 +489,8 @@ def pick_device(spec: str | None) -> torch.device:
         raise MomError(f"--device: unknown device '{spec}' (cpu, cuda or cuda:N)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise MomError("--device cuda: no CUDA device is available")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise MomError(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 

@@ -299,10 +299,11 @@ def format_step(r: dict) -> str:
 
 
 def cmd_bench(args, overrides) -> int:
-    from mom.analysis import check_positive
+    from mom.analysis import check_positive, pick_device
 
     for name in ("batch", "seq_len", "new_tokens", "prompt_len", "rounds"):
         check_positive("--" + name.replace("_", "-"), getattr(args, name))
+    args.device = str(pick_device(args.device))  # one error line for a device that is not there
     if args.what == "decode":
         r = bench_decode(args.config or "tiny-mom", args.new_tokens, args.prompt_len, args.rounds, device=args.device,
                          compile=args.compile)

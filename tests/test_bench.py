@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from mom.bench import bench_step, format_step
 from mom.errors import ConfigError
@@ -56,8 +57,12 @@ def test_bench_compile_mode_is_checked_and_reported():
     (["bench", "forward", "--config", "tiny", "--rounds", "0"], "--rounds must be ≥ 1, got 0"),
     (["bench", "decode", "--new-tokens", "0"], "--new-tokens must be ≥ 1, got 0"),
     (["bench", "train", "--config", "tiny", "--seq-len", "100000"], "--seq-len 100000 exceeds tiny's context length"),
+    (["bench", "decode", "--device", "gpu0"], "--device: unknown device 'gpu0'"),
+    pytest.param(["bench", "train", "--device", "cuda"], "--device cuda: no CUDA device is available",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
+    (["bench", "train", "--device", "cuda:64"], "CUDA device" if torch.cuda.is_available() else "no CUDA device"),
 ])
-def test_bench_sizes_are_checked(args, message, capsys):
+def test_bench_sizes_and_device_are_checked(args, message, capsys):
     # found by a user audit: a traceback, or "inf ms/step" with exit 0
     from mom.cli import main
 
