@@ -162,21 +162,14 @@ class ModuleSlices:
 
     def __init__(self, pool: ModulePool):
         self.pool = pool
-        self._stacks: dict[str, Tensor] = {}  # looked up once: ``get_parameter`` walks submodules (~10 µs a call)
         self._slices: dict[str, tuple[Tensor, ...]] = {}
-
-    def _stack(self, name: str) -> Tensor:
-        p = self._stacks.get(name)
-        if p is None:
-            p = self._stacks[name] = self.pool.get_parameter(name)
-        return p
 
     def _module(self, m: int, *names: str) -> list[Tensor]:
         out = []
         for name in names:
             parts = self._slices.get(name)
-            if parts is None:
-                p = self._stack(name)
+            if parts is None:  # first use in this pass (``get_parameter`` walks submodules: ~10 µs a call)
+                p = self.pool.get_parameter(name)
                 # A one-module pool (a vanilla layer) takes a view: its gradient is the parameter's, where unbind's
                 # backward would copy it into a stack of one.
                 parts = self._slices[name] = (p.squeeze(0),) if p.shape[0] == 1 else p.unbind(0)
