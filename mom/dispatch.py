@@ -385,7 +385,9 @@ class HostPlan:
     """A handful of assignments without gradients on the CPU (decoding a token or a few): the picks read on the
     host and grouped by module there, so that a dispatch is just the picked modules' calls."""
 
-    picks: list[tuple[int, list[int], list[int]]]  # (module, tokens, flat slots t·K + k) per picked module; no SKIP
+    # Per picked module (SKIP left out): (module, flat slots t·K + k, and with several tokens the tokens and slots as
+    # index tensors, made once for every dispatch of the route).
+    picks: list[tuple[int, list[int], Tensor | None, Tensor | None]]
 
 
 class LoopDispatcher:
@@ -479,7 +481,11 @@ class GroupedDispatcher:
                     tokens.append(a // K)
                     slots.append(a)
             # In order of first slot: for one token, the order of its K picks, as the combine sums them.
-            return HostPlan(sorted(((m, t, s) for m, (t, s) in by_module.items()), key=lambda g: g[2][0]))
+            groups = sorted(by_module.items(), key=lambda g: g[1][1][0])
+            if T == 1:
+                return HostPlan([(m, s, None, None) for m, (_, s) in groups])
+            dev = idx_TK.device
+            return HostPlan([(m, s, torch.tensor(t, device=dev), torch.tensor(s, device=dev)) for m, (t, s) in groups])
         if flat_A.numel() <= self.gather_below and not one_by_one:
             slot_A = torch.arange(flat_A.numel(), device=flat_A.device)
             return GroupedPlan(token_A=slot_A // K, slot_A=slot_A, inv_A=slot_A, mod_A=flat_A,
@@ -526,16 +532,15 @@ class GroupedDispatcher:
         T = x_TD.shape[0]
         w_A = w_TK.reshape(-1)
         y_TO = None
-        for m, tokens, slots in plan.picks:
-            if T == 1:  # one token (batch-1 decoding): no row gathers
+        for m, slots, t_R, s_R in plan.picks:
+            if t_R is None:  # one token (batch-1 decoding): no row gathers
                 y = single(x_TD, m)
                 for slot in slots:  # one slot per module from the routers; a hand-made route may repeat a module
                     w = w_A[slot].to(y.dtype)
                     y_TO = y * w if y_TO is None else torch.addcmul(y_TO, y, w)  # as the combine sums the K picks
                 continue
-            t_R = torch.tensor(tokens, device=x_TD.device)
             y = single(x_TD.index_select(0, t_R), m)
-            y = y * w_A[slots].to(y.dtype).unsqueeze(-1)
+            y = y * w_A.index_select(0, s_R).to(y.dtype).unsqueeze(-1)
             y_TO = (y.new_zeros(T, out_dim) if y_TO is None else y_TO).index_add_(0, t_R, y)
         if y_TO is None:  # every pick was SKIP
             y_TO = x_TD.new_zeros(T, out_dim, dtype=compute_dtype(x_TD))
