@@ -46,19 +46,20 @@ def active_layers(cfg: MoMConfig) -> int:
     return max(1, round((c.matmul_params_active - routers - cfg.vocab_size * cfg.d_model) / per_layer))
 
 
-def _decode_seconds(engine: Engine, prompt: list[int], n: int) -> float:
+def _decode_seconds(engine: Engine, prompts: list[list[int]], n: int) -> float:
     t0 = time.perf_counter()
-    out = engine.generate([prompt], max_new_tokens=n, temperature=0)
+    out = engine.generate(prompts, max_new_tokens=n, temperature=0)
     dt = time.perf_counter() - t0
-    assert len(out[0].tokens) == n
+    assert all(len(g.tokens) == n for g in out)
     return dt
 
 
 def bench_decode(config: str = "tiny-mom", new_tokens: int = 256, prompt_len: int = 16, rounds: int = 3,
                  uncached_tokens: int | None = None, device: str = "cpu", seed: int = 0,
-                 compile: bool = False) -> dict:
+                 compile: bool = False, batch: int = 1) -> dict:
     """Decode tokens/s: cached vs uncached (same MoM), and MoM vs vanilla models of (a) equal depth and (b) equal
-    active FLOPs (all cached; with ``compile`` the cached decode steps of all of them are compiled)."""
+    active FLOPs (all cached; with ``compile`` the cached decode steps of all of them are compiled). ``batch``
+    random prompts of ``prompt_len`` tokens decode together; tokens/s counts the tokens of all of them."""
     from mom.model import MoM
 
     torch.manual_seed(seed)
@@ -68,7 +69,8 @@ def bench_decode(config: str = "tiny-mom", new_tokens: int = 256, prompt_len: in
     mom = MoM(cfg).to(device).eval()
     v_depth = MoM(vanilla_with_layers(cfg, cfg.depth)).to(device).eval()
     v_active = MoM(vanilla_with_layers(cfg, n_active)).to(device).eval()
-    prompt = torch.randint(0, min(cfg.vocab_size, 50000), (prompt_len,), generator=torch.Generator().manual_seed(seed)).tolist()
+    prompts = torch.randint(0, min(cfg.vocab_size, 50000), (batch, prompt_len),
+                            generator=torch.Generator().manual_seed(seed)).tolist()
     contenders = {
         "mom_cached": (Engine(mom, compile=compile), new_tokens),
         "mom_uncached": (Engine(mom, use_cache=False), uncached_tokens or new_tokens),
@@ -77,15 +79,16 @@ def bench_decode(config: str = "tiny-mom", new_tokens: int = 256, prompt_len: in
     }
     for engine, _ in contenders.values():
         engine.eot = -1  # every contender decodes exactly its number of tokens
-        _decode_seconds(engine, prompt, 4)  # warm-up (and compilation)
+        _decode_seconds(engine, prompts, 4)  # warm-up (and compilation)
     best = {k: float("inf") for k in contenders}
     for _ in range(rounds):
         for name, (engine, n) in contenders.items():
-            best[name] = min(best[name], _decode_seconds(engine, prompt, n) / n)
+            best[name] = min(best[name], _decode_seconds(engine, prompts, n) / (n * batch))
     tps = {k: 1.0 / v for k, v in best.items()}
     return {
         "benchmark": "decode", "machine": machine(device), "config": cfg.name, "depth": cfg.depth,
-        "active_layers": n_active, "new_tokens": new_tokens, "prompt_len": prompt_len, "rounds": rounds,
+        "active_layers": n_active, "batch": batch, "new_tokens": new_tokens, "prompt_len": prompt_len,
+        "rounds": rounds,
         "compile": compile, "tokens_per_s": tps,
         "cached_over_uncached": tps["mom_cached"] / tps["mom_uncached"],
         "mom_over_vanilla_equal_depth": tps["mom_cached"] / tps["vanilla_equal_depth"],
@@ -96,7 +99,8 @@ def bench_decode(config: str = "tiny-mom", new_tokens: int = 256, prompt_len: in
 def format_decode(r: dict) -> str:
     t = r["tokens_per_s"]
     return "\n".join([
-        f"decode benchmark on {r['machine']} — {r['config']} (depth {r['depth']}), prompt {r['prompt_len']}, "
+        f"decode benchmark on {r['machine']} — {r['config']} (depth {r['depth']}), "
+        f"{r['batch']} sequence{'s' if r['batch'] > 1 else ''} × prompt {r['prompt_len']}, "
         f"{r['new_tokens']} new tokens, best of {r['rounds']} alternating rounds{', compiled' if r['compile'] else ''}",
         f"  MoM cached              {t['mom_cached']:9.1f} tok/s",
         f"  MoM uncached            {t['mom_uncached']:9.1f} tok/s",
@@ -301,12 +305,14 @@ def format_step(r: dict) -> str:
 def cmd_bench(args, overrides) -> int:
     from mom.analysis import check_positive, pick_device
 
+    if args.batch is None:
+        args.batch = 1 if args.what == "decode" else 4
     for name in ("batch", "seq_len", "new_tokens", "prompt_len", "rounds"):
         check_positive("--" + name.replace("_", "-"), getattr(args, name))
     args.device = str(pick_device(args.device))  # one error line for a device that is not there
     if args.what == "decode":
         r = bench_decode(args.config or "tiny-mom", args.new_tokens, args.prompt_len, args.rounds, device=args.device,
-                         compile=args.compile)
+                         compile=args.compile, batch=args.batch)
         print(json.dumps(r, indent=2) if args.json else format_decode(r))
         return 0
     r = bench_step(args.config or "K2H2S", args.what, args.batch, args.seq_len, args.rounds, device=args.device,

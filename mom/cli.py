@@ -237,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("what", choices=["train", "forward", "decode"],
                    help="train/forward: MoM (grouped, loop) vs dense of equal active FLOPs; decode: KV cache")
     b.add_argument("--config", default=None, help="preset or JSON config, random weights (default: K2H2S; tiny-mom for decode)")
-    b.add_argument("--batch", type=int, default=4)
+    b.add_argument("--batch", type=int, default=None, help="sequences per step (default: 4; decode: 1)")
     b.add_argument("--seq-len", type=int, default=128)
     b.add_argument("--new-tokens", type=int, default=256)
     b.add_argument("--prompt-len", type=int, default=16)

@@ -211,7 +211,21 @@ def test_bench_decode_smoke():
 
     assert active_layers(preset("tiny-mom")) == 14  # 1 bottom + anchor + 6 steps × K=2
     r = bench_decode("tiny-mom", new_tokens=8, prompt_len=4, rounds=1, uncached_tokens=8)
-    assert r["tokens_per_s"]["mom_cached"] > 0 and r["cached_over_uncached"] > 0
+    assert r["tokens_per_s"]["mom_cached"] > 0 and r["cached_over_uncached"] > 0 and r["batch"] == 1
+
+
+def test_bench_decode_batch_from_the_cli():
+    """``mom bench decode --batch 3`` decodes three prompts together; tokens/s counts all of them."""
+    import json
+
+    from mom.cli import main
+
+    out = subprocess.run([sys.executable, "-m", "mom.cli", "bench", "decode", "--batch", "3", "--new-tokens", "4",
+                          "--prompt-len", "4", "--rounds", "1", "--json"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)
+    assert r["batch"] == 3 and all(v > 0 for v in r["tokens_per_s"].values())
+    assert main(["bench", "decode", "--batch", "0"]) == 2  # checked like the other sizes
 
 
 @pytest.mark.slow
