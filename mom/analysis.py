@@ -518,8 +518,10 @@ def load_model(spec: str | os.PathLike, device: torch.device | str = "cpu", **ov
     return MoM.from_pretrained(resolve_model_dir(spec), map_location=device, **overrides).eval()
 
 
-def resolve_data_dir(spec: str | None) -> Path:
-    """``--data`` if given, else the built-in corpus when it has been prepared under data/builtin."""
+def resolve_data_dir(spec: str | None, measure: str = "routing",
+                     accepts: str = "DIR (a directory with val.bin, from 'mom prepare --out DIR')") -> Path:
+    """``--data`` if given, else the built-in corpus when it has been prepared under data/builtin. Without either,
+    the error says what the command would ``measure`` and which ``--data`` forms it ``accepts``."""
     if spec is not None:
         path = Path(spec)
         if not path.exists():
@@ -527,8 +529,8 @@ def resolve_data_dir(spec: str | None) -> Path:
         return path
     if (DEFAULT_DATA_DIR / "val.bin").is_file():
         return DEFAULT_DATA_DIR
-    raise DataError("no data to measure routing on: pass --data DIR (a directory with val.bin, from "
-                    f"'mom prepare --out DIR'), or prepare the built-in corpus with 'mom prepare --out {DEFAULT_DATA_DIR}'")
+    raise DataError(f"no data to measure {measure} on: pass --data {accepts}, or prepare the built-in corpus with "
+                    f"'mom prepare --out {DEFAULT_DATA_DIR}'")
 
 
 def val_windows(data: str | os.PathLike, vocab_size: int, seq_len: int, windows: int) -> Tensor:

@@ -875,17 +875,13 @@ def cli_ppl(args: argparse.Namespace, overrides) -> int:
         raise MomError(f"--max-tokens must be ≥ 2, got {args.max_tokens}")
     if args.batch_size < 1:
         raise MomError(f"--batch-size must be ≥ 1, got {args.batch_size}")
-    from mom.analysis import DEFAULT_DATA_DIR, resolve_model_dir
+    from mom.analysis import resolve_data_dir, resolve_model_dir
 
     ckpt = resolve_model_dir(args.ckpt)  # a missing checkpoint is named first, as by every other command
     data = args.data
-    if data is None:
-
-        if not (DEFAULT_DATA_DIR / "val.bin").is_file():
-            raise DataError("no data to measure perplexity on: give --data DIR|FILE (a dataset directory from "
-                            "'mom prepare --out DIR', a .bin token file or a UTF-8 text file), or prepare the "
-                            f"built-in corpus with 'mom prepare --out {DEFAULT_DATA_DIR}'")
-        data = DEFAULT_DATA_DIR
+    if data is None:  # the built-in corpus, checked before the model loads (a given path is read_eval_tokens' to check)
+        data = resolve_data_dir(None, "perplexity", "DIR|FILE (a dataset directory from 'mom prepare --out DIR', "
+                                "a .bin token file or a UTF-8 text file)")
     device = pick_device(args.device)
     model = load_model(ckpt, device)
     if args.stride is not None:

@@ -408,7 +408,7 @@ def test_lm_eval_arguments_are_checked_up_front(ckpt, tmp_path, capsys):
 def test_ppl_without_data_says_what_perplexity_needs(ckpt, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no data/builtin here
     err = _error(capsys, ["eval", "ppl", "--ckpt", str(ckpt)])
-    assert "no data to measure perplexity on: give --data" in err and "routing" not in err
+    assert "no data to measure perplexity on: pass --data" in err and "routing" not in err
 
 
 @pytest.mark.parametrize("stride", ["0", "-3", "64"])
