@@ -85,16 +85,20 @@ def main() -> int:
     torch.manual_seed(0)
     overrides = dict(kv.split("=", 1) for kv in args.set)
     cfg = resolve_config(args.config).replace(vocab_size=args.vocab_size, n_ctx=max(args.seq_len, 64), **overrides)
+    def old_twin(model):
+        """The old package's model of the same config (fields it knows) and weights."""
+        fields = mom_old.config.MoMConfig.__dataclass_fields__
+        twin = mom_old.model.MoM(mom_old.config.MoMConfig.from_dict(
+            {k: v for k, v in model.config.to_dict().items() if k in fields}))
+        twin.load_state_dict(model.state_dict())
+        return twin
+
     new = MoM(cfg)
-    old = mom_old.model.MoM(mom_old.config.MoMConfig.from_dict(
-        {k: v for k, v in cfg.to_dict().items() if k in mom_old.config.MoMConfig.__dataclass_fields__}))
-    old.load_state_dict(new.state_dict())
+    old = old_twin(new)
     dense = MoM(vanilla_with_layers(cfg, active_layers(cfg)))
     # The dense model of each version: a change to code both share (the single forms of vanilla layers) moves the
     # dense baseline too, and each version's MoM / dense ratio must use its own.
-    dense_old = mom_old.model.MoM(mom_old.config.MoMConfig.from_dict(
-        {k: v for k, v in dense.config.to_dict().items() if k in mom_old.config.MoMConfig.__dataclass_fields__}))
-    dense_old.load_state_dict(dense.state_dict())
+    dense_old = old_twin(dense)
     idx = torch.randint(0, cfg.vocab_size, (args.batch, args.seq_len), device=args.device)
     losses = {}
     for name, m in (("mom_new", new), ("mom_old", old)):  # the same function before any step moves the weights
