@@ -56,11 +56,14 @@ def _decode_seconds(engine: Engine, prompts: list[list[int]], n: int) -> float:
 
 def bench_decode(config: str = "tiny-mom", new_tokens: int = 256, prompt_len: int = 16, rounds: int = 3,
                  uncached_tokens: int | None = None, device: str = "cpu", seed: int = 0,
-                 compile: bool = False, batch: int = 1) -> dict:
+                 compile: bool = False, batch: int = 1, compile_mode: str | None = None) -> dict:
     """Decode tokens/s: cached vs uncached (same MoM), and MoM vs vanilla models of (a) equal depth and (b) equal
-    active FLOPs (all cached; with ``compile`` the cached decode steps of all of them are compiled). ``batch``
-    random prompts of ``prompt_len`` tokens decode together; tokens/s counts the tokens of all of them."""
+    active FLOPs (all cached; with ``compile`` the cached decode steps of all of them are compiled, in
+    ``compile_mode``: "reduce-overhead" replays them as CUDA graphs). ``batch`` random prompts of ``prompt_len``
+    tokens decode together; tokens/s counts the tokens of all of them."""
     from mom.model import MoM
+
+    check_compile_mode(compile, compile_mode)
 
     torch.manual_seed(seed)
     cfg = resolve_config(config)
@@ -71,11 +74,12 @@ def bench_decode(config: str = "tiny-mom", new_tokens: int = 256, prompt_len: in
     v_active = MoM(vanilla_with_layers(cfg, n_active)).to(device).eval()
     prompts = torch.randint(0, min(cfg.vocab_size, 50000), (batch, prompt_len),
                             generator=torch.Generator().manual_seed(seed)).tolist()
+    cached = dict(compile=compile, compile_mode=compile_mode)
     contenders = {
-        "mom_cached": (Engine(mom, compile=compile), new_tokens),
+        "mom_cached": (Engine(mom, **cached), new_tokens),
         "mom_uncached": (Engine(mom, use_cache=False), uncached_tokens or new_tokens),
-        "vanilla_equal_depth": (Engine(v_depth, compile=compile), new_tokens),
-        "vanilla_equal_active": (Engine(v_active, compile=compile), new_tokens),
+        "vanilla_equal_depth": (Engine(v_depth, **cached), new_tokens),
+        "vanilla_equal_active": (Engine(v_active, **cached), new_tokens),
     }
     for engine, _ in contenders.values():
         engine.eot = -1  # every contender decodes exactly its number of tokens
@@ -89,11 +93,18 @@ def bench_decode(config: str = "tiny-mom", new_tokens: int = 256, prompt_len: in
         "benchmark": "decode", "machine": machine(device), "config": cfg.name, "depth": cfg.depth,
         "active_layers": n_active, "batch": batch, "new_tokens": new_tokens, "prompt_len": prompt_len,
         "rounds": rounds,
-        "compile": compile, "tokens_per_s": tps,
+        "compile": compile, "compile_mode": compile_mode if compile else None, "tokens_per_s": tps,
         "cached_over_uncached": tps["mom_cached"] / tps["mom_uncached"],
         "mom_over_vanilla_equal_depth": tps["mom_cached"] / tps["vanilla_equal_depth"],
         "mom_over_vanilla_equal_active": tps["mom_cached"] / tps["vanilla_equal_active"],
     }
+
+
+def compiled_as(r: dict) -> str:
+    """", compiled (mode)" for a compiled run's title line, or nothing."""
+    if not r.get("compile"):
+        return ""
+    return ", compiled" + (f" ({r['compile_mode']})" if r.get("compile_mode") else "")
 
 
 def format_decode(r: dict) -> str:
@@ -101,7 +112,7 @@ def format_decode(r: dict) -> str:
     return "\n".join([
         f"decode benchmark on {r['machine']} — {r['config']} (depth {r['depth']}), "
         f"{r['batch']} sequence{'s' if r['batch'] > 1 else ''} × prompt {r['prompt_len']}, "
-        f"{r['new_tokens']} new tokens, best of {r['rounds']} alternating rounds{', compiled' if r['compile'] else ''}",
+        f"{r['new_tokens']} new tokens, best of {r['rounds']} alternating rounds{compiled_as(r)}",
         f"  MoM cached              {t['mom_cached']:9.1f} tok/s",
         f"  MoM uncached            {t['mom_uncached']:9.1f} tok/s",
         f"  vanilla, equal depth    {t['vanilla_equal_depth']:9.1f} tok/s   ({r['depth']} layers)",
@@ -156,6 +167,13 @@ CONTENDERS = ("mom_grouped", "mom_loop", "dense")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
+def check_compile_mode(compile: bool, compile_mode: str | None) -> None:
+    if compile_mode is not None and compile_mode not in COMPILE_MODES:
+        raise ConfigError(f"unknown compile mode {compile_mode!r}; choose from {', '.join(COMPILE_MODES)}")
+    if compile_mode is not None and not compile:
+        raise ConfigError("a compile mode needs --compile")
+
+
 def bench_step(config: str = "K2H2S", mode: str = "train", batch: int = 4, seq_len: int = 128, rounds: int = 3,
                warmup: int = 2, device: str = "cpu", seed: int = 0, overrides: dict | None = None,
                compile: bool = False, only: tuple[str, ...] = CONTENDERS, profile: str | None = None,
@@ -172,10 +190,7 @@ def bench_step(config: str = "K2H2S", mode: str = "train", batch: int = 4, seq_l
     from mom.model import MoM
     from mom.train import keep_freed_memory
 
-    if compile_mode is not None and compile_mode not in COMPILE_MODES:
-        raise ConfigError(f"unknown compile mode {compile_mode!r}; choose from {', '.join(COMPILE_MODES)}")
-    if compile_mode is not None and not compile:
-        raise ConfigError("a compile mode needs --compile")
+    check_compile_mode(compile, compile_mode)
     unknown = set(only) - set(CONTENDERS)
     if unknown or not only:
         raise ConfigError(f"unknown contender(s) {sorted(unknown)}; choose from {', '.join(CONTENDERS)}")
@@ -283,8 +298,7 @@ def profile_steps(steps: dict, directory: str, device: str, rows: int = 400) -> 
 def format_step(r: dict) -> str:
     lines = [f"{r['benchmark']} benchmark on {r['machine']} — {r['config']} vs dense {r['dense_layers']}-layer GPT-2 "
              f"(equal active matmul FLOPs), batch {r['batch']}×{r['seq_len']}, best of {r['rounds']} alternating rounds"
-             f"{', compiled' if r.get('compile') else ''}"
-             f"{' (' + r['compile_mode'] + ')' if r.get('compile_mode') else ''}"]
+             f"{compiled_as(r)}"]
     for k, v in r["results"].items():
         mfu = f", MFU {100 * v['mfu']:.1f}%" if v["mfu"] else ""
         mem = f", peak {v['peak_memory_bytes'] / 2**30:.2f} GiB" if v.get("peak_memory_bytes") else ""
@@ -312,7 +326,7 @@ def cmd_bench(args, overrides) -> int:
     args.device = str(pick_device(args.device))  # one error line for a device that is not there
     if args.what == "decode":
         r = bench_decode(args.config or "tiny-mom", args.new_tokens, args.prompt_len, args.rounds, device=args.device,
-                         compile=args.compile, batch=args.batch)
+                         compile=args.compile, batch=args.batch, compile_mode=args.compile_mode)
         print(json.dumps(r, indent=2) if args.json else format_decode(r))
         return 0
     r = bench_step(args.config or "K2H2S", args.what, args.batch, args.seq_len, args.rounds, device=args.device,

@@ -154,8 +154,10 @@ def cmd_convert(args, overrides) -> int:
 
 # ---------------------------------------------------------------------------------------------- generate
 def cmd_generate(args, overrides) -> int:
+    from mom.bench import check_compile_mode
     from mom.engine import Engine, SamplingParams
 
+    check_compile_mode(args.compile, args.compile_mode)
     prompts = list(args.prompt or [])
     if args.prompt_file:
         try:
@@ -176,7 +178,7 @@ def cmd_generate(args, overrides) -> int:
     model = load_model(args.ckpt, device, **overrides["model"])
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                             top_p=args.top_p, seed=args.seed, stop=args.stop or [])
-    engine = Engine(model, use_cache=not args.no_cache, compile=args.compile)
+    engine = Engine(model, use_cache=not args.no_cache, compile=args.compile, compile_mode=args.compile_mode)
     if args.stream:
         if len(prompts) > 1:
             raise MomError("--stream takes a single prompt")
@@ -215,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
     v.set_defaults(func=cmd_convert, overrides=("model",))
 
+    from mom.bench import COMPILE_MODES, cmd_bench
+
     g = sub.add_parser("generate", help="generate text from a checkpoint with the KV-cached engine")
     g.add_argument("--ckpt", required=True, metavar="DIR", help="a mom model directory (model.safetensors + config.json) or a training run (its latest checkpoint)")
     g.add_argument("--prompt", action="append", help="prompt text (repeat for a batch)")
@@ -228,10 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     g.add_argument("--no-cache", action="store_true", help="recompute the full forward every step (reference)")
     g.add_argument("--compile", action="store_true", help="torch.compile the decode step (pays off for long outputs)")
+    g.add_argument("--compile-mode", default=None, choices=COMPILE_MODES,
+                   help="torch.compile mode with --compile (reduce-overhead: CUDA graphs, for GPUs)")
     g.add_argument("--device", default=None, help="cpu, cuda or auto (default: cuda if available)")
     g.set_defaults(func=cmd_generate, overrides=("model",))
-
-    from mom.bench import COMPILE_MODES, cmd_bench
 
     b = sub.add_parser("bench", help="benchmarks measured side by side in one process")
     b.add_argument("what", choices=["train", "forward", "decode"],
@@ -245,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="cpu")
     b.add_argument("--compile", action="store_true", help="torch.compile the models (decode: the cached decode steps)")
     b.add_argument("--compile-mode", default=None, choices=COMPILE_MODES,
-                   help="train/forward: torch.compile mode with --compile (reduce-overhead: CUDA graphs)")
+                   help="torch.compile mode with --compile (reduce-overhead: CUDA graphs; decode: of the decode steps)")
     b.add_argument("--only", default=None, help="train/forward: comma-separated subset of mom_grouped,mom_loop,dense")
     b.add_argument("--profile", default=None, metavar="DIR",
                    help="train/forward: profile one extra step per contender, operator tables in DIR/<contender>.txt")

@@ -81,16 +81,48 @@ class KVCache:
         device, dtype = device or p.device, dtype or p.dtype
         if batch_size < 1 or max_len < 1:
             raise MomError(f"a KV cache needs batch_size ≥ 1 and max_len ≥ 1, got {batch_size} and {max_len}")
-        if pad_lengths is not None and len(pad_lengths) != batch_size:
-            raise MomError(f"pad_lengths has {len(pad_lengths)} entries for a batch of {batch_size}")
-        self.max_len = max_len
+        self.batch_size, self.max_len, self.device, self.dtype = batch_size, max_len, device, dtype
         self.pos_t = torch.zeros((), dtype=torch.long, device=device)
-        pads = torch.tensor(list(pad_lengths) if pad_lengths is not None else [0] * batch_size, device=device)
-        self.pad_B = pads
+        self.pad_B = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.k_pos_S = torch.arange(max_len, device=device)
-        self.real_BS = self.k_pos_S.unsqueeze(0) >= pads.unsqueeze(1)
+        self.real_BS = torch.ones(batch_size, max_len, dtype=torch.bool, device=device)
         self.slots = {name: CacheSlot(self, batch_size, cfg.n_head, max_len, cfg.head_dim, device, dtype)
                       for name in slot_names(cfg)}
+        self.reset(pad_lengths)
+
+    def reset(self, pad_lengths: Sequence[int] | None = None) -> None:
+        """Empty the cache for a new batch of prompts (``pad_lengths`` left pads per row), in place: every tensor
+        keeps its address, which CUDA graphs replay (see :meth:`mark_static`). Stale keys and values need no
+        clearing: until a write sets its validity bit again, attention masks a key out (weight exactly 0)."""
+        B = self.batch_size
+        if pad_lengths is not None and len(pad_lengths) != B:
+            raise MomError(f"pad_lengths has {len(pad_lengths)} entries for a batch of {B}")
+        self.pos_t.zero_()
+        self.pad_B.copy_(torch.tensor(list(pad_lengths) if pad_lengths is not None else [0] * B))
+        torch.ge(self.k_pos_S.unsqueeze(0), self.pad_B.unsqueeze(1), out=self.real_BS)
+        for slot in self.slots.values():
+            slot.valid_BS.zero_()
+
+    def _length_dims(self) -> list[tuple[Tensor, int]]:
+        """Every tensor whose size is the cache length, with that dimension."""
+        dims = [(self.k_pos_S, 0), (self.real_BS, 1)]
+        for slot in self.slots.values():
+            dims += [(slot.k_BHSd, 2), (slot.v_BHSd, 2), (slot.valid_BS, 1)]
+        return dims
+
+    def mark_dynamic_length(self) -> None:
+        """Tell ``torch.compile`` that the cache length varies between calls, so that one compiled decode step
+        serves every prompt and output length; otherwise the second length compiles it again (~16 s for tiny-mom
+        on the 2-core CPU with a cold compile cache, docs/log.md)."""
+        for t, dim in self._length_dims():
+            torch._dynamo.maybe_mark_dynamic(t, dim)
+
+    def mark_static(self) -> None:
+        """Tell ``torch.compile`` that these tensors keep their addresses from call to call (the cache is reused,
+        see :meth:`reset`): CUDA graphs then read and write them in place rather than copying them in and out at
+        every replay, and accept that the decode step writes into them."""
+        for t in [self.pos_t, self.pad_B] + [t for t, _ in self._length_dims()]:
+            torch._dynamo.mark_static_address(t)
 
     def slot(self, name: str) -> CacheSlot:
         return self.slots[name]
@@ -174,15 +206,25 @@ class Generation:
 
 class Engine:
     """Batched generation with a per-(chunk, step) KV cache. ``use_cache=False`` recomputes the full forward at
-    every step (with the causal routing rule), the reference the cache is tested against. ``compile=True`` runs
-    the one-token decode step through ``torch.compile`` (static shapes: it compiles once per batch size)."""
+    every step (with the causal routing rule), the reference the cache is tested against.
 
-    def __init__(self, model, tokenizer=None, *, use_cache: bool = True, compile: bool = False):
+    ``compile=True`` runs the one-token decode step through ``torch.compile(mode=compile_mode)``: static shapes
+    but for the cache length, so it compiles once per batch size, whatever the prompt and output lengths. With
+    ``compile_mode="reduce-overhead"`` (CUDA graphs: on a GPU decoding is bound by kernel launches) the engine
+    keeps one cache of the model's full context per batch size and reuses it, in place, for every call: a graph
+    replays fixed addresses. Attention then reads all ``n_ctx`` cache positions at every step (masked), the
+    price of one graph for every length."""
+
+    def __init__(self, model, tokenizer=None, *, use_cache: bool = True, compile: bool = False,
+                 compile_mode: str | None = None):
         self.model = model.eval()
         self._tok = tokenizer
         self.use_cache = use_cache
         self.eot = 50256
-        self._decode = torch.compile(self.model) if compile and use_cache else self.model
+        self._compiled = compile and use_cache
+        self._graphs = self._compiled and compile_mode == "reduce-overhead"
+        self._decode = torch.compile(self.model, mode=compile_mode) if self._compiled else self.model
+        self._reused: dict[tuple, KVCache] = {}  # (batch size, device, dtype) -> the cache CUDA graphs replay
 
     @property
     def tok(self):
@@ -254,7 +296,7 @@ class Engine:
             gen = torch.Generator(device=device).manual_seed(p.seed)
         out_tokens: list[list[int]] = [[] for _ in range(B)]
         finish = [None] * B
-        cache = KVCache(self.model, B, seen, pad_lengths=pads) if self.use_cache else None
+        cache = self._cache_for(B, seen, pads) if self.use_cache else None
         logits_BV = self._logits(idx_BT, cache, pads)
         for i in range(p.max_new_tokens):
             nxt_B = sample_next(logits_BV, p, gen)
@@ -273,6 +315,8 @@ class Engine:
             if all(f is not None for f in finish) or i + 1 == p.max_new_tokens:
                 break  # (after the last token: no forward whose logits nothing would read)
             if cache is not None:
+                if self._graphs:
+                    torch.compiler.cudagraph_mark_step_begin()  # the last replay's outputs are read: reuse them
                 logits_BV = self._decode(nxt_B.unsqueeze(1), cache=cache).logits[:, -1]
             else:  # the uncached reference recomputes the whole sequence
                 idx_BT = torch.cat([idx_BT, nxt_B.unsqueeze(1)], dim=1)
@@ -287,6 +331,22 @@ class Engine:
                         if s in text:
                             text = text[: text.index(s)]
                 results.append(Generation(texts[b], ids[b], toks, text, finish[b] or "length"))
+
+    def _cache_for(self, B: int, seen: int, pads: list[int]) -> KVCache:
+        if not self._graphs:
+            cache = KVCache(self.model, B, seen, pad_lengths=pads)
+            if self._compiled:
+                cache.mark_dynamic_length()
+            return cache
+        p = next(self.model.parameters())
+        key = (B, p.device, p.dtype)
+        cache = self._reused.get(key)
+        if cache is None:
+            cache = self._reused[key] = KVCache(self.model, B, self.model.config.n_ctx, pad_lengths=pads)
+            cache.mark_static()
+        else:
+            cache.reset(pads)
+        return cache
 
     def _logits(self, idx_BT: Tensor, cache: KVCache | None, pads: list[int]) -> Tensor:
         """Logits of the last position of every row."""

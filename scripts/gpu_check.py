@@ -290,6 +290,9 @@ def steps(dev: str, dry: bool) -> list[tuple[str, list[str], int]]:
                                       "16" if dry else "64"], 120),
         ("bench_decode_compiled", mom + ["bench", "decode", "--device", dev, "--compile", "--json", "--new-tokens",
                                          "16" if dry else "128"], 240),
+        # CUDA graphs for the decode steps (one full-context cache per batch size, reused at fixed addresses)
+        ("bench_decode_cudagraphs", mom + ["bench", "decode", "--device", dev, "--compile", "--compile-mode",
+                                           "reduce-overhead", "--json", "--new-tokens", "16" if dry else "128"], 240),
     ]
 
 

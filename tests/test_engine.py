@@ -226,6 +226,8 @@ def test_bench_decode_batch_from_the_cli():
     r = json.loads(out.stdout)
     assert r["batch"] == 3 and all(v > 0 for v in r["tokens_per_s"].values())
     assert main(["bench", "decode", "--batch", "0"]) == 2  # checked like the other sizes
+    for cmd in (["bench", "decode"], ["generate", "--ckpt", "no-such-dir", "--prompt", "hi"]):
+        assert main(cmd + ["--compile-mode", "reduce-overhead"]) == 2  # a mode without --compile: one error line
 
 
 @pytest.mark.slow
@@ -236,6 +238,49 @@ def test_compiled_decode_equals_eager():
     eager = Engine(model).generate(prompts, max_new_tokens=10, temperature=0)
     compiled = Engine(model, compile=True).generate(prompts, max_new_tokens=10, temperature=0)
     assert [g.tokens for g in eager] == [g.tokens for g in compiled]
+
+
+def test_reset_cache_serves_a_new_batch_exactly_like_a_fresh_one():
+    """Engine(compile_mode="reduce-overhead") reuses one cache, reset in place: stale keys, values, positions and
+    validity from an earlier batch must change nothing (different pads, a SKIP family, so validity matters)."""
+    model = _model(FAMILIES["NA!=NF-skip-K3"])
+    first, second = torch.randint(0, 97, (2, 12)), torch.randint(0, 97, (2, 7))
+    with torch.no_grad():
+        reused = KVCache(model, 2, 20, pad_lengths=[0, 3])
+        model(first, cache=reused)
+        model(first[:, :1], cache=reused)
+        reused.reset([2, 0])
+        logits = {}
+        for name, cache in (("reused", reused), ("fresh", KVCache(model, 2, 20, pad_lengths=[2, 0]))):
+            parts = [model(second, cache=cache).logits]
+            parts += [model(second[:, t:t + 1], cache=cache).logits for t in range(3)]
+            logits[name] = torch.cat(parts, 1)
+    assert torch.equal(logits["reused"], logits["fresh"])
+    with pytest.raises(MomError, match="pad_lengths has 1 entries for a batch of 2"):
+        reused.reset([0])
+
+
+@pytest.mark.parametrize("mode", [None, "reduce-overhead"])
+def test_compiled_decode_traces_once_for_every_length(mode, monkeypatch):
+    """One compiled decode step serves every prompt and output length: the cache length is dynamic by default,
+    and with CUDA graphs' mode one full-context cache is reused. Counted with dynamo's tracing-only backend (fast);
+    tokens must equal eager decoding."""
+    from torch._dynamo.testing import CompileCounter
+
+    counter, real_compile = CompileCounter(), torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(model, backend=counter))
+    torch._dynamo.reset()
+    model = _model(FAMILIES["NA!=NF-skip-K3"])
+    compiled, eager = Engine(model, compile=True, compile_mode=mode), Engine(model)
+    caches = []
+    for prompt, n in (([1, 2, 3, 4], 6), ([5, 6], 9), (list(range(10, 30)), 4)):
+        got = compiled.generate([prompt], max_new_tokens=n, temperature=0)[0].tokens
+        assert got == eager.generate([prompt], max_new_tokens=n, temperature=0)[0].tokens
+        caches += list(compiled._reused.values())
+    assert counter.frame_count == 1
+    if mode == "reduce-overhead":
+        assert len(caches) == 3 and caches[0] is caches[1] is caches[2]
+        assert caches[0].max_len == model.config.n_ctx
 
 
 def test_prompts_as_tensors_or_arrays_and_a_single_stop_string():
