@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from mom.config import MoMConfig, resolve_config
+from mom.config import COMPILE_MODES, MoMConfig, cuda_graphs, resolve_config
 from mom.errors import ConfigError
 from mom.engine import Engine
 from mom.flops import PEAK_FLOPS_SOURCE, peak_flops
@@ -143,7 +143,7 @@ def make_step(model, idx, *, mode: str = "train", device: str = "cpu", compile: 
     model.to(device).train(mode == "train")
     compiled = compile and model.config.dispatch != "loop"
     fwd = torch.compile(model, fullgraph=True, mode=compile_mode) if compiled else model
-    graphs = compiled and compile_mode == "reduce-overhead"
+    graphs = compiled and cuda_graphs(compile_mode)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused_adamw(device)) if mode == "train" else None
 
     def step():
@@ -164,9 +164,6 @@ def make_step(model, idx, *, mode: str = "train", device: str = "cpu", compile: 
 
 
 CONTENDERS = ("mom_grouped", "mom_loop", "dense")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-
 def check_compile_mode(compile: bool, compile_mode: str | None) -> None:
     if compile_mode is not None and compile_mode not in COMPILE_MODES:
         raise ConfigError(f"unknown compile mode {compile_mode!r}; choose from {', '.join(COMPILE_MODES)}")
@@ -186,7 +183,7 @@ def bench_step(config: str = "K2H2S", mode: str = "train", batch: int = 4, seq_l
     :data:`CONTENDERS` (ratios need both of their contenders). ``profile``: after timing, profile one more step of each contender and write
     its top operators by device time to ``<profile>/<contender>.txt``."""
     from mom.flops import count, modules_per_step, usage_from_routes
-    from mom.memory import optimizer_state, storage_bytes
+    from mom.memory import measure_peak, optimizer_state, storage_bytes
     from mom.model import MoM
     from mom.train import keep_freed_memory
 
@@ -224,7 +221,7 @@ def bench_step(config: str = "K2H2S", mode: str = "train", batch: int = 4, seq_l
     # CUDA peak memory per contender: the allocator's peak during its steps, less what every contender keeps
     # resident (weights, AdamW state), plus its own resident bytes: what it would need alone on the device.
     # Not with CUDA graphs: their activations live in a memory pool reserved at capture, before this baseline.
-    measure_mem = cuda and compile_mode != "reduce-overhead"
+    measure_mem = cuda and not (compile and cuda_graphs(compile_mode))
     resident = torch.cuda.memory_allocated() if cuda else 0
     own = {k: storage_bytes([*m.parameters(), *m.buffers(), *optimizer_state(opts[k])]) for k, m in models.items()}
     for _ in range(rounds):
@@ -236,6 +233,12 @@ def bench_step(config: str = "K2H2S", mode: str = "train", batch: int = 4, seq_l
             best[k] = min(best[k], time.perf_counter() - t0)
             if measure_mem:
                 peak_mem[k] = max(peak_mem[k] or 0, torch.cuda.max_memory_allocated() - resident + own[k])
+    if not cuda and not compile:
+        # CPU: no allocator statistics, so one more, untimed step under mom.memory's tensor tracker (which sees
+        # every operator's outputs; not the insides of compiled code): the tensors it creates, at their peak,
+        # on top of the contender's own resident bytes.
+        for k, step in steps.items():
+            peak_mem[k] = own[k] + measure_peak(torch.device("cpu"), step)[0]
     if profile:
         profile_steps(steps, profile, device)
     tokens = batch * seq_len
@@ -295,13 +298,17 @@ def profile_steps(steps: dict, directory: str, device: str, rows: int = 400) -> 
         (out / f"{name}.txt").write_text(prof.key_averages().table(sort_by=key, row_limit=rows))
 
 
+def human_bytes(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
 def format_step(r: dict) -> str:
     lines = [f"{r['benchmark']} benchmark on {r['machine']} — {r['config']} vs dense {r['dense_layers']}-layer GPT-2 "
              f"(equal active matmul FLOPs), batch {r['batch']}×{r['seq_len']}, best of {r['rounds']} alternating rounds"
              f"{compiled_as(r)}"]
     for k, v in r["results"].items():
         mfu = f", MFU {100 * v['mfu']:.1f}%" if v["mfu"] else ""
-        mem = f", peak {v['peak_memory_bytes'] / 2**30:.2f} GiB" if v.get("peak_memory_bytes") else ""
+        mem = f", peak {human_bytes(v['peak_memory_bytes'])}" if v.get("peak_memory_bytes") else ""
         lines.append(f"  {k:<12} {v['seconds_per_step'] * 1e3:9.1f} ms/step {v['tokens_per_s']:10.0f} tok/s "
                      f"{v['achieved_flops'] / 1e12:8.3f} TFLOP/s{mfu}{mem}")
     if r["mom_over_dense_time_per_active_flop"] is not None:

@@ -217,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
     v.set_defaults(func=cmd_convert, overrides=("model",))
 
-    from mom.bench import COMPILE_MODES, cmd_bench
+    from mom.bench import cmd_bench
+    from mom.config import COMPILE_MODES
 
     g = sub.add_parser("generate", help="generate text from a checkpoint with the KV-cached engine")
     g.add_argument("--ckpt", required=True, metavar="DIR", help="a mom model directory (model.safetensors + config.json) or a training run (its latest checkpoint)")

@@ -501,6 +501,16 @@ Schedule = Literal["cosine", "constant"]
 Parallel = Literal["ddp", "fsdp"]
 
 
+# torch.compile's modes; the two that replay CUDA graphs on a GPU need inputs they write into (a KV cache) at fixed
+# addresses, and each step to be marked as one (``torch.compiler.cudagraph_mark_step_begin``).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def cuda_graphs(compile_mode: str | None) -> bool:
+    """Whether ``torch.compile(mode=compile_mode)`` replays CUDA graphs (on a GPU)."""
+    return compile_mode in ("reduce-overhead", "max-autotune")
+
+
 @dataclass
 class TrainConfig(_JsonConfig):
     """How a model is trained: optimiser, schedule, batch geometry, evaluation and checkpoint cadence.

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mom.config import cuda_graphs
 from mom.errors import MomError
 
 
@@ -81,7 +82,7 @@ class KVCache:
         device, dtype = device or p.device, dtype or p.dtype
         if batch_size < 1 or max_len < 1:
             raise MomError(f"a KV cache needs batch_size ≥ 1 and max_len ≥ 1, got {batch_size} and {max_len}")
-        self.batch_size, self.max_len, self.device, self.dtype = batch_size, max_len, device, dtype
+        self.batch_size, self.max_len, self.device, self.dtype = batch_size, max_len, torch.device(device), dtype
         self.pos_t = torch.zeros((), dtype=torch.long, device=device)
         self.pad_B = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.k_pos_S = torch.arange(max_len, device=device)
@@ -92,8 +93,9 @@ class KVCache:
 
     def reset(self, pad_lengths: Sequence[int] | None = None) -> None:
         """Empty the cache for a new batch of prompts (``pad_lengths`` left pads per row), in place: every tensor
-        keeps its address, which CUDA graphs replay (see :meth:`mark_static`). Stale keys and values need no
-        clearing: until a write sets its validity bit again, attention masks a key out (weight exactly 0)."""
+        keeps its address, which CUDA graphs replay (see :meth:`mark_static`). Keys and values are zeroed too:
+        attention masks stale ones out with weight 0, but 0 × NaN is NaN, so one call whose weights overflowed
+        would otherwise poison every later one."""
         B = self.batch_size
         if pad_lengths is not None and len(pad_lengths) != B:
             raise MomError(f"pad_lengths has {len(pad_lengths)} entries for a batch of {B}")
@@ -101,7 +103,8 @@ class KVCache:
         self.pad_B.copy_(torch.tensor(list(pad_lengths) if pad_lengths is not None else [0] * B))
         torch.ge(self.k_pos_S.unsqueeze(0), self.pad_B.unsqueeze(1), out=self.real_BS)
         for slot in self.slots.values():
-            slot.valid_BS.zero_()
+            for t in (slot.k_BHSd, slot.v_BHSd, slot.valid_BS):
+                t.zero_()
 
     def _length_dims(self) -> list[tuple[Tensor, int]]:
         """Every tensor whose size is the cache length, with that dimension."""
@@ -209,11 +212,12 @@ class Engine:
     every step (with the causal routing rule), the reference the cache is tested against.
 
     ``compile=True`` runs the one-token decode step through ``torch.compile(mode=compile_mode)``: static shapes
-    but for the cache length, so it compiles once per batch size, whatever the prompt and output lengths. With
-    ``compile_mode="reduce-overhead"`` (CUDA graphs: on a GPU decoding is bound by kernel launches) the engine
-    keeps one cache of the model's full context per batch size and reuses it, in place, for every call: a graph
-    replays fixed addresses. Attention then reads all ``n_ctx`` cache positions at every step (masked), the
-    price of one graph for every length."""
+    but for the cache length, so it compiles once per batch size, whatever the prompt and output lengths. In the
+    modes that replay CUDA graphs (``"reduce-overhead"``, ``"max-autotune"``; on a GPU decoding is bound by
+    kernel launches) the engine keeps one cache of the model's full context per batch size and reuses it, in
+    place, for every call: a graph replays fixed addresses. Attention then reads all ``n_ctx`` cache positions at
+    every step (masked), the price of one graph for every length. A call holds its cache until it ends, so
+    interleaved ``stream`` calls each get their own."""
 
     def __init__(self, model, tokenizer=None, *, use_cache: bool = True, compile: bool = False,
                  compile_mode: str | None = None):
@@ -222,9 +226,9 @@ class Engine:
         self.use_cache = use_cache
         self.eot = 50256
         self._compiled = compile and use_cache
-        self._graphs = self._compiled and compile_mode == "reduce-overhead"
+        self._graphs = self._compiled and cuda_graphs(compile_mode)
         self._decode = torch.compile(self.model, mode=compile_mode) if self._compiled else self.model
-        self._reused: dict[tuple, KVCache] = {}  # (batch size, device, dtype) -> the cache CUDA graphs replay
+        self._reused: dict[tuple, KVCache] = {}  # (batch size, device, dtype) -> a free cache for CUDA graphs
 
     @property
     def tok(self):
@@ -296,43 +300,50 @@ class Engine:
             gen = torch.Generator(device=device).manual_seed(p.seed)
         out_tokens: list[list[int]] = [[] for _ in range(B)]
         finish = [None] * B
-        cache = self._cache_for(B, seen, pads) if self.use_cache else None
-        logits_BV = self._logits(idx_BT, cache, pads)
-        for i in range(p.max_new_tokens):
-            nxt_B = sample_next(logits_BV, p, gen)
-            step: list[int | None] = []
-            for b, t in enumerate(nxt_B.tolist()):
-                if finish[b] is not None:
-                    step.append(None)
-                    continue
-                out_tokens[b].append(t)
-                step.append(t)
-                if t == self.eot:
-                    finish[b] = "eos"
-                elif p.stop and texts[b] is not None and any(s in self.decode(out_tokens[b]) for s in p.stop):
-                    finish[b] = "stop"
-            yield step
-            if all(f is not None for f in finish) or i + 1 == p.max_new_tokens:
-                break  # (after the last token: no forward whose logits nothing would read)
-            if cache is not None:
-                if self._graphs:
-                    torch.compiler.cudagraph_mark_step_begin()  # the last replay's outputs are read: reuse them
-                logits_BV = self._decode(nxt_B.unsqueeze(1), cache=cache).logits[:, -1]
-            else:  # the uncached reference recomputes the whole sequence
-                idx_BT = torch.cat([idx_BT, nxt_B.unsqueeze(1)], dim=1)
-                logits_BV = self._logits(idx_BT, cache, pads)
-        if results is not None:
-            for b in range(B):
-                toks = out_tokens[b]
-                text = None
-                if texts[b] is not None:
-                    text = self.decode([t for t in toks if t != self.eot])
-                    for s in p.stop:
-                        if s in text:
-                            text = text[: text.index(s)]
-                results.append(Generation(texts[b], ids[b], toks, text, finish[b] or "length"))
+        cache = self._take_cache(B, seen, pads) if self.use_cache else None
+        try:
+            logits_BV = self._logits(idx_BT, cache, pads)
+            for i in range(p.max_new_tokens):
+                nxt_B = sample_next(logits_BV, p, gen)
+                step: list[int | None] = []
+                for b, t in enumerate(nxt_B.tolist()):
+                    if finish[b] is not None:
+                        step.append(None)
+                        continue
+                    out_tokens[b].append(t)
+                    step.append(t)
+                    if t == self.eot:
+                        finish[b] = "eos"
+                    elif p.stop and texts[b] is not None and any(s in self.decode(out_tokens[b]) for s in p.stop):
+                        finish[b] = "stop"
+                yield step
+                if all(f is not None for f in finish) or i + 1 == p.max_new_tokens:
+                    break  # (after the last token: no forward whose logits nothing would read)
+                if cache is not None:
+                    if self._graphs:
+                        torch.compiler.cudagraph_mark_step_begin()  # the last replay's outputs are read: reuse them
+                    logits_BV = self._decode(nxt_B.unsqueeze(1), cache=cache).logits[:, -1]
+                else:  # the uncached reference recomputes the whole sequence
+                    idx_BT = torch.cat([idx_BT, nxt_B.unsqueeze(1)], dim=1)
+                    logits_BV = self._logits(idx_BT, cache, pads)
+            if results is not None:
+                for b in range(B):
+                    toks = out_tokens[b]
+                    text = None
+                    if texts[b] is not None:
+                        text = self.decode([t for t in toks if t != self.eot])
+                        for s in p.stop:
+                            if s in text:
+                                text = text[: text.index(s)]
+                    results.append(Generation(texts[b], ids[b], toks, text, finish[b] or "length"))
+        finally:  # also when a stream is abandoned or a step raises: the cache is free again
+            if cache is not None and self._graphs:
+                self._reused.setdefault((B, cache.device, cache.dtype), cache)
 
-    def _cache_for(self, B: int, seen: int, pads: list[int]) -> KVCache:
+    def _take_cache(self, B: int, seen: int, pads: list[int]) -> KVCache:
+        """A cache for one call. For CUDA graphs the free full-context cache of this batch size, reset (taken out
+        of the free list until the call ends, see :meth:`_run`), or a new one; caches for a device or dtype the
+        model has left are dropped."""
         if not self._graphs:
             cache = KVCache(self.model, B, seen, pad_lengths=pads)
             if self._compiled:
@@ -340,9 +351,10 @@ class Engine:
             return cache
         p = next(self.model.parameters())
         key = (B, p.device, p.dtype)
-        cache = self._reused.get(key)
+        self._reused = {k: c for k, c in self._reused.items() if k[1:] == key[1:]}
+        cache = self._reused.pop(key, None)
         if cache is None:
-            cache = self._reused[key] = KVCache(self.model, B, self.model.config.n_ctx, pad_lengths=pads)
+            cache = KVCache(self.model, B, self.model.config.n_ctx, pad_lengths=pads)
             cache.mark_static()
         else:
             cache.reset(pads)

@@ -117,7 +117,7 @@ class MemoryReport:
         return asdict(self)
 
 
-def _measure_peak(device: torch.device, fn: Callable[[], Any]) -> tuple[int, int | None]:
+def measure_peak(device: torch.device, fn: Callable[[], Any]) -> tuple[int, int | None]:
     """Run ``fn``; return (peak bytes allocated while it ran above what was live before, and on CUDA the absolute
     peak of the allocator — None on CPU, where only the tracked tensors are known)."""
     if device.type == "cuda":
@@ -170,7 +170,7 @@ def measure_memory(model: nn.Module, idx_BT: Tensor, *, train: bool = True) -> M
 
     model.eval()
     with torch.no_grad():
-        fwd_extra, fwd_peak = _measure_peak(device, lambda: model(idx_BT))
+        fwd_extra, fwd_peak = measure_peak(device, lambda: model(idx_BT))
     if fwd_peak is None:
         fwd_peak = params + buffers + inputs + fwd_extra
     report = MemoryReport(device=str(device), method=method, batch=B, seq_len=T, param_bytes=params,
@@ -199,7 +199,7 @@ def measure_memory(model: nn.Module, idx_BT: Tensor, *, train: bool = True) -> M
     try:
         step()  # warm-up: creates the optimiser state
         optimizer = storage_bytes(optimizer_state(opt))
-        train_extra, train_peak = _measure_peak(device, step)
+        train_extra, train_peak = measure_peak(device, step)
         if train_peak is None:
             train_peak = params + buffers + optimizer + storage_bytes([idx_BT, targets_BT]) + train_extra
     finally:

@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from mom.bench import bench_step, format_step
+from mom.config import resolve_config
+from mom.model import MoM
 from mom.errors import ConfigError
 
 TINY = dict(vocab_size=512, n_ctx=32, d_model=64, n_head=2, d_ff=128)
@@ -14,8 +16,14 @@ TINY = dict(vocab_size=512, n_ctx=32, d_model=64, n_head=2, d_ff=128)
 def test_bench_train_reports_all_contenders_and_ratios():
     r = bench_step("tiny-mom", "train", batch=1, seq_len=16, rounds=1, warmup=1, overrides=TINY)
     assert set(r["results"]) == {"mom_grouped", "mom_loop", "dense"}
+    params = sum(p.numel() * 4 for p in MoM(resolve_config("tiny-mom").replace(**TINY)).parameters())
     for row in r["results"].values():
         assert row["seconds_per_step"] > 0 and row["tokens_per_s"] > 0 and row["mfu"] is None  # no peak on CPU
+    # CPU peak memory, from the tensor tracker: weights, AdamW's two moments and the gradients at least
+    for name in ("mom_grouped", "mom_loop"):
+        assert r["results"][name]["peak_memory_bytes"] > 4 * params
+    assert r["results"]["dense"]["peak_memory_bytes"] > 0
+    assert "MiB" in format_step(r)
     assert r["mom_over_dense_time_per_active_flop"] > 0 and r["loop_over_grouped"] > 0
     assert r["vocab_size"] == 512 and json.loads(json.dumps(r)) == r
     assert "MoM / dense" in format_step(r)

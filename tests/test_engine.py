@@ -283,6 +283,57 @@ def test_compiled_decode_traces_once_for_every_length(mode, monkeypatch):
         assert caches[0].max_len == model.config.n_ctx
 
 
+def _graph_mode_engine(model, monkeypatch):
+    """An engine in CUDA graphs' mode (cache reuse), traced by dynamo's tracing-only backend (fast)."""
+    from torch._dynamo.testing import CompileCounter
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: real_compile(m, backend=CompileCounter()))
+    torch._dynamo.reset()
+    return Engine(model, compile=True, compile_mode="reduce-overhead")
+
+
+def test_reused_cache_is_held_by_one_call_at_a_time(monkeypatch):
+    """Found by review: two streams of one engine shared the reused cache, and each reset it under the other."""
+    model = _model(FAMILIES["NA!=NF-skip-K3"])
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3.0)  # larger weights: tokens depend on every cached key
+    graphs, eager = _graph_mode_engine(model, monkeypatch), Engine(model)
+    kw = dict(max_new_tokens=8, temperature=1.0, seed=3)
+    prompts = ([1, 2, 3, 4, 5], [9, 8, 7])
+    want = [eager.generate([q], **kw)[0].tokens for q in prompts]
+    graphs.generate([[4, 5]], max_new_tokens=2)  # leaves a free cache for the next call to take
+    streams = [graphs.stream([q], **kw) for q in prompts]
+    got = [[step[0] for step in steps] for steps in zip(*streams)]
+    assert [list(t) for t in zip(*got)] == want
+    assert len(graphs._reused) == 1  # both returned their cache; one is kept for the next call
+
+
+def test_reused_cache_forgets_non_finite_values(monkeypatch):
+    """Found by review: masked stale keys have weight 0, but 0 × NaN is NaN, so one call with overflowing weights
+    broke every later call of the engine. reset() zeroes the keys and values."""
+    model = _model(FAMILIES["vanilla"])
+    graphs, eager = _graph_mode_engine(model, monkeypatch), Engine(model)
+    good = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.bottom[0].attn.c_attn.weight.fill_(float("nan"))
+    graphs.generate([list(range(1, 40))], max_new_tokens=6, temperature=0)
+    model.load_state_dict(good)
+    assert graphs.generate([[1, 2, 3]], max_new_tokens=6, temperature=0)[0].tokens == \
+        eager.generate([[1, 2, 3]], max_new_tokens=6, temperature=0)[0].tokens
+
+
+def test_reused_caches_follow_the_model_dtype(monkeypatch):
+    model = _model(FAMILIES["vanilla"])
+    graphs = _graph_mode_engine(model, monkeypatch)
+    for dtype in (torch.float32, torch.float64, torch.float32):
+        model.to(dtype)
+        tokens = graphs.generate([[1, 2, 3]], max_new_tokens=4, temperature=0)[0].tokens
+        assert tokens == Engine(model).generate([[1, 2, 3]], max_new_tokens=4, temperature=0)[0].tokens
+        assert [c.dtype for c in graphs._reused.values()] == [dtype]  # caches of a dtype the model left: dropped
+
+
 def test_prompts_as_tensors_or_arrays_and_a_single_stop_string():
     # found by a user audit: a tensor prompt raised "Boolean value of Tensor ... is ambiguous", numpy ids were
     # "not iterable", and stop="ab" stopped at any 'a' or 'b'
