@@ -21,7 +21,7 @@ import torch
 
 from mom.config import COMPILE_MODES, MoMConfig, cuda_graphs, resolve_config
 from mom.errors import ConfigError
-from mom.engine import Engine
+from mom.engine import Engine, KVCache
 from mom.flops import PEAK_FLOPS_SOURCE, peak_flops
 
 
@@ -61,6 +61,7 @@ def bench_decode(config: str = "tiny-mom", new_tokens: int = 256, prompt_len: in
     active FLOPs (all cached; with ``compile`` the cached decode steps of all of them are compiled, in
     ``compile_mode``: "reduce-overhead" replays them as CUDA graphs). ``batch`` random prompts of ``prompt_len``
     tokens decode together; tokens/s counts the tokens of all of them."""
+    from mom.memory import measure_peak, storage_bytes
     from mom.model import MoM
 
     check_compile_mode(compile, compile_mode)
@@ -89,6 +90,18 @@ def bench_decode(config: str = "tiny-mom", new_tokens: int = 256, prompt_len: in
         for name, (engine, n) in contenders.items():
             best[name] = min(best[name], _decode_seconds(engine, prompts, n) / (n * batch))
     tps = {k: 1.0 / v for k, v in best.items()}
+    # Memory of the cached contenders: the KV cache they allocate for this run, and the peak of one more, untimed
+    # run on top of the weights (CUDA: the allocator; CPU: mom.memory's tensor tracker, which does not see inside
+    # compiled code, so eager only; neither under CUDA graphs, whose memory pool predates the measurement).
+    cache_bytes, peak_mem = {}, {}
+    measure = not compile or (torch.device(device).type == "cuda" and not cuda_graphs(compile_mode))
+    for name, (engine, n) in contenders.items():
+        if not engine.use_cache:
+            continue
+        cache_bytes[name] = KVCache(engine.model, batch, prompt_len + n - 1).nbytes
+        if measure:
+            weights = storage_bytes([*engine.model.parameters(), *engine.model.buffers()])
+            peak_mem[name] = weights + measure_peak(torch.device(device), lambda: _decode_seconds(engine, prompts, n))[0]
     return {
         "benchmark": "decode", "machine": machine(device), "config": cfg.name, "depth": cfg.depth,
         "active_layers": n_active, "batch": batch, "new_tokens": new_tokens, "prompt_len": prompt_len,
@@ -97,6 +110,7 @@ def bench_decode(config: str = "tiny-mom", new_tokens: int = 256, prompt_len: in
         "cached_over_uncached": tps["mom_cached"] / tps["mom_uncached"],
         "mom_over_vanilla_equal_depth": tps["mom_cached"] / tps["vanilla_equal_depth"],
         "mom_over_vanilla_equal_active": tps["mom_cached"] / tps["vanilla_equal_active"],
+        "kv_cache_bytes": cache_bytes, "peak_memory_bytes": peak_mem or None,
     }
 
 
@@ -109,14 +123,21 @@ def compiled_as(r: dict) -> str:
 
 def format_decode(r: dict) -> str:
     t = r["tokens_per_s"]
+
+    def memory(name: str) -> str:
+        peak = (r.get("peak_memory_bytes") or {}).get(name)
+        cache = r.get("kv_cache_bytes", {}).get(name)
+        return (f", KV cache {human_bytes(cache)}" if cache else "") + (f", peak {human_bytes(peak)}" if peak else "")
+
     return "\n".join([
         f"decode benchmark on {r['machine']} — {r['config']} (depth {r['depth']}), "
         f"{r['batch']} sequence{'s' if r['batch'] > 1 else ''} × prompt {r['prompt_len']}, "
         f"{r['new_tokens']} new tokens, best of {r['rounds']} alternating rounds{compiled_as(r)}",
-        f"  MoM cached              {t['mom_cached']:9.1f} tok/s",
+        f"  MoM cached              {t['mom_cached']:9.1f} tok/s{memory('mom_cached')}",
         f"  MoM uncached            {t['mom_uncached']:9.1f} tok/s",
-        f"  vanilla, equal depth    {t['vanilla_equal_depth']:9.1f} tok/s   ({r['depth']} layers)",
-        f"  vanilla, equal active   {t['vanilla_equal_active']:9.1f} tok/s   ({r['active_layers']} layers: same matmul FLOPs)",
+        f"  vanilla, equal depth    {t['vanilla_equal_depth']:9.1f} tok/s   ({r['depth']} layers{memory('vanilla_equal_depth')})",
+        f"  vanilla, equal active   {t['vanilla_equal_active']:9.1f} tok/s   ({r['active_layers']} layers: same matmul "
+        f"FLOPs{memory('vanilla_equal_active')})",
         f"  cached / uncached       {r['cached_over_uncached']:9.2f}×",
         f"  MoM / vanilla (depth)   {r['mom_over_vanilla_equal_depth']:9.2f}×",
         f"  MoM / vanilla (active)  {r['mom_over_vanilla_equal_active']:9.2f}×",

@@ -106,6 +106,11 @@ class KVCache:
             for t in (slot.k_BHSd, slot.v_BHSd, slot.valid_BS):
                 t.zero_()
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes the cache holds (keys, values, validity, positions)."""
+        return sum(t.nbytes for t in [self.pos_t, self.pad_B] + [t for t, _ in self._length_dims()])
+
     def _length_dims(self) -> list[tuple[Tensor, int]]:
         """Every tensor whose size is the cache length, with that dimension."""
         dims = [(self.k_pos_S, 0), (self.real_BS, 1)]

@@ -225,6 +225,10 @@ def test_bench_decode_batch_from_the_cli():
     assert out.returncode == 0, out.stderr
     r = json.loads(out.stdout)
     assert r["batch"] == 3 and all(v > 0 for v in r["tokens_per_s"].values())
+    # One cache slot per attention core: MoM holds what a vanilla model of its depth holds, the deeper one more.
+    cache = r["kv_cache_bytes"]
+    assert cache["mom_cached"] == cache["vanilla_equal_depth"] < cache["vanilla_equal_active"]
+    assert all(r["peak_memory_bytes"][k] > cache[k] for k in cache)  # eager on the CPU: the tensor tracker
     assert main(["bench", "decode", "--batch", "0"]) == 2  # checked like the other sizes
     for cmd in (["bench", "decode"], ["generate", "--ckpt", "no-such-dir", "--prompt", "hi"]):
         assert main(cmd + ["--compile-mode", "reduce-overhead"]) == 2  # a mode without --compile: one error line
