@@ -4,11 +4,13 @@ much; the absolute figures are printed with the machine they came from).
 ``mom bench train`` / ``mom bench forward``: a MoM (fast ``grouped`` dispatcher and the ``loop`` reference)
 against the dense GPT-2 with the same width and the same *active* matmul FLOPs per token (see
 :func:`active_layers`), alternating after warm-up; reports time per step, tokens/s, achieved FLOP/s (analytic
-FLOPs from :mod:`mom.flops`), peak-FLOPs utilisation on known GPUs, and the MoM/dense time per active FLOP.
+FLOPs from :mod:`mom.flops`), peak-FLOPs utilisation on known GPUs, peak memory (the CUDA allocator, or on the
+CPU an untimed step under :mod:`mom.memory`'s tensor tracker), and the MoM/dense time per active and per routed
+FLOP.
 
-``mom bench decode``: KV-cached vs uncached greedy decoding of the same model, and a MoM against the vanilla model
-of equal active depth (same width, as many vanilla layers as the MoM's depth), alternating the contenders over
-several rounds after a warm-up and keeping each one's best round.
+``mom bench decode``: KV-cached vs uncached greedy decoding of the same model, and a MoM against vanilla models of
+equal depth and of equal active FLOPs, alternating the contenders over several rounds after a warm-up and keeping
+each one's best round; for the cached contenders also the KV-cache bytes and the peak memory of a run.
 """
 
 from __future__ import annotations
@@ -98,7 +100,7 @@ def bench_decode(config: str = "tiny-mom", new_tokens: int = 256, prompt_len: in
     for name, (engine, n) in contenders.items():
         if not engine.use_cache:
             continue
-        cache_bytes[name] = KVCache(engine.model, batch, prompt_len + n - 1).nbytes
+        cache_bytes[name] = KVCache(engine.model, batch, engine.cache_length(prompt_len + n - 1)).nbytes
         if measure:
             weights = storage_bytes([*engine.model.parameters(), *engine.model.buffers()])
             peak_mem[name] = weights + measure_peak(torch.device(device), lambda: _decode_seconds(engine, prompts, n))[0]

@@ -53,7 +53,8 @@ class CacheSlot:
         """Write T new tokens at the cache position; return all keys, values and the (B, 1, T, S) mask.
 
         Shapes never depend on the position (it is a tensor): the queries attend over all ``max_len`` slots with
-        the not-yet-written ones masked, so a decode step has static shapes and compiles once."""
+        the not-yet-written ones masked, so a compiled decode step serves every position (and, with the length
+        marked dynamic, every cache length: :meth:`KVCache.mark_dynamic_length`)."""
         c = self.cache
         pos_T = c.pos_t + torch.arange(k_BHTd.shape[2], device=k_BHTd.device)
         self.k_BHSd.index_copy_(2, pos_T, k_BHTd.to(self.k_BHSd.dtype))
@@ -216,13 +217,14 @@ class Engine:
     """Batched generation with a per-(chunk, step) KV cache. ``use_cache=False`` recomputes the full forward at
     every step (with the causal routing rule), the reference the cache is tested against.
 
-    ``compile=True`` runs the one-token decode step through ``torch.compile(mode=compile_mode)``: static shapes
-    but for the cache length, so it compiles once per batch size, whatever the prompt and output lengths. In the
-    modes that replay CUDA graphs (``"reduce-overhead"``, ``"max-autotune"``; on a GPU decoding is bound by
-    kernel launches) the engine keeps one cache of the model's full context per batch size and reuses it, in
-    place, for every call: a graph replays fixed addresses. Attention then reads all ``n_ctx`` cache positions at
-    every step (masked), the price of one graph for every length. A call holds its cache until it ends, so
-    interleaved ``stream`` calls each get their own."""
+    ``compile=True`` runs the one-token decode step through ``torch.compile(mode=compile_mode)``. The cache
+    length is marked dynamic, so whatever the prompt and output lengths it compiles once, and a new batch size
+    at most once more (dynamo then makes the batch dimension dynamic too). In the modes that replay CUDA graphs
+    (``"reduce-overhead"``, ``"max-autotune"``; on a GPU decoding is bound by kernel launches) the engine keeps
+    one cache of the model's full context per batch size and reuses it, in place, for every call: a graph
+    replays fixed addresses. Attention then reads all ``n_ctx`` cache positions at every step (masked), the
+    price of one graph for every length; on the CPU, where there are no graphs, that is all these modes change.
+    A call holds its cache until it ends, so interleaved ``stream`` calls each get their own."""
 
     def __init__(self, model, tokenizer=None, *, use_cache: bool = True, compile: bool = False,
                  compile_mode: str | None = None):
@@ -345,12 +347,16 @@ class Engine:
             if cache is not None and self._graphs:
                 self._reused.setdefault((B, cache.device, cache.dtype), cache)
 
+    def cache_length(self, seen: int) -> int:
+        """Positions of the cache a call allocates when the model sees ``seen`` tokens (prompt + new - 1)."""
+        return self.model.config.n_ctx if self._graphs else seen
+
     def _take_cache(self, B: int, seen: int, pads: list[int]) -> KVCache:
         """A cache for one call. For CUDA graphs the free full-context cache of this batch size, reset (taken out
         of the free list until the call ends, see :meth:`_run`), or a new one; caches for a device or dtype the
         model has left are dropped."""
         if not self._graphs:
-            cache = KVCache(self.model, B, seen, pad_lengths=pads)
+            cache = KVCache(self.model, B, self.cache_length(seen), pad_lengths=pads)
             if self._compiled:
                 cache.mark_dynamic_length()
             return cache
@@ -359,7 +365,7 @@ class Engine:
         self._reused = {k: c for k, c in self._reused.items() if k[1:] == key[1:]}
         cache = self._reused.pop(key, None)
         if cache is None:
-            cache = KVCache(self.model, B, self.model.config.n_ctx, pad_lengths=pads)
+            cache = KVCache(self.model, B, self.cache_length(seen), pad_lengths=pads)
             cache.mark_static()
         else:
             cache.reset(pads)

@@ -284,7 +284,13 @@ def test_compiled_decode_traces_once_for_every_length(mode, monkeypatch):
     assert counter.frame_count == 1
     if mode == "reduce-overhead":
         assert len(caches) == 3 and caches[0] is caches[1] is caches[2]
-        assert caches[0].max_len == model.config.n_ctx
+        assert caches[0].max_len == compiled.cache_length(5) == model.config.n_ctx
+    else:
+        assert compiled.cache_length(5) == 5
+    for prompts in ([[1, 2], [3]], [[4], [5, 6, 7], [8, 9]]):  # new batch sizes: one more trace, then dynamic
+        got = [g.tokens for g in compiled.generate(prompts, max_new_tokens=3, temperature=0)]
+        assert got == [g.tokens for g in eager.generate(prompts, max_new_tokens=3, temperature=0)]
+    assert counter.frame_count == 2
 
 
 def _graph_mode_engine(model, monkeypatch):
