@@ -1,4 +1,4 @@
-# Two entry points: `make demo` and `make test`. Both create .venv if missing and (re)install when the
+# Two entry points: `make demo` and `make test` (and `make bench`, the CPU benchmark suite, ~10 minutes). Both create .venv if missing and (re)install when the
 # dependency files change; the stamp file makes repeated calls cheap.
 PYTHON ?= python3
 VENV   := .venv
@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # torch is pinned for the CPU install on these machines; newer releases resolve to multi-GB CUDA wheels.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test install clean
+.PHONY: demo test bench install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python scripts/cpu_bench.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

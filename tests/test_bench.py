@@ -77,3 +77,25 @@ def test_bench_sizes_and_device_are_checked(args, message, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("mom: error: ") and message in err and err.count("\n") == 1, err
+
+
+def test_cpu_bench_suite_runs_and_prints_the_tables(tmp_path, capsys):
+    """scripts/cpu_bench.py (make bench) at toy sizes: each benchmark in its own process, JSON written, and the
+    table rows of docs/benchmarks.md printed with the commit."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "cpu_bench.py"
+    spec = importlib.util.spec_from_file_location("cpu_bench", path)
+    cpu_bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cpu_bench)
+    out = tmp_path / "bench.json"
+    assert cpu_bench.main(["--quick", "--rounds", "1", "--only", "train_8,decode_eager", "--out", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    assert set(saved["results"]) == {"train_8", "decode_eager"} and saved["quick"]
+    assert saved["results"]["train_8"]["results"]["mom_grouped"]["seconds_per_step"] > 0
+    printed = capsys.readouterr().out
+    assert f"| 8 | {saved['commit']} |" in printed and f"| eager ({saved['commit']}) |" in printed
+    with pytest.raises(SystemExit):
+        cpu_bench.main(["--only", "train_16"])
+    assert "unknown benchmark(s) train_16" in capsys.readouterr().err
