@@ -1,4 +1,4 @@
-# Two entry points: `make demo` and `make test` (and `make bench`, the CPU benchmark suite, ~10 minutes). Both create .venv if missing and (re)install when the
+# Two entry points: `make demo` and `make test` (and `make bench`, the CPU benchmark suite, ~4 minutes). Both create .venv if missing and (re)install when the
 # dependency files change; the stamp file makes repeated calls cheap.
 PYTHON ?= python3
 VENV   := .venv

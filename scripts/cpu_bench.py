@@ -3,7 +3,7 @@ GPT-2-small width with 4 and 8 modules per pool (grouped MoM, loop MoM, dense of
 decoding eager and compiled. Each benchmark runs in its own process (`mom bench ... --json`); the results go to a
 JSON file, and the table rows of docs/benchmarks.md are printed, stamped with the commit and the machine.
 
-    python scripts/cpu_bench.py                      # ~10 minutes on the 2-core dev box; make bench does the same
+    python scripts/cpu_bench.py                      # ~4 minutes on the 2-core dev box; make bench does the same
     python scripts/cpu_bench.py --quick              # toy sizes, seconds: checks that the suite runs
     python scripts/cpu_bench.py --only train_8 --rounds 4
 
