@@ -83,7 +83,7 @@ class KVCache:
         device, dtype = device or p.device, dtype or p.dtype
         if batch_size < 1 or max_len < 1:
             raise MomError(f"a KV cache needs batch_size ≥ 1 and max_len ≥ 1, got {batch_size} and {max_len}")
-        self.batch_size, self.max_len, self.device, self.dtype = batch_size, max_len, torch.device(device), dtype
+        self.max_len, self.device, self.dtype = max_len, torch.device(device), dtype
         self.pos_t = torch.zeros((), dtype=torch.long, device=device)
         self.pad_B = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.k_pos_S = torch.arange(max_len, device=device)
@@ -91,6 +91,10 @@ class KVCache:
         self.slots = {name: CacheSlot(self, batch_size, cfg.n_head, max_len, cfg.head_dim, device, dtype)
                       for name in slot_names(cfg)}
         self.reset(pad_lengths)
+
+    @property
+    def batch_size(self) -> int:
+        return self.pad_B.shape[0]  # (beam search reorders the rows, which may change it)
 
     def reset(self, pad_lengths: Sequence[int] | None = None) -> None:
         """Empty the cache for a new batch of prompts (``pad_lengths`` left pads per row), in place: every tensor
