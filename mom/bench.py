@@ -58,11 +58,13 @@ def _decode_seconds(engine: Engine, prompts: list[list[int]], n: int) -> float:
 
 def bench_decode(config: str = "tiny-mom", new_tokens: int = 256, prompt_len: int = 16, rounds: int = 3,
                  uncached_tokens: int | None = None, device: str = "cpu", seed: int = 0,
-                 compile: bool = False, batch: int = 1, compile_mode: str | None = None) -> dict:
+                 compile: bool = False, batch: int = 1, compile_mode: str | None = None,
+                 profile: str | None = None) -> dict:
     """Decode tokens/s: cached vs uncached (same MoM), and MoM vs vanilla models of (a) equal depth and (b) equal
     active FLOPs (all cached; with ``compile`` the cached decode steps of all of them are compiled, in
     ``compile_mode``: "reduce-overhead" replays them as CUDA graphs). ``batch`` random prompts of ``prompt_len``
-    tokens decode together; tokens/s counts the tokens of all of them."""
+    tokens decode together; tokens/s counts the tokens of all of them. ``profile``: a directory for the operator
+    table of one more, profiled run of each cached contender."""
     from mom.memory import measure_peak, storage_bytes
     from mom.model import MoM
 
@@ -104,6 +106,9 @@ def bench_decode(config: str = "tiny-mom", new_tokens: int = 256, prompt_len: in
         if measure:
             weights = storage_bytes([*engine.model.parameters(), *engine.model.buffers()])
             peak_mem[name] = weights + measure_peak(torch.device(device), lambda: _decode_seconds(engine, prompts, n))[0]
+    if profile:
+        profile_steps({name: (lambda e=engine, n=n: _decode_seconds(e, prompts, n))
+                       for name, (engine, n) in contenders.items() if engine.use_cache}, profile, device)
     return {
         "benchmark": "decode", "machine": machine(device), "config": cfg.name, "depth": cfg.depth,
         "active_layers": n_active, "batch": batch, "new_tokens": new_tokens, "prompt_len": prompt_len,
@@ -356,7 +361,8 @@ def cmd_bench(args, overrides) -> int:
     args.device = str(pick_device(args.device))  # one error line for a device that is not there
     if args.what == "decode":
         r = bench_decode(args.config or "tiny-mom", args.new_tokens, args.prompt_len, args.rounds, device=args.device,
-                         compile=args.compile, batch=args.batch, compile_mode=args.compile_mode)
+                         compile=args.compile, batch=args.batch, compile_mode=args.compile_mode,
+                         profile=args.profile)
         print(json.dumps(r, indent=2) if args.json else format_decode(r))
         return 0
     r = bench_step(args.config or "K2H2S", args.what, args.batch, args.seq_len, args.rounds, device=args.device,

@@ -253,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch.compile mode with --compile (reduce-overhead: CUDA graphs; decode: of the decode steps)")
     b.add_argument("--only", default=None, help="train/forward: comma-separated subset of mom_grouped,mom_loop,dense")
     b.add_argument("--profile", default=None, metavar="DIR",
-                   help="train/forward: profile one extra step per contender, operator tables in DIR/<contender>.txt")
+                   help="profile one extra step (decode: run) per contender, operator tables in DIR/<contender>.txt")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench, overrides=("model",))
 

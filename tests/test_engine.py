@@ -206,12 +206,16 @@ def test_generate_cli_takes_an_unfinished_training_run(ckpt, tmp_path):
     assert r.stdout == ref.stdout
 
 
-def test_bench_decode_smoke():
+def test_bench_decode_smoke(tmp_path):
     from mom.bench import active_layers, bench_decode
 
     assert active_layers(preset("tiny-mom")) == 14  # 1 bottom + anchor + 6 steps × K=2
-    r = bench_decode("tiny-mom", new_tokens=8, prompt_len=4, rounds=1, uncached_tokens=8)
+    r = bench_decode("tiny-mom", new_tokens=8, prompt_len=4, rounds=1, uncached_tokens=8, profile=str(tmp_path))
     assert r["tokens_per_s"]["mom_cached"] > 0 and r["cached_over_uncached"] > 0 and r["batch"] == 1
+    # one operator table per cached contender (the uncached reference is not profiled)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mom_cached.txt", "vanilla_equal_active.txt",
+                                                          "vanilla_equal_depth.txt"]
+    assert "aten::" in (tmp_path / "mom_cached.txt").read_text()
 
 
 def test_bench_decode_batch_from_the_cli():
