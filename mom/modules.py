@@ -149,99 +149,6 @@ class ModulePool(nn.Module):
             nn.init.zeros_(ln.bias)
 
 
-# ---------------------------------------------------------------------------------------------- pool weight gradients
-# A stacked weight unbound into per-module slices gets, in backward, one gradient per module and use: each module's
-# uses (one per assembly step) are summed (an add per module), then unbind's backward copies the N sums into one
-# stack. On the 2-core CPU at 1 × 256 tokens with 8 modules per pool those adds and copies took 13% of a K2H2S
-# step (docs/log.md). Here each use's weight gradient is *pending*: the use's (module, input, output gradient),
-# carried to the stacked weight in a tensor subclass that autograd sums by concatenating the lists, and computed
-# once, in the stack's own node, by one matmul per module over the rows of all its uses, written straight into
-# the stacked gradient. Nothing is shared between nodes, so a backward that runs only some of the uses (an aux
-# loss alone, ``autograd.grad`` of part of the graph, a retry after an error) gets exactly their gradient.
-
-
-class PendingWeightGrad(torch.Tensor):
-    """The gradient of a stacked (N, D, O) weight, not computed yet: ``entries`` holds (module m, x_RD, dy_RO) for
-    each use, whose gradient is ``x.T @ dy`` in row m. Adding two pending gradients concatenates their entries;
-    any other operation computes the dense gradient first (:meth:`materialize`)."""
-
-    __torch_function__ = torch._C._disabled_torch_function_impl
-
-    @staticmethod
-    def __new__(cls, like: Tensor, entries: list):
-        t = torch.Tensor._make_wrapper_subclass(cls, like.shape, dtype=like.dtype, device=like.device)
-        t.entries = entries
-        return t
-
-    def materialize(self) -> Tensor:
-        """The dense gradient: per module, one matmul over the rows of all its uses; zeros for unused modules."""
-        uses: dict[int, list[tuple[Tensor, Tensor]]] = {}
-        for m, x, dy in self.entries:
-            uses.setdefault(m, []).append((x, dy))
-        dw = torch.empty(self.shape, dtype=self.dtype, device=self.device)
-        for m in range(self.shape[0]):
-            if m not in uses:
-                dw[m].zero_()
-                continue
-            x_RD = torch.cat([x for x, _ in uses[m]]) if len(uses[m]) > 1 else uses[m][0][0]
-            dy_RO = torch.cat([dy for _, dy in uses[m]]) if len(uses[m]) > 1 else uses[m][0][1]
-            torch.mm(x_RD.t(), dy_RO, out=dw[m])
-        return dw
-
-    @classmethod
-    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if (func in (torch.ops.aten.add.Tensor, torch.ops.aten.add_.Tensor) and len(args) == 2 and not kwargs
-                and all(isinstance(a, PendingWeightGrad) for a in args)):  # autograd summing two uses
-            if func is torch.ops.aten.add_.Tensor:
-                args[0].entries.extend(args[1].entries)
-                return args[0]
-            return PendingWeightGrad(args[0], args[0].entries + args[1].entries)
-        dense = [a.materialize() if isinstance(a, PendingWeightGrad) else a for a in args]
-        return func(*dense, **kwargs)
-
-
-class _PoolWeights(torch.autograd.Function):
-    """The stacked weight as its modules' uses see it (a view); its backward computes the pending gradient."""
-
-    @staticmethod
-    def forward(ctx, w_NDO: Tensor) -> Tensor:
-        return w_NDO.view_as(w_NDO)
-
-    @staticmethod
-    def backward(ctx, g: Tensor) -> Tensor:
-        return g.materialize() if isinstance(g, PendingWeightGrad) else g
-
-
-class _ModuleLinear(torch.autograd.Function):
-    """``x @ w[m] + b`` for module m of a stacked weight (through :class:`_PoolWeights`), whose weight gradient
-    is left pending."""
-
-    @staticmethod
-    def forward(ctx, x_RD: Tensor, w_NDO: Tensor, b_O: Tensor, m: int) -> Tensor:
-        ctx.save_for_backward(x_RD, w_NDO)
-        ctx.m = m
-        return torch.addmm(b_O, x_RD, w_NDO[m])
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dy_RO: Tensor):
-        x_RD, w_NDO = ctx.saved_tensors
-        dx = dy_RO.mm(w_NDO[ctx.m].t()) if ctx.needs_input_grad[0] else None
-        dw = PendingWeightGrad(w_NDO, [(ctx.m, x_RD, dy_RO)]) if ctx.needs_input_grad[1] else None
-        db = dy_RO.sum(0) if ctx.needs_input_grad[2] else None
-        return dx, dw, db, None
-
-
-def pending_weight_grads(x: Tensor, w: Tensor) -> bool:
-    """Whether a module's use of the stacked weight ``w`` leaves its gradient pending (:class:`PendingWeightGrad`):
-    eager CPU training in one dtype, on plain tensors (the path of :func:`mom.dispatch.groups_one_by_one`).
-    A module-level function so tests can compare with the plain path."""
-    return (torch.is_grad_enabled() and w.requires_grad and w.shape[0] > 1 and x.dim() == 2 and not x.is_cuda
-            and x.dtype == w.dtype and type(w) in (Tensor, nn.Parameter) and not torch.compiler.is_compiling()
-            and not torch.is_autocast_enabled("cpu"))
-
-
 _NAME_PATHS: dict[str, tuple[list[str], str]] = {}
 
 
@@ -266,14 +173,11 @@ class ModuleSlices:
     backward, a zero-filled gradient the size of the whole stack (``SelectBackward``), added into the
     parameter's gradient: N full-size fills and adds per dispatch of a loop over N modules. On the 2-core CPU
     the loop reference took 1.43× the time that way at 8 modules (docs/log.md), a handicap a loop over separate
-    modules (the paper's code) does not have. Make a fresh one per forward pass (the slices belong to its graph).
-    In eager CPU training the matmul weights of a routed pool take the pending-gradient path instead
-    (:class:`PendingWeightGrad`): no per-module adds and no stack copy in backward."""
+    modules (the paper's code) does not have. Make a fresh one per forward pass (the slices belong to its graph)."""
 
     def __init__(self, pool: ModulePool):
         self.pool = pool
         self._slices: dict[str, tuple[Tensor, ...]] = {}
-        self._pending: dict[str, Tensor | None] = {}  # weight name -> its _PoolWeights view, or None: plain slices
 
     def _module(self, m: int, *names: str) -> list[Tensor]:
         out = []
@@ -288,14 +192,7 @@ class ModuleSlices:
         return out
 
     def _linear(self, x: Tensor, m: int, prefix: str) -> Tensor:
-        name = f"{prefix}.weight"
-        if name not in self._pending:  # first use in this pass: decide once for all uses
-            w = _parameter(self.pool, name)
-            self._pending[name] = _PoolWeights.apply(w) if pending_weight_grads(x, w) else None
-        w_NDO = self._pending[name]
-        if w_NDO is not None:
-            return _ModuleLinear.apply(x, w_NDO, self._module(m, f"{prefix}.bias")[0], m)
-        w, b = self._module(m, name, f"{prefix}.bias")
+        w, b = self._module(m, f"{prefix}.weight", f"{prefix}.bias")
         return F.linear(x, w.t(), b)
 
     def _layer_norm(self, x: Tensor, m: int, prefix: str) -> Tensor:

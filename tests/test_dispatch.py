@@ -149,92 +149,13 @@ def test_loop_reference_unbinds_each_stacked_parameter_once_per_forward():
     """The single forms take module m's slices from one ``unbind`` per stacked parameter and forward pass, not
     ``weight[m]`` per use: each ``SelectBackward`` of a stacked parameter would add a zero-filled gradient the size of
     the whole stack per use (the loop reference took 1.43× the time at 8 modules on CPU). A vanilla layer (a
-    one-module pool) takes a view instead, whose backward copies nothing. A routed pool's matmul weights go
-    through one ``_PoolWeights`` node per forward, whose uses leave their gradients pending."""
+    one-module pool) takes a view instead, whose backward copies nothing."""
     cfg = tiny_config(n_attn=3, n_ffn=4, top_k=2, steps=2, dispatch="loop")
     model = MoM(cfg)
     users = _pool_param_users(model, model(torch.randint(0, cfg.vocab_size, (2, 12))))
     assert any(".pool." in name for name in users) and any(name.startswith("bottom.") for name in users)
-    for name, nodes in users.items():  # every pool parameter through exactly one unbind (or squeeze, or view)
-        if ".pool." not in name:
-            assert nodes == {"SqueezeBackward1"}, (name, nodes)
-        elif name.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")):
-            assert nodes == {"_PoolWeightsBackward"}, (name, nodes)
-        else:
-            assert nodes == {"UnbindBackward0"}, (name, nodes)
-
-
-def _pending_vs_plain(monkeypatch, dispatch: str, run) -> None:
-    """``run(model, idx)`` leaves gradients in the model; they must match between pending pool weight gradients
-    and plain per-module slices (the same matmuls, summed in another order: equal to rounding)."""
-    cfg = tiny_config(n_attn=3, n_ffn=4, top_k=2, steps=3, dispatch=dispatch)
-    torch.manual_seed(0)
-    idx = torch.randint(0, cfg.vocab_size, (2, 12))
-    grads = {}
-    for pending in (True, False):
-        monkeypatch.setattr("mom.modules.pending_weight_grads", lambda x, w, _p=pending: _p and w.shape[0] > 1
-                            and torch.is_grad_enabled() and w.requires_grad)
-        torch.manual_seed(1)
-        model = MoM(cfg)
-        run(model, idx)
-        grads[pending] = param_grads(model)
-    assert grads[True].keys() == grads[False].keys()
-    assert any(".pool.mlp.c_fc.weight" in n for n in grads[True])
-    for n, g in grads[True].items():
-        torch.testing.assert_close(g, grads[False][n], rtol=1e-5, atol=1e-6, msg=n)
-
-
-@pytest.mark.parametrize("dispatch", ["grouped", "loop"])
-def test_pending_pool_weight_grads_equal_the_plain_path(dispatch, monkeypatch):
-    def full(model, idx):  # training: loss and aux loss, two micro-batches accumulated
-        for _ in range(2):
-            out = model(idx, idx)
-            (out.loss + out.aux_loss).backward()
-
-    _pending_vs_plain(monkeypatch, dispatch, full)
-
-
-@pytest.mark.parametrize("dispatch", ["grouped", "loop"])
-def test_pending_pool_weight_grads_on_partial_and_retried_backwards(dispatch, monkeypatch):
-    """The cases that broke an earlier, shared-buffer design (docs/log.md): a backward that reaches only some uses
-    of a pool (the aux loss alone), ``autograd.grad`` of part of the graph followed by a full backward, and a
-    backward that raises midway and is retried on the retained graph."""
-    def partial(model, idx):
-        model(idx, idx).aux_loss.backward()
-        out = model(idx, idx)
-        w = model.chunks[0].pool.mlp.c_fc.weight
-        (g,) = torch.autograd.grad(out.loss, [w], retain_graph=True)
-        assert g.abs().sum() > 0 and type(g) is torch.Tensor
-        out.loss.backward()
-        out = model(idx, idx)
-        calls = []
-
-        def fail_once(grad):
-            calls.append(1)
-            if len(calls) == 1:
-                raise RuntimeError("injected")
-        out.logits.register_hook(fail_once)
-        with pytest.raises(RuntimeError, match="injected"):
-            (out.loss + out.aux_loss).backward(retain_graph=True)
-        (out.loss + out.aux_loss).backward()
-
-    _pending_vs_plain(monkeypatch, dispatch, partial)
-
-
-def test_pending_weight_grad_sums_by_concatenation_and_materialises_for_anything_else():
-    from mom.modules import PendingWeightGrad
-
-    w = torch.zeros(3, 4, 5)
-    x0, dy0, x1, dy1 = torch.randn(2, 4), torch.randn(2, 5), torch.randn(3, 4), torch.randn(3, 5)
-    a, b = PendingWeightGrad(w, [(0, x0, dy0)]), PendingWeightGrad(w, [(0, x1, dy1), (2, x1, dy1)])
-    total = a + b
-    assert isinstance(total, PendingWeightGrad) and len(total.entries) == 3
-    dense = total.materialize()
-    torch.testing.assert_close(dense[0], x0.t() @ dy0 + x1.t() @ dy1)
-    assert dense[1].eq(0).all()  # unused module: zero
-    torch.testing.assert_close(dense[2], x1.t() @ dy1)
-    torch.testing.assert_close(total * 2, dense * 2)  # any other op computes the dense gradient first
-    assert type(total * 2) is torch.Tensor
+    for name, nodes in users.items():  # every pool parameter through exactly one unbind (or squeeze)
+        assert nodes == {"UnbindBackward0" if ".pool." in name else "SqueezeBackward1"}, (name, nodes)
 
 
 @pytest.mark.parametrize("dispatch", ["grouped", "loop"])
