@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from mom.config import COMPILE_MODES, MoMConfig, cuda_graphs, resolve_config
+from mom.config import MoMConfig, check_compile_mode, cuda_graphs, resolve_config
 from mom.errors import ConfigError
 from mom.engine import Engine, KVCache
 from mom.flops import PEAK_FLOPS_SOURCE, peak_flops
@@ -94,16 +94,14 @@ def bench_decode(config: str = "tiny-mom", new_tokens: int = 256, prompt_len: in
         for name, (engine, n) in contenders.items():
             best[name] = min(best[name], _decode_seconds(engine, prompts, n) / (n * batch))
     tps = {k: 1.0 / v for k, v in best.items()}
-    # Memory of the cached contenders: the KV cache they allocate for this run, and the peak of one more, untimed
-    # run on top of the weights (CUDA: the allocator; CPU: mom.memory's tensor tracker, which does not see inside
-    # compiled code, so eager only; neither under CUDA graphs, whose memory pool predates the measurement).
+    # Memory of the cached contenders: the KV cache they allocate for this run, and where it can be measured the
+    # peak of one more, untimed run on top of the weights.
     cache_bytes, peak_mem = {}, {}
-    measure = not compile or (torch.device(device).type == "cuda" and not cuda_graphs(compile_mode))
     for name, (engine, n) in contenders.items():
         if not engine.use_cache:
             continue
         cache_bytes[name] = KVCache(engine.model, batch, engine.cache_length(prompt_len + n - 1)).nbytes
-        if measure:
+        if memory_measurable(device, compile, compile_mode):
             weights = storage_bytes([*engine.model.parameters(), *engine.model.buffers()])
             peak_mem[name] = weights + measure_peak(torch.device(device), lambda: _decode_seconds(engine, prompts, n))[0]
     if profile:
@@ -192,11 +190,13 @@ def make_step(model, idx, *, mode: str = "train", device: str = "cpu", compile: 
 
 
 CONTENDERS = ("mom_grouped", "mom_loop", "dense")
-def check_compile_mode(compile: bool, compile_mode: str | None) -> None:
-    if compile_mode is not None and compile_mode not in COMPILE_MODES:
-        raise ConfigError(f"unknown compile mode {compile_mode!r}; choose from {', '.join(COMPILE_MODES)}")
-    if compile_mode is not None and not compile:
-        raise ConfigError("a compile mode needs --compile")
+def memory_measurable(device: str, compile: bool, compile_mode: str | None) -> bool:
+    """Whether a contender's peak memory can be measured: on CUDA by the allocator, except under CUDA graphs (their
+    memory pool is reserved at capture, before any baseline); on the CPU by mom.memory's tensor tracker, which sees
+    every operator's outputs but not the insides of compiled code, so eager only."""
+    if torch.device(device).type == "cuda":
+        return not (compile and cuda_graphs(compile_mode))
+    return not compile
 
 
 def bench_step(config: str = "K2H2S", mode: str = "train", batch: int = 4, seq_len: int = 128, rounds: int = 3,
@@ -248,8 +248,7 @@ def bench_step(config: str = "K2H2S", mode: str = "train", batch: int = 4, seq_l
     peak_mem: dict[str, int | None] = {k: None for k in steps}
     # CUDA peak memory per contender: the allocator's peak during its steps, less what every contender keeps
     # resident (weights, AdamW state), plus its own resident bytes: what it would need alone on the device.
-    # Not with CUDA graphs: their activations live in a memory pool reserved at capture, before this baseline.
-    measure_mem = cuda and not (compile and cuda_graphs(compile_mode))
+    measure_mem = cuda and memory_measurable(device, compile, compile_mode)
     resident = torch.cuda.memory_allocated() if cuda else 0
     own = {k: storage_bytes([*m.parameters(), *m.buffers(), *optimizer_state(opts[k])]) for k, m in models.items()}
     for _ in range(rounds):
@@ -261,10 +260,9 @@ def bench_step(config: str = "K2H2S", mode: str = "train", batch: int = 4, seq_l
             best[k] = min(best[k], time.perf_counter() - t0)
             if measure_mem:
                 peak_mem[k] = max(peak_mem[k] or 0, torch.cuda.max_memory_allocated() - resident + own[k])
-    if not cuda and not compile:
-        # CPU: no allocator statistics, so one more, untimed step under mom.memory's tensor tracker (which sees
-        # every operator's outputs; not the insides of compiled code): the tensors it creates, at their peak,
-        # on top of the contender's own resident bytes.
+    if not cuda and memory_measurable(device, compile, compile_mode):
+        # CPU: no allocator statistics, so one more, untimed step under the tensor tracker: the tensors it creates,
+        # at their peak, on top of the contender's own resident bytes.
         for k, step in steps.items():
             peak_mem[k] = own[k] + measure_peak(torch.device("cpu"), step)[0]
     if profile:

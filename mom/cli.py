@@ -154,7 +154,7 @@ def cmd_convert(args, overrides) -> int:
 
 # ---------------------------------------------------------------------------------------------- generate
 def cmd_generate(args, overrides) -> int:
-    from mom.bench import check_compile_mode
+    from mom.config import check_compile_mode
     from mom.engine import Engine, SamplingParams
 
     check_compile_mode(args.compile, args.compile_mode)

@@ -511,6 +511,14 @@ def cuda_graphs(compile_mode: str | None) -> bool:
     return compile_mode in ("reduce-overhead", "max-autotune")
 
 
+def check_compile_mode(compile: bool, compile_mode: str | None) -> None:
+    """A ``--compile-mode`` must be one of :data:`COMPILE_MODES` and come with ``--compile``."""
+    if compile_mode is not None and compile_mode not in COMPILE_MODES:
+        raise ConfigError(f"unknown compile mode {compile_mode!r}; choose from {', '.join(COMPILE_MODES)}")
+    if compile_mode is not None and not compile:
+        raise ConfigError("a compile mode needs --compile")
+
+
 @dataclass
 class TrainConfig(_JsonConfig):
     """How a model is trained: optimiser, schedule, batch geometry, evaluation and checkpoint cadence.

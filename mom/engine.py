@@ -41,13 +41,14 @@ def slot_names(cfg) -> list[str]:
 
 
 class CacheSlot:
-    """Keys, values and key-validity of one attention core, preallocated for ``max_len`` positions."""
+    """Keys, values and key-validity of one attention core, preallocated for ``max_len`` positions (uninitialised:
+    :meth:`KVCache.reset` empties them)."""
 
     def __init__(self, cache: "KVCache", B: int, n_head: int, max_len: int, head_dim: int, device, dtype):
         self.cache = cache
-        self.k_BHSd = torch.zeros(B, n_head, max_len, head_dim, device=device, dtype=dtype)
-        self.v_BHSd = torch.zeros_like(self.k_BHSd)
-        self.valid_BS = torch.zeros(B, max_len, dtype=torch.bool, device=device)
+        self.k_BHSd = torch.empty(B, n_head, max_len, head_dim, device=device, dtype=dtype)
+        self.v_BHSd = torch.empty_like(self.k_BHSd)
+        self.valid_BS = torch.empty(B, max_len, dtype=torch.bool, device=device)
 
     def update(self, k_BHTd: Tensor, v_BHTd: Tensor, key_valid_BT: Tensor | None):
         """Write T new tokens at the cache position; return all keys, values and the (B, 1, T, S) mask.
@@ -84,10 +85,11 @@ class KVCache:
         if batch_size < 1 or max_len < 1:
             raise MomError(f"a KV cache needs batch_size ≥ 1 and max_len ≥ 1, got {batch_size} and {max_len}")
         self.max_len, self.device, self.dtype = max_len, torch.device(device), dtype
-        self.pos_t = torch.zeros((), dtype=torch.long, device=device)
-        self.pad_B = torch.zeros(batch_size, dtype=torch.long, device=device)
+        # Allocated uninitialised: reset() sets every tensor but the positions, once, here and for each reuse.
+        self.pos_t = torch.empty((), dtype=torch.long, device=device)
+        self.pad_B = torch.empty(batch_size, dtype=torch.long, device=device)
         self.k_pos_S = torch.arange(max_len, device=device)
-        self.real_BS = torch.ones(batch_size, max_len, dtype=torch.bool, device=device)
+        self.real_BS = torch.empty(batch_size, max_len, dtype=torch.bool, device=device)
         self.slots = {name: CacheSlot(self, batch_size, cfg.n_head, max_len, cfg.head_dim, device, dtype)
                       for name in slot_names(cfg)}
         self.reset(pad_lengths)
@@ -114,7 +116,10 @@ class KVCache:
     @property
     def nbytes(self) -> int:
         """Bytes the cache holds (keys, values, validity, positions)."""
-        return sum(t.nbytes for t in [self.pos_t, self.pad_B] + [t for t, _ in self._length_dims()])
+        return sum(t.nbytes for t in self._tensors())
+
+    def _tensors(self) -> list[Tensor]:
+        return [self.pos_t, self.pad_B] + [t for t, _ in self._length_dims()]
 
     def _length_dims(self) -> list[tuple[Tensor, int]]:
         """Every tensor whose size is the cache length, with that dimension."""
@@ -134,7 +139,7 @@ class KVCache:
         """Tell ``torch.compile`` that these tensors keep their addresses from call to call (the cache is reused,
         see :meth:`reset`): CUDA graphs then read and write them in place rather than copying them in and out at
         every replay, and accept that the decode step writes into them."""
-        for t in [self.pos_t, self.pad_B] + [t for t, _ in self._length_dims()]:
+        for t in self._tensors():
             torch._dynamo.mark_static_address(t)
 
     def slot(self, name: str) -> CacheSlot:
