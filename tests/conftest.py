@@ -21,6 +21,17 @@ def tiny_config(**fields) -> MoMConfig:
     return MoMConfig(**base)
 
 
+def counting_compile(monkeypatch):
+    """Make ``torch.compile`` trace with dynamo's tracing-only backend, counting compiled frames (fast, no
+    inductor); returns the counter. Dynamo's caches are reset first."""
+    from torch._dynamo.testing import CompileCounter
+
+    counter, real_compile = CompileCounter(), torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(model, backend=counter))
+    torch._dynamo.reset()
+    return counter
+
+
 def train_outputs(models, idx):
     """Forward (with routes) and backward of each model on the same batch; returns their outputs, the gradients
     left in the models."""

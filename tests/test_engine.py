@@ -7,7 +7,7 @@ from mom.config import preset
 from mom.engine import Engine, KVCache, SamplingParams
 from mom.errors import MomError
 from mom.model import MoM
-from tests.conftest import make_hf_gpt2, tiny_config
+from tests.conftest import counting_compile, make_hf_gpt2, tiny_config
 
 SMALL = dict(vocab_size=97, n_ctx=64, d_model=32, n_head=4)
 FAMILIES = {
@@ -273,11 +273,7 @@ def test_compiled_decode_traces_once_for_every_length(mode, monkeypatch):
     """One compiled decode step serves every prompt and output length: the cache length is dynamic by default,
     and with CUDA graphs' mode one full-context cache is reused. Counted with dynamo's tracing-only backend (fast);
     tokens must equal eager decoding."""
-    from torch._dynamo.testing import CompileCounter
-
-    counter, real_compile = CompileCounter(), torch.compile
-    monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(model, backend=counter))
-    torch._dynamo.reset()
+    counter = counting_compile(monkeypatch)
     model = _model(FAMILIES["NA!=NF-skip-K3"])
     compiled, eager = Engine(model, compile=True, compile_mode=mode), Engine(model)
     caches = []
@@ -299,11 +295,7 @@ def test_compiled_decode_traces_once_for_every_length(mode, monkeypatch):
 
 def _graph_mode_engine(model, monkeypatch):
     """An engine in CUDA graphs' mode (cache reuse), traced by dynamo's tracing-only backend (fast)."""
-    from torch._dynamo.testing import CompileCounter
-
-    real_compile = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda m, **kw: real_compile(m, backend=CompileCounter()))
-    torch._dynamo.reset()
+    counting_compile(monkeypatch)
     return Engine(model, compile=True, compile_mode="reduce-overhead")
 
 

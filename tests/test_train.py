@@ -23,7 +23,7 @@ from mom.config import MoMConfig, TrainConfig
 from mom.errors import CheckpointError, ConfigError, MomError
 from mom.model import MoM
 from mom.train import lr_at, read_latest, read_metrics, train
-from tests.conftest import write_tokens
+from tests.conftest import counting_compile, write_tokens
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB = 97
@@ -181,11 +181,7 @@ def test_compiled_training_compiles_one_graph(tmp_path, data_dir, monkeypatch):
     """--train.compile traces the training step once: evaluation runs uncompiled (a no-grad graph and a short last
     batch would each compile again), and routes are returned at every step, not only on logging steps. Counted with
     dynamo's eager backend (tracing only), so the test is fast; results must equal an uncompiled run."""
-    from torch._dynamo.testing import CompileCounter
-
-    counter, real_compile = CompileCounter(), torch.compile
-    monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(model, backend=counter))
-    torch._dynamo.reset()
+    counter = counting_compile(monkeypatch)
     settings = dict(max_steps=4, eval_interval=2, eval_tokens=200, ckpt_interval=0, log_interval=2)
     runs = {}
     for compiled in (True, False):
