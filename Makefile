@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # torch is pinned for the CPU install on these machines; newer releases resolve to multi-GB CUDA wheels.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test bench install clean
+.PHONY: demo test lint bench install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,11 @@ demo: $(STAMP)
 	$(BIN)/mom demo
 
 test: $(STAMP)
+	$(BIN)/ruff check mom tests scripts
 	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check mom tests scripts
 
 bench: $(STAMP)
 	$(BIN)/python scripts/cpu_bench.py

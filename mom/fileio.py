@@ -12,7 +12,13 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+from mom.errors import CheckpointError
+
+if TYPE_CHECKING:  # torch is imported where tensors are read or written, not by `mom --help`
+    import torch
+    from torch import Tensor
 
 
 def umask() -> int:
@@ -70,6 +76,19 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | None = None, *,
     return path
 
 
+def read_json(path: str | os.PathLike, what: str, error: type[Exception] = CheckpointError) -> Any:
+    """The JSON in ``path``; a missing, unreadable or malformed file is one ``error`` naming ``what`` it holds."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{path}: {what} file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise error(f"{path}: cannot read {what} ({e})") from None
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: {what} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     """Atomically write ``obj`` as indented JSON."""
     return atomic_write(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
@@ -107,18 +126,13 @@ def verify_manifest(directory: str | os.PathLike, *, required: bool = False) -> 
 
     Raises :class:`mom.errors.CheckpointError` naming the first file that is missing, truncated, grown or changed,
     or the manifest itself when it is unreadable, foreign or from a newer format."""
-    from mom.errors import CheckpointError
-
     directory = Path(directory)
     path = directory / MANIFEST
     if not path.is_file():
         if required:
             raise CheckpointError(f"{path}: missing (the checkpoint is incomplete)")
         return None
-    try:
-        m = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: unreadable manifest ({e})") from None
+    m = read_json(path, "manifest")
     if not isinstance(m, dict) or m.get("format") != MANIFEST_FORMAT or not isinstance(m.get("files"), dict):
         raise CheckpointError(f"{path}: not a mom manifest")
     if m.get("version") != MANIFEST_VERSION:
@@ -140,3 +154,38 @@ def verify_manifest(directory: str | os.PathLike, *, required: bool = False) -> 
         if sha256_file(f) != want_sha:
             raise CheckpointError(f"{f}: corrupted (sha256 differs from {MANIFEST}: changed since it was written)")
     return list(m["files"])
+
+
+def load_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu",
+                     expect_format: str | None = None) -> dict[str, Tensor]:
+    """Read a safetensors file, turning every way it can be broken into one :class:`CheckpointError`.
+
+    ``expect_format``: the ``format`` its metadata must name (mom writes ``mom`` for models and ``mom-train-state``
+    for optimiser state), so a foreign file (HF weights, another tool's tensors) is refused by name."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weights file not found")
+    try:
+        if expect_format is not None:
+            with safe_open(str(path), framework="pt") as f:
+                found = (f.metadata() or {}).get("format")
+            if found != expect_format:
+                raise CheckpointError(f"{path}: not a {expect_format} file (its metadata names format {found!r}; "
+                                      "a file from another tool?)")
+        return load_file(str(path), device=str(device))
+    except CheckpointError:
+        raise
+    except Exception as e:  # safetensors raises its own error types for truncated/corrupt headers
+        raise CheckpointError(f"{path}: not a readable safetensors file ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def save_safetensors(tensors: dict[str, Tensor], path: str | os.PathLike,
+                     metadata: dict[str, str] | None = None) -> Path:
+    """Write ``tensors`` (moved to the CPU, made contiguous) as a safetensors file, atomically and fsynced."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    return atomic_write(path, writer=lambda tmp: save_file(tensors, str(tmp), metadata=metadata))

@@ -41,7 +41,8 @@ def prepare(commit: str) -> Path:
     for f in dest.rglob("*.py"):
         text = f.read_text()
         for a, b in (("from mom.", "from mom_old."), ("from mom import", "from mom_old import"),
-                     ("import mom.", "import mom_old."), ('"mom::', '"mom_old::'), ("torch.ops.mom.", "torch.ops.mom_old.")):
+                     ("import mom.", "import mom_old."), ('"mom::', '"mom_old::'),
+                     ("torch.ops.mom.", "torch.ops.mom_old.")):
             text = text.replace(a, b)
         f.write_text(text)
     (AB_DIR / "COMMIT").write_text(commit + "\n")
@@ -71,15 +72,16 @@ def main() -> int:
         sys.exit("ab_bench: no .ab/mom_old: run `python scripts/ab_bench.py --prepare COMMIT` first")
     sys.path.insert(0, str(AB_DIR))
     sys.path.insert(0, str(REPO))
+    import mom_old.model
     import torch
 
-    import mom_old.model
-    from mom.bench import active_layers, bench_autocast, machine, make_step, vanilla_with_layers
-    from mom.config import resolve_config
-    from mom.model import MoM
+    from mom.analysis.bench import bench_autocast, machine, make_step
+    from mom.config.model import resolve_config
+    from mom.model.flops import active_layers, vanilla_with_layers
+    from mom.model.model import MoM
 
     if torch.device(args.device).type == "cpu":
-        from mom.train import keep_freed_memory
+        from mom.train.distributed import keep_freed_memory
 
         keep_freed_memory()  # as `mom bench` and `mom train` do on the CPU
     torch.manual_seed(0)

@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="toy sizes (a smoke run of the suite)")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--only", default=None, help="comma-separated subset of train_4,train_8,decode_eager,decode_compiled")
+    ap.add_argument("--only", default=None,
+                    help="comma-separated subset of train_4,train_8,decode_eager,decode_compiled")
     ap.add_argument("--out", default="bench_cpu.json", help="where the results go (JSON)")
     args = ap.parse_args(argv)
     benches = suite(args.quick, args.rounds)
@@ -94,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine}; commit {code}; results in {args.out}")
     train = [train_row(k, r, code) for k, r in results.items() if k.startswith("train")]
     if train:
-        print("\n| modules per pool | code | grouped ms/step | loop ms/step | dense ms/step | MoM / dense per active FLOP"
-              " | per routed FLOP | loop / grouped |\n| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        print("\n| modules per pool | code | grouped ms/step | loop ms/step | dense ms/step "
+              "| MoM / dense per active FLOP | per routed FLOP | loop / grouped |\n"
+              "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
         print("\n".join(train))
     decode = [decode_row(k, r, code) for k, r in results.items() if k.startswith("decode")]
     if decode:

@@ -55,7 +55,8 @@ y = dispatch.grouped_linear(x, w, b, offs)
 dy = torch.randn(A, O, generator=g).to(dev, dt)
 gx, gw, gb = torch.autograd.grad(y, (x, w, b), dy)
 xf, wf, bf, dyf = x.detach().float(), w.detach().float(), b.detach().float(), dy.float()
-ref, rgx, rgw, rgb = torch.zeros(A, O, device=dev), torch.zeros(A, D, device=dev), torch.zeros_like(wf), torch.zeros_like(bf)
+ref, rgx = torch.zeros(A, O, device=dev), torch.zeros(A, D, device=dev)
+rgw, rgb = torch.zeros_like(wf), torch.zeros_like(bf)
 start = 0
 for m, n in enumerate(sizes):
     s = slice(start, start + n)
@@ -92,7 +93,8 @@ report["native_grouped_mm_calls"] = native_calls
 try:
     packed = {km: loss_and_grads(cfg.replace(key_mask=km)) for km in ("mask", "pack")}
     report["packed_keys_loss"] = {k: v[0] for k, v in packed.items()}
-    report["packed_keys_max_rel_grad_diff"] = max(rel(packed["pack"][1][n], packed["mask"][1][n]) for n in packed["mask"][1])
+    report["packed_keys_max_rel_grad_diff"] = max(rel(packed["pack"][1][n], packed["mask"][1][n])
+                                                  for n in packed["mask"][1])
 except Exception as e:
     report["packed_keys_error"] = repr(e)[:400]
 print(json.dumps(report))
@@ -335,7 +337,8 @@ def main() -> int:
             rc, text = p.returncode, p.stdout + p.stderr
         except subprocess.TimeoutExpired as e:
             rc = "timeout"
-            text = "".join(s.decode(errors="replace") if isinstance(s, bytes) else (s or "") for s in (e.stdout, e.stderr))
+            text = "".join(s.decode(errors="replace") if isinstance(s, bytes) else (s or "")
+                           for s in (e.stdout, e.stderr))
         snippet = {"dispatch": "<DISPATCH_CHECK>", "attention_mask": "<ATTENTION_CHECK>",
                    "routing_ops": "<ROUTING_CHECK>"}.get(name)
         shown = cmd if snippet is None else cmd[:2] + [snippet] + cmd[3:]

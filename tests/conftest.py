@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from mom.config import MoMConfig
+from mom.config.model import MoMConfig
 
 
 @pytest.fixture(autouse=True)
@@ -93,10 +93,10 @@ def grouped_path(request, monkeypatch):
     outside the op and the op's SKIP rows (forward and input gradient) unspecified: here they are filled with
     NaN, so any read of them shows up in the values or gradients."""
     if request.param.startswith("static"):
-        monkeypatch.setattr("mom.dispatch.groups_one_by_one", lambda x: False)
+        monkeypatch.setattr("mom.model.dispatch.groups_one_by_one", lambda x: False)
     if request.param == "static-bias-outside-nan-tail":
-        monkeypatch.setattr("mom.dispatch.RAW_TAIL_FILL", float("nan"))
-        monkeypatch.setattr("mom.modules.bias_outside_gemm", lambda x, w: True)
-        monkeypatch.setattr("mom.modules.skip_rows_unspecified", lambda x: True)
-        monkeypatch.setattr("mom.dispatch.skip_rows_unspecified", lambda x: True)
+        monkeypatch.setattr("mom.model.ops.RAW_TAIL_FILL", float("nan"))
+        monkeypatch.setattr("mom.model.modules.bias_outside_gemm", lambda x, w: True)
+        monkeypatch.setattr("mom.model.modules.skip_rows_unspecified", lambda x: True)
+        monkeypatch.setattr("mom.model.dispatch.skip_rows_unspecified", lambda x: True)
     return request.param

@@ -1,0 +1,170 @@
+"""Training plots from a run's ``metrics.jsonl`` (matplotlib, Agg backend: no display needed).
+
+* ``loss.png`` — training loss (per logged window, with an exponential moving average) and validation loss
+  against tokens seen, plus the learning rate;
+* ``routing.png`` — for a routed model: module usage per (chunk, step) as one heatmap per half (attention,
+  FFN), the columns being modules 0 … N-1 and SKIP, averaged over the last quarter of the logged rows; and the
+  usage entropy and SKIP share of each (chunk, step, half) over training;
+* :func:`plot_comparison` — several runs' validation (and smoothed training) loss on one tokens axis, each run
+  shifted by the tokens it started from (the demo's phase 1 → phase 2 picture).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from mom.fileio import atomic_write  # noqa: E402
+from mom.runs import read_metrics  # noqa: E402
+
+SMOOTH_ABOVE = 100  # rows: shorter training curves are drawn as logged (each row already averages its steps)
+
+
+def _ema(values: Sequence[float], alpha: float = 0.05) -> list[float]:
+    """Exponential moving average (only drawn for curves of more than SMOOTH_ABOVE rows: on short curves its lag
+    would put the training loss visibly above the validation loss where the loss falls fast)."""
+    out, acc = [], None
+    for v in values:
+        acc = v if acc is None else (1 - alpha) * acc + alpha * v
+        out.append(acc)
+    return out
+
+
+def _smooth(values: Sequence[float]) -> list[float]:
+    return _ema(values) if len(values) > SMOOTH_ABOVE else list(values)
+
+
+def _save(fig, path: Path) -> Path:
+    """Write a PNG atomically (a temporary file renamed into place)."""
+    try:
+        return atomic_write(path, writer=lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    finally:
+        plt.close(fig)
+
+
+def plot_loss(run_dir: str | os.PathLike, rows: list[dict[str, Any]] | None = None) -> Path | None:
+    run_dir = Path(run_dir)
+    rows = read_metrics(run_dir) if rows is None else rows
+    train = [r for r in rows if r["type"] == "train"]
+    val = [r for r in rows if r["type"] == "val"]
+    if not train and not val:
+        return None
+    fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]},
+                                    layout="constrained")
+    if train:
+        x = [r["tokens"] for r in train]
+        y = [r["loss"] for r in train]
+        if len(y) > SMOOTH_ABOVE:
+            ax.plot(x, y, color="tab:blue", alpha=0.3, lw=1, label="train (per log window)")
+            ax.plot(x, _ema(y), color="tab:blue", lw=1.8, label="train (EMA)")
+        else:
+            ax.plot(x, y, color="tab:blue", lw=1.5, label="train (mean over each log window)")
+        ax_lr.plot(x, [r["lr"] for r in train], color="tab:gray")
+    if val:
+        ax.plot([r["tokens"] for r in val], [r["val_loss"] for r in val], "o-", color="tab:red", lw=1.5,
+                ms=4, label="validation")
+    ax.set_ylabel("LM cross-entropy (nats)")
+    ax.set_title(f"{run_dir.name}: loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax_lr.set_ylabel("lr")
+    ax_lr.set_xlabel("tokens seen")
+    ax_lr.grid(alpha=0.3)
+    return _save(fig, run_dir / "loss.png")
+
+
+def _routing_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in rows if r["type"] == "train" and r.get("routing")]
+
+
+def plot_routing(run_dir: str | os.PathLike, rows: list[dict[str, Any]] | None = None) -> Path | None:
+    """The routing-usage figure; None for a model without learned routing."""
+    run_dir = Path(run_dir)
+    rows = _routing_rows(read_metrics(run_dir) if rows is None else rows)
+    if not rows:
+        return None
+    tail = rows[-max(1, len(rows) // 4):]
+    halves = [h for h in ("attn", "ffn") if any(e["half"] == h for e in rows[-1]["routing"])]
+    fig, axes = plt.subplots(2, max(2, len(halves)), figsize=(6.5 * max(2, len(halves)), 8.5), squeeze=False,
+                             layout="constrained")
+    for col, half in enumerate(halves):
+        keys = sorted({(e["chunk"], e["step"]) for e in rows[-1]["routing"] if e["half"] == half})
+        width = max(len(e["usage"]) for e in rows[-1]["routing"] if e["half"] == half)
+        grid = [[0.0] * width for _ in keys]
+        for r in tail:
+            for e in r["routing"]:
+                if e["half"] == half and (e["chunk"], e["step"]) in keys:
+                    i = keys.index((e["chunk"], e["step"]))
+                    for j, u in enumerate(e["usage"]):
+                        grid[i][j] += u / len(tail)
+        ax = axes[0][col]
+        im = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0.0, vmax=max(0.5, max(map(max, grid))))
+        for i, line in enumerate(grid):
+            for j, u in enumerate(line):
+                ax.text(j, i, f"{u:.2f}", ha="center", va="center", fontsize=8,
+                        color="white" if u < 0.6 * im.get_clim()[1] else "black")
+        ax.set_xticks(range(width), [f"m{j}" for j in range(width - 1)] + ["SKIP"])
+        ax.set_yticks(range(len(keys)), [f"chunk {c} step {h}" for c, h in keys])
+        ax.set_title(f"{'attention' if half == 'attn' else 'FFN'}: share of picks "
+                     f"(last {len(tail)} log rows, step {tail[0]['step']}–{tail[-1]['step']})", fontsize=10)
+        fig.colorbar(im, ax=ax, fraction=0.04)
+        # Over training: entropy (solid) and SKIP share (dashed) of each (chunk, step).
+        ax2 = axes[1][col]
+        x = [r["tokens"] for r in rows]
+        for c, h in keys:
+            ent = [next((e["entropy"] for e in r["routing"] if e["half"] == half and (e["chunk"], e["step"]) == (c, h)),
+                        float("nan")) for r in rows]
+            skip = [next((e["skip"] for e in r["routing"] if e["half"] == half and (e["chunk"], e["step"]) == (c, h)),
+                         float("nan")) for r in rows]
+            line, = ax2.plot(x, ent, lw=1.2, label=f"c{c} h{h}")
+            ax2.plot(x, skip, lw=1.0, ls="--", color=line.get_color())
+        ax2.set_xlabel("tokens seen")
+        ax2.set_ylabel("usage entropy (nats, solid) / SKIP share (dashed)")
+        ax2.grid(alpha=0.3)
+        ax2.legend(fontsize=7, ncol=2)
+    for col in range(len(halves), axes.shape[1]):
+        axes[0][col].axis("off")
+        axes[1][col].axis("off")
+    fig.suptitle(f"{run_dir.name}: routing", fontsize=12)
+    return _save(fig, run_dir / "routing.png")
+
+
+def plot_run(run_dir: str | os.PathLike) -> list[Path]:
+    """Both figures of a run (the routing one only for routed models); returns the files written."""
+    rows = read_metrics(run_dir)
+    return [p for p in (plot_loss(run_dir, rows), plot_routing(run_dir, rows)) if p is not None]
+
+
+def plot_comparison(runs: Sequence[tuple[str, str | os.PathLike, int]], path: str | os.PathLike,
+                    title: str = "validation loss") -> Path:
+    """``runs``: (label, run directory, tokens it started from). Left: every run on one tokens axis; right: a zoom
+    on the runs that start later (the phase-2 continuations), whose differences the full scale hides."""
+    data = []
+    for label, run_dir, offset in runs:
+        rows = read_metrics(run_dir)
+        val = [r for r in rows if r["type"] == "val"]
+        train = [r for r in rows if r["type"] == "train"]
+        data.append((label, offset, [offset + r["tokens"] for r in val], [r["val_loss"] for r in val],
+                     [offset + r["tokens"] for r in train], _smooth([r["loss"] for r in train])))
+    later = [d for d in data if d[1] > 0]
+    fig, axes = plt.subplots(1, 2 if later else 1, figsize=(13 if later else 7.5, 4.8), squeeze=False,
+                             layout="constrained")
+    for ax, subset, sub_title in ((axes[0][0], data, title), *(((axes[0][1], later, "zoom: after phase 1"),)
+                                                                 if later else ())):
+        for label, _, vx, vy, tx, ty in subset:
+            color = f"C{[d[0] for d in data].index(label)}"
+            ax.plot(vx, vy, "o-", ms=4, lw=1.6, color=color, label=f"{label} (val)")
+            if tx:
+                ax.plot(tx, ty, lw=1.0, alpha=0.45, color=color, label=f"{label} (train)")
+        ax.set_xlabel("tokens seen (phase 1 + phase 2)")
+        ax.set_ylabel("LM cross-entropy (nats)")
+        ax.set_title(sub_title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, Path(path))

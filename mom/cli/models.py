@@ -1,0 +1,116 @@
+"""``mom configs`` (presets with their sizes and FLOPs) and ``mom convert`` (HF GPT-2 in and out)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import shutil
+from pathlib import Path
+
+from mom.cli.common import check_positive, model_config
+from mom.config.model import preset_names
+from mom.convert.gpt2 import from_gpt2, to_hf
+from mom.errors import MomError
+from mom.model.flops import count
+from mom.model.model import MoM
+
+
+# ---------------------------------------------------------------------------------------------- configs
+def _layout(cfg) -> str:
+    if cfg.is_vanilla:
+        return f"{cfg.depth} layers"
+    parts = [str(cfg.bottom)] if cfg.bottom else []
+    k = cfg.k("attn") if cfg.k("attn") == cfg.k("ffn") else f"{cfg.k('attn')}/{cfg.k('ffn')}"
+    sel = f"K{k}" if cfg.selection == "token" else f"cap{cfg.capacity:g}"
+    n = cfg.n_attn if cfg.n_attn == cfg.n_ffn else f"{cfg.n_attn}A/{cfg.n_ffn}F"
+    block = f"{cfg.chunks}×[{n} mod, H{cfg.steps}, {sel}{', skip' if cfg.skip else ''}, {cfg.router}]"
+    parts.append(block + ("+anchor" if cfg.anchor else ""))
+    if cfg.top:
+        parts.append(str(cfg.top))
+    return " + ".join(parts)
+
+
+def add_configs_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="one preset, grid point (K3H1S) or JSON config instead of all presets")
+    p.add_argument("--seq-len", type=int, default=None, help="sequence length for the attention FLOPs (default n_ctx)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=run_configs, overrides=("model",))
+
+
+def run_configs(args: argparse.Namespace, overrides: dict[str, dict[str, str]]) -> int:
+    check_positive("--seq-len", args.seq_len)
+    names = [args.config] if args.config else preset_names()
+    rows = []
+    for name in names:
+        cfg = model_config(name, overrides["model"])
+        if args.seq_len is not None and args.seq_len > cfg.n_ctx and args.config:
+            raise MomError(f"--seq-len {args.seq_len} exceeds {cfg.name}'s context length n_ctx={cfg.n_ctx}")
+        c = count(cfg, args.seq_len)
+        rows.append({"name": cfg.name, "layout": _layout(cfg), **c.as_dict(), "config": cfg.to_dict()})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'preset':<14} {'params':>9} {'active':>9} {'depth':>5} {'fwd GFLOP/tok':>13}  layout")
+    for r in rows:
+        print(f"{r['name']:<14} {r['params'] / 1e6:8.1f}M {r['active_params'] / 1e6:8.1f}M {r['depth']:>5} "
+              f"{r['forward_flops_per_token'] / 1e9:13.3f}  {r['layout']}")
+    if not args.config:
+        print("\nGrid points K{K}H{H}{S|M|L} (e.g. K3H1S) are built on demand: mom configs --config K3H1S")
+    lengths = sorted({r["seq_len"] for r in rows})
+    T = lengths[0] if len(lengths) == 1 else "each preset's n_ctx"
+    print(f"FLOPs: 2·(active matmul params) + 4·d·T per attention core, T = {T} "
+          "(nanoGPT/PaLM counting; token choice assumes no SKIP picks). Active params count a module once per use.")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- convert
+@contextlib.contextmanager
+def _output_dir(out: Path):
+    """Create an output directory (with parents) once the inputs have loaded, for the writes in the ``with`` body;
+    an OS refusal is one error line. If the body fails, a directory created here is removed again (nothing
+    half-written is left behind); one that existed keeps what it had, as the writes are atomic file by file."""
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MomError(f"{out}: cannot create the output directory ({e.strerror or e})") from None
+    try:
+        yield out
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def add_convert_arguments(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--from-hf", metavar="DIR", help="HF GPT-2 directory (config.json + safetensors/bin)")
+    src.add_argument("--to-hf", metavar="DIR", help="a mom model directory with a vanilla layout")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--config", help="decompose into this preset/JSON layout (with --from-hf); default: keep vanilla")
+    p.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
+    p.set_defaults(func=run_convert, overrides=("model",))
+
+
+def run_convert(args: argparse.Namespace, overrides: dict[str, dict[str, str]]) -> int:
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise MomError(f"{out} exists and is not a directory")
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise MomError(f"{out} exists and is not empty; pass --force to overwrite")
+    if out.resolve() == Path(args.from_hf or args.to_hf).resolve():
+        raise MomError("--out must differ from the model being converted (it would overwrite its files)")
+    if args.from_hf:
+        cfg = model_config(args.config, overrides["model"]) if args.config else None
+        model = from_gpt2(args.from_hf, cfg)
+        with _output_dir(out):
+            model.save_pretrained(out)
+        cfg = model.config
+        print(f"wrote {cfg.name} ({model.num_params() / 1e6:.2f}M params, depth {cfg.depth}) to {out}")
+    else:
+        model = MoM.from_pretrained(args.to_hf)
+        with _output_dir(out):
+            to_hf(model, out)
+        print(f"wrote HF GPT2LMHeadModel ({model.config.depth} layers) to {out}")
+    return 0

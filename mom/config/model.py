@@ -1,0 +1,340 @@
+"""Model configuration: one typed dataclass, validated on construction, with named presets.
+
+Every architecture `mom` knows — vanilla GPT-2, MoM_P / MoM_E, layer-skip, Mixture-of-Depths, parameter sharing,
+MoE — is a value of :class:`MoMConfig`; none has its own code path. The layout is
+
+    wte + wpe → `bottom` vanilla layers
+              → `chunks` × (assembled block: pool of `n_attn` attention + `n_ffn` FFN modules, two routers,
+                            run for `steps` (H) assembly steps; then a vanilla anchor layer if `anchor`)
+              → `top` vanilla layers → ln_f → tied LM head
+
+so the depth (attention+FFN applications on the longest path) is ``bottom + chunks·(steps + anchor) + top``.
+
+Routing vocabulary used throughout the package:
+
+* ``router``: ``gru`` (the paper's recurrent router, state carried over the H steps of a block), ``mlp``
+  (d → r → ReLU → N+1, no recurrence) or ``fixed`` (step h uses module h mod N with weight 1, no SKIP).
+* ``selection``: ``token`` — every token picks its top-K among the candidates (+SKIP); ``expert`` — every
+  candidate module picks the ``capacity`` fraction of a sequence's tokens with the highest router probability
+  (Mixture-of-Depths when the candidate set is {module h}).
+* ``attn_candidates`` / ``ffn_candidates``: which modules step h may choose: ``all``; ``diagonal`` (only module
+  h: layer-skip, MoD); ``grouped`` (the h-th of H equal groups: MoE, where each step owns its experts).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from mom.config.base import JsonConfig, check_types, field_types, is_instance, resolve_spec, suggest
+from mom.errors import ConfigError
+from mom.fileio import write_json_atomic  # noqa: F401  (re-exported: configs are written with it)
+
+RouterKind = Literal["gru", "mlp", "fixed"]
+Selection = Literal["token", "expert"]
+Candidates = Literal["all", "diagonal", "grouped"]
+Dispatch = Literal["grouped", "loop"]
+KeyMask = Literal["mask", "pack"]
+BalanceScope = Literal["step", "pooled"]
+BalanceSkip = Literal["exclude", "include"]
+
+CONFIG_FORMAT_VERSION = 1
+# The two halves of an assembly step, in order; field names carry them (n_attn, ffn_top_k, router_attn, …).
+HALVES = ("attn", "ffn")
+
+
+@dataclass
+class MoMConfig(JsonConfig):
+    """Architecture of a Mixture-of-Modules model (and of a vanilla GPT-2: ``chunks = 0``)."""
+
+    _FORMAT_VERSION: ClassVar[int] = CONFIG_FORMAT_VERSION
+    _LABEL: ClassVar[str] = ""
+    _KIND: ClassVar[str] = "model"
+
+    name: str = "custom"
+    # --- shapes (GPT-2 names in comments) ---
+    vocab_size: int = 50257
+    n_ctx: int = 1024  # n_positions
+    d_model: int = 768  # n_embd
+    n_head: int = 12
+    d_ff: int = 0  # FFN inner width; 0 means 4·d_model (GPT-2)
+    layer_norm_eps: float = 1e-5
+    # --- layout ---
+    bottom: int = 12  # vanilla layers before the first assembled block
+    chunks: int = 0  # assembled blocks, each optionally followed by an anchor layer
+    top: int = 0  # vanilla layers after the last block
+    n_attn: int = 0  # attention modules in each block's pool (N_A)
+    n_ffn: int = 0  # FFN modules in each block's pool (N_F)
+    steps: int = 1  # assembly steps per block (H)
+    anchor: bool = False  # a vanilla layer after every block
+    # --- routing ---
+    router: RouterKind = "gru"
+    router_hidden: int = 256  # r
+    temperature: float = 0.2  # τ in softmax(W h / τ)
+    top_k: int = 1  # K, for both routers unless overridden below
+    attn_top_k: int | None = None
+    ffn_top_k: int | None = None
+    skip: bool = True  # SKIP is a candidate at every step
+    selection: Selection = "token"
+    capacity: float = 0.5  # expert selection: fraction of a sequence's tokens each module takes
+    attn_candidates: Candidates = "all"
+    ffn_candidates: Candidates = "all"
+    # --- auxiliary losses ---
+    balance_coef: float = 0.01  # Switch-style N·Σ f_i P_i
+    balance_scope: BalanceScope = "step"  # per step, or pooled over a block's steps
+    balance_skip: BalanceSkip = "exclude"  # SKIP outside the balance, or balanced like a module
+    z_coef: float = 0.0  # router z-loss: mean(logsumexp(logits)²)
+    # --- implementation ---
+    dispatch: Dispatch = "grouped"  # fast sort+grouped-GEMM dispatcher, or the plain `loop` reference
+    # How attention hides all-SKIP tokens as keys: a boolean mask for SDPA, or `pack`: each sequence's valid tokens
+    # moved to its front, then plain causal SDPA (training and scoring; decoding with a KV cache uses the mask)
+    key_mask: KeyMask = "mask"
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        if is_instance(self.d_ff, int) and self.d_ff == 0 and is_instance(self.d_model, int):
+            self.d_ff = 4 * self.d_model  # (a d_model of the wrong type is left for validate() to name)
+        self.validate()
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first problem found."""
+        check_types(self)
+        for f in field_types(type(self)):
+            # Every integer field is a size or a count: past 2**31 no model can be built from it (torch takes
+            # sizes as int64, and products of two sizes must fit too), so say so here instead of inside torch.
+            v = getattr(self, f)
+            if isinstance(v, int) and not isinstance(v, bool) and v >= 2**31:
+                raise ConfigError(f"{f} must be < 2**31, got {v}")
+        # The name becomes a directory (runs/<name>) and appears in logs: printable text, no path tricks.
+        if not self.name or not self.name.isprintable() or "/" in self.name or self.name in (".", ".."):
+            raise ConfigError(f"name must be printable text without '/', got {self.name!r}")
+        for f in ("vocab_size", "n_ctx", "d_model", "n_head", "d_ff", "router_hidden"):
+            if getattr(self, f) < 1:
+                raise ConfigError(f"{f} must be ≥ 1, got {getattr(self, f)}")
+        for f in ("bottom", "top", "chunks"):
+            if getattr(self, f) < 0:
+                raise ConfigError(f"{f} (a layer count) must be ≥ 0, got {getattr(self, f)}")
+        if self.d_model % self.n_head:
+            raise ConfigError(f"n_head ({self.n_head}) must divide d_model ({self.d_model})")
+        if self.depth == 0:
+            raise ConfigError("the model has no layers: set bottom/top > 0 or chunks > 0")
+        # The bounds below keep a random model's forward finite in float32 (below them: NaN outputs or losses).
+        if not self.temperature >= 1e-6:  # router logits / τ overflow, and the z-loss squares them
+            raise ConfigError(f"temperature must be ≥ 1e-6, got {self.temperature}")
+        if self.layer_norm_eps <= 0 or not 0 < self.init_std <= 1:  # GPT-2's init_std is 0.02
+            raise ConfigError(f"layer_norm_eps must be > 0 and init_std in (0, 1], got {self.layer_norm_eps} and "
+                              f"{self.init_std}")
+        for f in ("balance_coef", "z_coef"):
+            if not 0 <= getattr(self, f) <= 1e6:
+                raise ConfigError(f"{f} must be a number in [0, 1e6], got {getattr(self, f)}")
+        # Each weight must be a tensor torch can describe (its fp32 byte size an int64): a pool stacks its
+        # modules' matrices, the GRU router's is (d + r) × 3r.
+        pool = max(self.n_attn, self.n_ffn) if self.chunks else 1
+        largest = max(max(self.vocab_size, self.n_ctx, pool * max(3 * self.d_model, self.d_ff)) * self.d_model,
+                      3 * self.router_hidden * (self.d_model + self.router_hidden) if self.chunks else 0)
+        if largest >= 2**60:
+            raise ConfigError(f"the largest weight would hold {largest:.3g} numbers, more than a tensor can: "
+                              "reduce d_model, d_ff, vocab_size, n_ctx, router_hidden or the modules per pool")
+        if self.chunks == 0:
+            return  # routing fields are inert without assembled blocks
+        if self.steps < 1:
+            raise ConfigError(f"steps (H) must be ≥ 1 when chunks > 0, got {self.steps}")
+        for half in ("attn", "ffn"):
+            n = getattr(self, f"n_{half}")
+            if n < 1:
+                raise ConfigError(f"n_{half} must be ≥ 1 when chunks > 0, got {n}")
+            mode = getattr(self, f"{half}_candidates")
+            if mode == "diagonal" and n < self.steps:
+                raise ConfigError(
+                    f"{half}_candidates='diagonal' gives step h module h, so n_{half} ({n}) must be ≥ steps "
+                    f"({self.steps})"
+                )
+            if mode == "grouped" and n % self.steps:
+                raise ConfigError(
+                    f"{half}_candidates='grouped' splits the pool evenly over steps: steps ({self.steps}) must "
+                    f"divide n_{half} ({n})"
+                )
+            k = self.k(half)
+            if k < 1:
+                raise ConfigError(f"{half} top_k must be ≥ 1, got {k}")
+            if self.selection == "token" and k > self.n_choices(half):
+                raise ConfigError(
+                    f"{half} top_k ({k}) exceeds the choices at a step ({self.n_candidates(half)} modules"
+                    f"{' + SKIP' if self.skip else ''})"
+                )
+        if self.router == "fixed":
+            if self.skip:
+                raise ConfigError("router='fixed' uses module h at step h and cannot choose SKIP: set skip=false")
+            if self.selection != "token" or self.k("attn") != 1 or self.k("ffn") != 1:
+                raise ConfigError("router='fixed' requires selection='token' and top_k=1")
+        if self.selection == "expert":
+            if not 0 < self.capacity <= 1:
+                raise ConfigError(f"capacity must be in (0, 1], got {self.capacity}")
+            if not self.skip:
+                raise ConfigError("selection='expert' leaves unpicked tokens on the residual stream: it needs "
+                                  "skip=true")
+
+    # ------------------------------------------------------------------ derived quantities
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    @property
+    def depth(self) -> int:
+        """Attention+FFN applications on a token's longest path."""
+        return self.bottom + self.chunks * (self.steps + int(self.anchor)) + self.top
+
+    @property
+    def n_vanilla_layers(self) -> int:
+        return self.bottom + self.chunks * int(self.anchor) + self.top
+
+    @property
+    def is_vanilla(self) -> bool:
+        return self.chunks == 0
+
+    @property
+    def modules_per_chunk(self) -> int:
+        """GPT-2 layers a chunk's pool takes when decomposing (attention and FFN halves of the same layers)."""
+        return max(self.n_attn, self.n_ffn)
+
+    @property
+    def gpt2_layers(self) -> int:
+        """Number of vanilla GPT-2 layers this layout decomposes (the layer map of the brief)."""
+        return self.bottom + self.chunks * (self.modules_per_chunk + int(self.anchor)) + self.top
+
+    def k(self, half: str) -> int:
+        """Modules picked per token per step for ``half`` in {"attn", "ffn"}."""
+        override = getattr(self, f"{half}_top_k")
+        return self.top_k if override is None else override
+
+    def n_candidates(self, half: str) -> int:
+        """Number of real modules a step may choose from (SKIP excluded)."""
+        n, mode = getattr(self, f"n_{half}"), getattr(self, f"{half}_candidates")
+        return {"all": n, "diagonal": 1, "grouped": n // max(self.steps, 1)}[mode]
+
+    def n_choices(self, half: str) -> int:
+        return self.n_candidates(half) + int(self.skip)
+
+    def candidates(self, half: str, step: int) -> list[int]:
+        """Module indices step ``step`` may choose for ``half`` (SKIP, index N, not included)."""
+        n, mode = getattr(self, f"n_{half}"), getattr(self, f"{half}_candidates")
+        if mode == "all":
+            return list(range(n))
+        if mode == "diagonal":
+            return [step]
+        g = n // self.steps
+        return list(range(step * g, (step + 1) * g))
+
+    def is_static(self, half: str) -> bool:
+        """True when every token takes the same single module at each step with weight 1 (no router needed)."""
+        if self.router == "fixed":
+            return True
+        return self.selection == "token" and not self.skip and self.n_candidates(half) == 1
+
+    def _adjust_replaced(self, d: dict[str, Any], changes: dict[str, Any]) -> None:
+        if "d_model" in changes and "d_ff" not in changes:
+            d["d_ff"] = 0  # keep GPT-2's 4·d unless the user sets d_ff too
+
+
+# ---------------------------------------------------------------------------------------------- presets
+# GPT-2 shapes (Radford et al. 2019). Layer counts 12 / 24 / 36.
+_SCALES = {
+    "S": dict(d_model=768, n_head=12, layers=12, tag="small"),
+    "M": dict(d_model=1024, n_head=16, layers=24, tag="medium"),
+    "L": dict(d_model=1280, n_head=20, layers=36, tag="large"),
+}
+_TINY = dict(vocab_size=50257, n_ctx=256, d_model=128, n_head=4)
+TINY_LAYERS = 6
+
+
+def _vanilla(name: str, layers: int, **shape: Any) -> MoMConfig:
+    return MoMConfig(name=name, bottom=layers, top=0, chunks=0, **shape)
+
+
+def _mom_p(name: str, layers: int, **shape: Any) -> MoMConfig:
+    """MoM_P (performance): deepest graph at equal parameters.
+
+    Our construction (the paper does not list its layouts): an L-layer GPT-2 becomes L/12 bottom and top layers
+    and L/6 chunks of 4 modules + anchor (12 → 1 + 2·(4+1) + 1), each chunk assembled for H = 6 steps with
+    top-2 routing: depth L → 4L/3 (+33%), same parameter count plus the routers.
+    """
+    edge = layers // 12
+    return MoMConfig(name=name, bottom=edge, top=edge, chunks=layers // 6, n_attn=4, n_ffn=4, steps=6,
+                     anchor=True, top_k=2, **shape)
+
+
+def _mom_e(name: str, layers: int, **shape: Any) -> MoMConfig:
+    """MoM_E (efficiency): minimum depth, more modules per step.
+
+    Our construction: one big chunk holding 5/6 of the layers as modules, assembled for H = L/4 steps with top-2
+    routing, plus L/12 bottom layers and an anchor (12 → 1 + (10 modules, H=3) + anchor): depth 5 instead of 12
+    (−58%, the paper's "60% shallower").
+    """
+    edge = layers // 12
+    n = layers - edge - 1
+    return MoMConfig(name=name, bottom=edge, top=0, chunks=1, n_attn=n, n_ffn=n, steps=layers // 4, anchor=True,
+                     top_k=2, **shape)
+
+
+def _tiny_special(name: str, **fields: Any) -> MoMConfig:
+    base = dict(_TINY, bottom=0, top=0, chunks=1, steps=TINY_LAYERS, anchor=False)
+    base.update(fields)
+    return MoMConfig(name=name, **base)
+
+
+def _build_presets() -> dict[str, Any]:
+    p: dict[str, Any] = {}
+    for s, sc in _SCALES.items():
+        shape = dict(d_model=sc["d_model"], n_head=sc["n_head"])
+        vname = "gpt2" if s == "S" else f"gpt2-{sc['tag']}"
+        p[vname] = lambda vname=vname, sc=sc, shape=shape: _vanilla(vname, sc["layers"], **shape)
+        p[f"mom-p-{sc['tag']}"] = lambda sc=sc, shape=shape: _mom_p(f"mom-p-{sc['tag']}", sc["layers"], **shape)
+        p[f"mom-e-{sc['tag']}"] = lambda sc=sc, shape=shape: _mom_e(f"mom-e-{sc['tag']}", sc["layers"], **shape)
+    # GPT-2 small with the vocabulary padded to 50,304 = 786 · 64 (nanoGPT's choice): tensor-core-friendly head and
+    # embedding shapes for training from scratch (ids ≥ 50,257 never occur). The H100 throughput baseline.
+    p["gpt2-padded"] = lambda: _vanilla("gpt2-padded", 12, d_model=768, n_head=12, vocab_size=50304)
+    n = TINY_LAYERS
+    p["tiny"] = lambda: _vanilla("tiny", n, **_TINY)
+    # tiny MoM_P: 6 layers → 1 bottom + (4 modules, H=6, top-2) + anchor: depth 8 (+33%) at equal parameters.
+    p["tiny-mom"] = lambda: MoMConfig(name="tiny-mom", bottom=1, top=0, chunks=1, n_attn=4, n_ffn=4, steps=6,
+                                      anchor=True, top_k=2, **_TINY)
+    # tiny MoM_E: 6 layers → 1 bottom + (4 modules, H=2, top-2) + anchor: depth 4 (−33%).
+    p["tiny-mom-e"] = lambda: MoMConfig(name="tiny-mom-e", bottom=1, top=0, chunks=1, n_attn=4, n_ffn=4, steps=2,
+                                        anchor=True, top_k=2, **_TINY)
+    # Special cases at tiny scale, matched to `tiny` (6 layers) in depth.
+    p["layerskip"] = lambda: _tiny_special("layerskip", n_attn=n, n_ffn=n, attn_candidates="diagonal",
+                                           ffn_candidates="diagonal", skip=True, top_k=1)
+    p["mod"] = lambda: _tiny_special("mod", n_attn=n, n_ffn=n, attn_candidates="diagonal", ffn_candidates="diagonal",
+                                     skip=True, selection="expert", capacity=0.5)
+    p["universal"] = lambda: _tiny_special("universal", n_attn=1, n_ffn=1, router="fixed", skip=False, top_k=1)
+    p["moe"] = lambda: _tiny_special("moe", n_attn=n, n_ffn=4 * n, attn_candidates="diagonal",
+                                     ffn_candidates="grouped", skip=False, router="mlp", attn_top_k=1, ffn_top_k=2)
+    return p
+
+
+PRESETS: dict[str, Any] = _build_presets()
+_GRID = re.compile(r"^K(\d+)H(\d+)([SML])$")
+
+
+def preset_names() -> list[str]:
+    return list(PRESETS)
+
+
+def preset(name: str) -> MoMConfig:
+    """A named preset, or a grid point ``K{K}H{H}{S|M|L}`` (the MoM_P layout of that scale with K and H set)."""
+    if name in PRESETS:
+        return PRESETS[name]()
+    m = _GRID.match(name)
+    if m:
+        k, h, s = int(m.group(1)), int(m.group(2)), m.group(3)
+        base = PRESETS[f"mom-p-{_SCALES[s]['tag']}"]()
+        return base.replace(name=name, top_k=k, steps=h)
+    raise ConfigError(f"unknown preset '{name}'{suggest(name, set(PRESETS))}; "
+                      f"presets: {', '.join(PRESETS)}, or a grid point like K3H1S")
+
+
+def resolve_config(spec: str) -> MoMConfig:
+    """A preset name or a path to a JSON config (a file, or a directory holding config.json)."""
+    return resolve_spec(spec, MoMConfig, "config.json", preset)

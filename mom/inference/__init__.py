@@ -1,0 +1,2 @@
+"""Generation: the KV-cached :class:`~mom.inference.engine.Engine` (sampling, batching, streaming, compiled decode
+steps) and beam search."""

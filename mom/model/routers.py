@@ -1,0 +1,192 @@
+"""Routers: which modules each token takes at each assembly step, with what weight.
+
+A router maps the residual stream x_t (before LayerNorm) to N+1 logits (the last is SKIP):
+
+* :class:`GRURouter` — the paper's: ``h' = GRUCell(x_t, h)``, logits ``W_o h'``; the state h is carried over
+  the H steps of a block and starts at zero for every block.
+* :class:`MLPRouter` — the stateless baseline: ``W_2 ReLU(W_1 x_t)``.
+* ``fixed`` routing and any half whose step has a single candidate and no SKIP need no router at all: the
+  route is static (every token takes module h with weight 1), see :meth:`MoMConfig.is_static`.
+
+:func:`select` turns logits into a :class:`Route`: candidates outside the step's set are masked,
+``g = softmax(logits / τ)``, then either token choice (top-K per token, kept weights renormalised to sum to
+1) or expert choice (each candidate module takes the ``capacity`` fraction of a sequence's tokens with the
+highest g; weight g, Mixture-of-Depths style). Both produce the same (T, K) index/weight layout, with index
+N meaning SKIP, so the dispatchers never see the difference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mom.config.model import MoMConfig
+
+
+class GRURouter(nn.Module):
+    recurrent = True
+
+    def __init__(self, d_model: int, hidden: int, n_out: int, std: float):
+        super().__init__()
+        self.gru = nn.GRUCell(d_model, hidden)
+        self.out = nn.Linear(hidden, n_out)
+        nn.init.normal_(self.out.weight, 0.0, std)
+        nn.init.zeros_(self.out.bias)
+        self.hidden = hidden
+
+    def forward(self, x_TD: Tensor, h_TR: Tensor | None) -> tuple[Tensor, Tensor]:
+        if h_TR is None:
+            h_TR = x_TD.new_zeros(x_TD.shape[0], self.hidden)
+        h_TR = self.gru(x_TD, h_TR.to(x_TD.dtype))
+        return self.out(h_TR), h_TR
+
+
+class MLPRouter(nn.Module):
+    recurrent = False
+
+    def __init__(self, d_model: int, hidden: int, n_out: int, std: float):
+        super().__init__()
+        self.fc = nn.Linear(d_model, hidden)
+        self.out = nn.Linear(hidden, n_out)
+        for lin in (self.fc, self.out):
+            nn.init.normal_(lin.weight, 0.0, std)
+            nn.init.zeros_(lin.bias)
+
+    def forward(self, x_TD: Tensor, h: Tensor | None) -> tuple[Tensor, None]:
+        return self.out(F.relu(self.fc(x_TD))), None
+
+
+ROUTERS = {"gru": GRURouter, "mlp": MLPRouter}
+
+
+@dataclass
+class Route:
+    """One half of one assembly step, over T flattened tokens. Index ``n`` (= number of modules) is SKIP."""
+
+    idx_TK: Tensor  # long (T, K)
+    w_TK: Tensor  # float (T, K); 0 on SKIP picks
+    n: int  # modules in the pool
+    probs_TN: Tensor | None = None  # router probabilities over N+1 choices (None for static routes)
+    logits_TN: Tensor | None = None  # masked, temperature-scaled logits (for the z-loss)
+    static_module: int | None = None  # every token takes this module with weight 1
+
+    @property
+    def picked_TK(self) -> Tensor:
+        return self.idx_TK < self.n
+
+    def key_valid(self) -> Tensor:
+        """(T,) bool: the token took at least one real module (it exists as a key at this step)."""
+        return self.picked_TK.any(-1)
+
+    def module_weights(self) -> Tensor:
+        """Weights renormalised over the real picks (used to combine q, k, v); zeros for all-SKIP tokens."""
+        w = self.w_TK * self.picked_TK
+        return w / w.sum(-1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
+
+
+def static_route(n_tokens: int, module: int, n: int, device: torch.device) -> Route:
+    idx = torch.full((n_tokens, 1), module, dtype=torch.long, device=device)
+    return Route(idx_TK=idx, w_TK=torch.ones(n_tokens, 1, device=device), n=n, static_module=module)
+
+
+def candidate_mask(cfg: MoMConfig, half: str) -> Tensor:
+    """(H, N+1) bool: which choices each step allows (the last column is SKIP)."""
+    n = getattr(cfg, f"n_{half}")
+    mask = torch.zeros(cfg.steps, n + 1, dtype=torch.bool)
+    for h in range(cfg.steps):
+        mask[h, cfg.candidates(half, h)] = True
+    mask[:, n] = cfg.skip
+    return mask
+
+
+def capacity_tokens(capacity: float, T: int) -> int:
+    return max(1, min(T, round(capacity * T)))
+
+
+def top_k(probs_TN: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """``probs.topk(k, -1)`` for the few choices of a router (values descending; ties to the lower index).
+
+    For small k as k rounds of max-and-exclude, which the compiler fuses into one pass over (T, N+1): on an H100
+    ``topk`` ran as two kernels of ~29 and ~14 µs per route (docs/benchmarks.md). Gradients flow to the picked
+    entries, as through ``topk``."""
+    if k > 4:
+        return probs_TN.topk(k, dim=-1)
+    values, indices = [], []
+    rest_TN = probs_TN
+    for i in range(k):
+        v_T, i_T = rest_TN.max(-1)
+        values.append(v_T)
+        indices.append(i_T)
+        if i + 1 < k:
+            rest_TN = rest_TN.scatter(-1, i_T.unsqueeze(-1), float("-inf"))
+    return torch.stack(values, -1), torch.stack(indices, -1)
+
+
+def select(logits_TN: Tensor, allowed_N: Tensor, cand_c: Tensor, cfg: MoMConfig, half: str, B: int,
+           threshold_c: Tensor | None = None) -> Route:
+    """Turn router logits into a route for one step (see module docstring).
+
+    Expert choice looks at the whole sequence, so it cannot decode token by token. With ``threshold_c`` given
+    (the causal decode rule), candidate c takes a token iff ``g_c ≥ threshold_c`` — per token, no look-ahead;
+    the thresholds are running estimates of the capacity cut-off seen in training (see :func:`capacity_cutoff`).
+    """
+    n = logits_TN.shape[-1] - 1
+    scaled = (logits_TN.float() / cfg.temperature).masked_fill(~allowed_N, float("-inf"))
+    probs_TN = scaled.softmax(-1)
+    if cfg.selection == "token":
+        w_TK, idx_TK = top_k(probs_TN, cfg.k(half))
+        w_TK = w_TK / w_TK.sum(-1, keepdim=True)
+        w_TK = w_TK.masked_fill(idx_TK == n, 0.0)
+    else:
+        # Expert choice: each candidate module c takes the C tokens of each sequence with the highest g_c.
+        T = logits_TN.shape[0] // B
+        scores_BTc = probs_TN.view(B, T, -1)[..., cand_c]
+        if threshold_c is not None:
+            chosen_BTc = scores_BTc >= threshold_c
+        else:
+            top_BCc = scores_BTc.topk(capacity_tokens(cfg.capacity, T), dim=1).indices
+            chosen_BTc = torch.zeros_like(scores_BTc, dtype=torch.bool).scatter_(1, top_BCc, True)
+        idx_TK = torch.where(chosen_BTc, cand_c, n).view(B * T, -1)
+        w_TK = torch.where(chosen_BTc, scores_BTc, 0.0).view(B * T, -1)
+    return Route(idx_TK=idx_TK, w_TK=w_TK, n=n, probs_TN=probs_TN, logits_TN=scaled)
+
+
+def capacity_cutoff(route: Route, cand_c: Tensor, capacity: float, B: int) -> Tensor:
+    """(c,) the router probability of the C-th token of each sequence, averaged over the batch: the value a
+    causal per-token threshold must reach to take the same fraction of tokens as expert choice did."""
+    T = route.probs_TN.shape[0] // B
+    scores_BTc = route.probs_TN.view(B, T, -1)[..., cand_c]
+    return scores_BTc.topk(capacity_tokens(capacity, T), dim=1).values[:, -1, :].mean(0)
+
+
+# ---------------------------------------------------------------------------------------------- aux losses
+def balance_stats(route: Route, allowed_N: Tensor, include_skip: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-choice pick counts, summed probabilities and the set balanced (masks over N+1), for one route."""
+    n1 = route.n + 1
+    # A comparison and a sum rather than scatter_add: no atomics with all T·K picks hitting N+1 counters.
+    choices_N = torch.arange(n1, device=route.idx_TK.device)
+    counts_N = (route.idx_TK.reshape(-1, 1) == choices_N).sum(0).float()
+    active_N = allowed_N.clone()
+    if not include_skip:
+        active_N[-1] = False
+    return counts_N, route.probs_TN.sum(0), active_N
+
+
+def balance_loss(counts_N: Tensor, probsum_N: Tensor, active_N: Tensor) -> Tensor:
+    """Switch-style ``N·Σ_i f_i·P_i`` over the active choices: f from the real top-K picks, P the mean router
+    probability, both renormalised over the active set (so excluding SKIP does not penalise skipping).
+    Equals 1 when picks and probabilities are uniform."""
+    a = active_N.to(counts_N.dtype)
+    f = counts_N * a
+    f = f / f.sum().clamp_min(1.0)
+    p = probsum_N * a
+    p = p / p.sum().clamp_min(torch.finfo(p.dtype).tiny)
+    return a.sum() * (f * p).sum()
+
+
+def z_loss(route: Route) -> Tensor:
+    """ST-MoE router z-loss: mean squared log-partition of the (masked, scaled) router logits."""
+    return torch.logsumexp(route.logits_TN, dim=-1).square().mean()

@@ -1,0 +1,160 @@
+"""A run directory and the model directories around it: file names, the latest checkpoint, metrics rows, starting or
+continuing a run directory, and loading a model from a model directory or a run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mom.config.model import MoMConfig
+from mom.config.train import TrainConfig
+from mom.errors import CheckpointError, MomError
+from mom.fileio import MANIFEST, atomic_write, read_json, write_json_atomic
+from mom.model.model import MoM
+
+CHECKPOINTS = "checkpoints"
+
+
+LATEST = "latest.json"
+
+
+METRICS = "metrics.jsonl"
+
+
+# Everything a run writes into its directory (``--force`` removes these and nothing else).
+RUN_FILES = ("config.json", "train_config.json", "run.json", METRICS, LATEST, CHECKPOINTS, "model.safetensors",
+             MANIFEST, "loss.png", "routing.png")
+
+
+def _complete(ckpt: Path) -> bool:
+    return (ckpt / MANIFEST).is_file() or (ckpt / "state.json").is_file()  # (older checkpoints: no manifest)
+
+
+def _newest_complete(run_dir: Path) -> Path | None:
+    steps = sorted((c for c in (run_dir / CHECKPOINTS).glob("step-*") if c.is_dir() and _complete(c)),
+                   key=lambda c: c.name)
+    return steps[-1] if steps else None
+
+
+def read_latest(run_dir: Path) -> tuple[int, Path] | None:
+    """(step, directory) of the run's latest complete checkpoint, or None.
+
+    ``latest.json`` names it; if that directory was removed (a damaged checkpoint deleted by hand), or the run was
+    killed between renaming its first checkpoint into place and writing ``latest.json``, the newest complete
+    ``step-*`` directory is the latest."""
+    p = run_dir / LATEST
+    if not p.is_file():
+        newest = _newest_complete(run_dir)
+        return (int(newest.name.removeprefix("step-")), newest) if newest else None
+    d = read_json(p, "checkpoint pointer")
+    try:
+        step, ckpt = int(d["step"]), run_dir / d["path"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{p}: unreadable checkpoint pointer ({e})") from None
+    if ckpt.is_dir() and _complete(ckpt):
+        return step, ckpt
+    if not ckpt.exists():
+        newest = _newest_complete(run_dir)
+        if newest:
+            return int(newest.name.removeprefix("step-")), newest
+    raise CheckpointError(f"{p} points at {ckpt}, which is not a complete checkpoint")
+
+
+def check_fresh_out(out: Path, force: bool) -> None:
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise MomError(f"{out}: exists and is not a directory")
+    ours = [n for n in RUN_FILES if (out / n).exists()]
+    if ours and not force:
+        latest = read_latest(out)
+        at = f" (latest checkpoint: step {latest[0]})" if latest else ""
+        raise MomError(f"{out} already holds a training run{at}; pass --resume to continue it or --force to "
+                       "start over")
+    if not ours and any(out.iterdir()) and not force:
+        raise MomError(f"{out} exists and is not empty; pass --force to train into it anyway")
+
+
+def clear_run(out: Path) -> None:
+    for n in RUN_FILES:
+        p = out / n
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Keep the metrics rows up to ``step`` (rows a killed run logged after its last checkpoint are redone)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            break  # a torn last line from a kill: drop it and everything after
+    atomic_write(path, "".join(line + "\n" for line in keep))
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of a run's metrics.jsonl (a torn last line is ignored)."""
+    path = Path(run_dir) / METRICS
+    rows = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return rows
+
+
+def resolve_model_dir(spec: str | os.PathLike, missing: str = "checkpoint directory not found") -> Path:
+    """The directory holding a model: a model directory or finished run (``model.safetensors`` + ``config.json``),
+    else a training run's latest checkpoint. ``missing``: what to say when ``spec`` does not exist."""
+    path = Path(spec)
+    if path.is_file():
+        raise CheckpointError(f"{path}: is a file; give the model or run directory that holds it")
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: {missing}")
+    if (path / "model.safetensors").is_file():
+        return path
+    latest = read_latest(path)
+    if latest is not None:
+        return latest[1]
+    raise CheckpointError(f"{path}: no model.safetensors and no checkpoint (is it a mom model or run directory?)")
+
+
+def load_model(spec: str | os.PathLike, device: torch.device | str = "cpu", **overrides):
+    """Load a checkpoint for measuring (eval mode)."""
+    return MoM.from_pretrained(resolve_model_dir(spec), map_location=device, **overrides).eval()
+
+
+def start_run_dir(out: Path, force: bool, mcfg: MoMConfig, tcfg: TrainConfig, run_info: dict[str, Any]) -> None:
+    """Create a new run directory (``force``: clearing what a previous run wrote there) with its configs, run.json
+    and an empty metrics file."""
+    if force and out.exists():
+        clear_run(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file where a parent directory should be, no permission
+        raise MomError(f"{out}: cannot create the run directory ({e.strerror or e})") from None
+    mcfg.save(out / "config.json")
+    tcfg.save(out / "train_config.json")
+    (out / METRICS).write_text("", encoding="utf-8")
+    write_json_atomic(out / "run.json", run_info)
+
+
+def continue_run_dir(out: Path, step: int, run_info: dict[str, Any]) -> None:
+    """Resuming at ``step``: drop the metrics rows logged after it and record the resumption in run.json."""
+    truncate_metrics(out / METRICS, step)
+    run_info.setdefault("resumed_at", []).append(step)
+    write_json_atomic(out / "run.json", run_info)
+

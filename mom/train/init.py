@@ -1,0 +1,48 @@
+"""``--init-from``: weights from a run or model directory (same layout) or an HF GPT-2, decomposed per the layer map
+when the target is a MoM."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from torch import nn
+
+from mom.convert.gpt2 import check_compatible, decompose, read_hf, vanilla_layers_of
+from mom.errors import CheckpointError, ConfigError
+from mom.model.model import MoM
+from mom.runs import resolve_model_dir
+
+
+def init_from(model: nn.Module, spec: str) -> str:
+    """Copy weights into ``model`` from ``spec`` (see module docstring); returns a one-line description."""
+    cfg = model.config
+    is_hf = spec.startswith("hf:")
+    if not (spec[3:] if is_hf else spec).strip():  # Path("") would quietly mean the current directory
+        raise ConfigError(f"--init-from {spec!r}: empty; give a run or model directory, or hf:DIR")
+    path = Path(spec[3:] if is_hf else spec)
+    if not is_hf and (path / "config.json").is_file():
+        try:
+            is_hf = json.loads((path / "config.json").read_text(encoding="utf-8")).get("model_type") == "gpt2"
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            pass
+    if is_hf:
+        src_cfg, layers, emb = read_hf(path)
+        check_compatible(src_cfg, cfg, str(path))
+        decompose(layers, emb, model)
+        how = "loaded" if cfg.is_vanilla else "decomposed"
+        return f"{how} HF GPT-2 {path} ({len(layers)} layers)"
+    src = MoM.from_pretrained(resolve_model_dir(spec, "--init-from expects a run or model directory (or hf:DIR), "
+                                                      "not found"))
+    src_shapes = {k: tuple(v.shape) for k, v in src.state_dict().items()}
+    own_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if src_shapes == own_shapes:
+        model.load_state_dict(src.state_dict(), source=spec)
+        return f"loaded all weights from {spec} (same layout)"
+    if not src.config.is_vanilla:
+        raise CheckpointError(f"{spec}: its layout ('{src.config.name}') differs from '{cfg.name}' and it is not a "
+                              "vanilla model; only a vanilla (chunks=0) model can be decomposed into another layout")
+    check_compatible(src.config, cfg, spec)
+    layers, emb = vanilla_layers_of(src)
+    decompose(layers, emb, model)
+    return f"decomposed the {len(layers)}-layer vanilla model {spec} per the layer map (routers fresh)"

@@ -1,0 +1,261 @@
+"""What a training run watches and reports: routing statistics, router collapse, non-finite gradients, the loss
+and throughput window between metrics rows, and the :class:`Monitor` that writes them to ``metrics.jsonl`` and
+the console."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mom.config.model import MoMConfig
+from mom.config.train import TrainConfig
+from mom.model.flops import count, peak_flops
+from mom.train.distributed import Dist, Runtime, full_tensor
+
+
+def routing_stats(routes) -> list[dict[str, Any]]:
+    """Per (chunk, step, half) with a learned router: how the picks spread over the choices.
+
+    ``usage``: fraction of all picks going to module 0 … N-1 and, last, SKIP (sums to 1); ``entropy``: of that
+    distribution, in nats (ln(N+1) when uniform); ``skip``: the SKIP share of picks (= usage[-1]); ``skip_all``:
+    fraction of tokens whose every pick is SKIP (they bypass the half entirely); ``modules_per_token``: mean
+    real modules a token runs (≤ K; what the compute actually is); ``token_share``: fraction of tokens that picked
+    each choice (a token's K picks are distinct); ``choices``: real modules the step allows; ``picks``: K."""
+    out = []
+    for r in routes or []:
+        if r.probs_BTN is None:  # static route: nothing was decided
+            continue
+        n = r.n_modules
+        idx_PK = r.idx_BTK.reshape(-1, r.idx_BTK.shape[-1])
+        counts_N = torch.bincount(idx_PK.flatten(), minlength=n + 1).double()
+        usage_N = counts_N / counts_N.sum()
+        entropy = -(usage_N * usage_N.clamp_min(1e-30).log()).sum()
+        skip_PK = idx_PK == n
+        allowed_N = (r.probs_BTN.reshape(-1, n + 1) > 0).any(0)  # disallowed choices get probability exactly 0
+        out.append({
+            "chunk": r.chunk, "step": r.step, "half": r.half,
+            "usage": [round(u, 5) for u in usage_N.tolist()],
+            "token_share": [round(u, 5) for u in (counts_N / idx_PK.shape[0]).tolist()],
+            "choices": int(allowed_N[:n].sum()), "picks": idx_PK.shape[-1],
+            "entropy": round(entropy.item(), 5),
+            "skip": round(usage_N[n].item(), 5),
+            "skip_all": round(skip_PK.all(-1).double().mean().item(), 5),
+            "modules_per_token": round((~skip_PK).sum(-1).double().mean().item(), 5),
+        })
+    return out
+
+
+class CollapseWatch:
+    """Router collapse: one module picked by more than ``share`` of the tokens at ``patience`` metrics rows in a
+    row. Only steps that allow more real modules than picks count (a layer-skip step that may pick only its own
+    module, or K = N, has nothing to collapse). Each episode is reported once."""
+
+    def __init__(self, share: float, patience: int) -> None:
+        self.share, self.patience = share, patience
+        self.streak: dict[tuple, int] = {}
+
+    def update(self, stats: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        warnings, seen = [], set()
+        for row in stats:
+            if row["choices"] <= row["picks"]:
+                continue
+            shares = row["token_share"][:-1]  # real modules (the last entry is SKIP)
+            m = max(range(len(shares)), key=shares.__getitem__)
+            if shares[m] <= self.share:
+                continue
+            key = (row["chunk"], row["step"], row["half"], m)
+            seen.add(key)
+            self.streak[key] = self.streak.get(key, 0) + 1
+            if self.streak[key] == self.patience:
+                warnings.append({"chunk": row["chunk"], "routing_step": row["step"], "half": row["half"],
+                                 "module": m, "token_share": shares[m], "rows": self.patience})
+        self.streak = {k: v for k, v in self.streak.items() if k in seen}
+        return warnings
+
+    def state(self) -> list[list]:
+        """For checkpoints: a resumed run reports exactly what an uninterrupted one would."""
+        return [[*k, v] for k, v in sorted(self.streak.items())]
+
+    def load(self, state: list[list]) -> None:
+        self.streak = {tuple(e[:-1]): int(e[-1]) for e in state}
+
+
+def nonfinite_gradients(model: nn.Module) -> list[str]:
+    """Parameters whose gradient holds NaN or Inf; for a module pool's stacked weights, which modules."""
+    out = []
+    for name, p in model.named_parameters():
+        if p.grad is None:
+            continue
+        bad = ~torch.isfinite(full_tensor(p.grad))  # (FSDP: every process gathers; only on a bad step)
+        if not bad.any():
+            continue
+        if ".pool." in name and p.dim() >= 2 and p.shape[0] > 1:  # leading axis = module index
+            mods = bad.flatten(1).any(1).nonzero().flatten().tolist()
+            out.append(f"{name} (module{'s' if len(mods) > 1 else ''} {', '.join(map(str, mods))})")
+        else:
+            out.append(name)
+    return out
+
+
+def describe_fault(loss: float, grad_norm: float, where: list[str], limit: int = 4) -> str:
+    parts = [f"loss {loss}" if not math.isfinite(loss) else None,
+             f"gradient norm {grad_norm}" if not math.isfinite(grad_norm) else None]
+    if where:
+        shown = ", ".join(where[:limit]) + (f" and {len(where) - limit} more" if len(where) > limit else "")
+        parts.append(f"non-finite gradients in {shown}")
+    return "; ".join(p for p in parts if p)
+
+
+class Window:
+    """Sums over the steps since the last metrics row (device tensors: no host sync until the row is written)."""
+
+    def __init__(self) -> None:
+        self.reset()
+        self.t0 = time.perf_counter()
+
+    def reset(self) -> None:
+        self.sums: dict[str, Tensor] = {}
+        self.pending: dict[str, Tensor] = {}  # the current step's micro-batches, kept apart until it is applied
+        self.steps = 0
+
+    @staticmethod
+    def _add(into: dict[str, Tensor], key: str, value: Tensor) -> None:
+        into[key] = into[key] + value if key in into else value
+
+    def add_micro(self, out, accum: int) -> None:
+        for key in ("loss", "aux_loss", "balance_loss", "z_loss"):
+            value = getattr(out, key)
+            if value is not None:
+                self._add(self.pending, key, value.detach().float() / accum)
+
+    def pending_loss(self) -> Tensor:
+        """The current step's training objective (LM loss + auxiliary losses)."""
+        loss = self.pending["loss"]
+        return loss + self.pending["aux_loss"] if "aux_loss" in self.pending else loss
+
+    def add_step(self, grad_norm: Tensor) -> None:
+        for key, value in self.pending.items():
+            self._add(self.sums, key, value)
+        self._add(self.sums, "grad_norm", grad_norm.detach().float())
+        self.pending = {}
+        self.steps += 1
+
+    def drop_step(self) -> None:
+        """A skipped step: its values stay out of the averages."""
+        self.pending = {}
+
+    def row(self, step: int, lr: float, tokens: int, dist: Dist, tokens_per_step: int) -> dict[str, Any]:
+        keys = sorted(self.sums)
+        vec = torch.stack([self.sums[k] for k in keys]).double()
+        # Losses are averaged over processes; grad_norm is already global (DDP averaged the gradients).
+        dist.sum_(vec)
+        vec /= dist.world * self.steps
+        now = time.perf_counter()
+        row = {"type": "train", "step": step, "tokens": tokens, "lr": lr,
+               **{k: v for k, v in zip(keys, vec.tolist())},
+               "tokens_per_s": round(tokens_per_step * self.steps / max(now - self.t0, 1e-9), 1)}
+        self.t0 = now
+        self.reset()
+        return row
+
+
+class Speed:
+    """Achieved training FLOP/s of a metrics row, and its MFU where the device's peak is known.
+
+    FLOPs are :func:`mom.flops.count`'s analytic training FLOPs per token (6 × active matmul parameters +
+    attention; every one of the K picks counted as a module run, SKIP picks included, so for a MoM this is an
+    upper bound on the work done), as in ``mom bench``. MFU only under bf16 autocast on a CUDA device of
+    :data:`mom.flops.PEAK_FLOPS`, whose figures are bf16 tensor-core peaks; against all processes' peaks."""
+
+    def __init__(self, mcfg: MoMConfig, seq_len: int, device: torch.device, amp: torch.dtype | None, world: int):
+        self.flops_per_token = count(mcfg, seq_len).train_flops_per_token
+        peak = peak_flops(device) if amp == torch.bfloat16 else None
+        self.peak = peak * world if peak else None
+
+    def of(self, tokens_per_s: float) -> dict[str, float]:
+        achieved = self.flops_per_token * tokens_per_s
+        out = {"tflops": round(achieved / 1e12, 4)}
+        if self.peak:
+            out["mfu"] = round(achieved / self.peak, 4)
+        return out
+
+
+def progress_bar(enabled: bool, total: int, initial: int):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr,
+                disable=None if sys.stderr.isatty() else True)
+
+
+class Monitor:
+    """What a run reports, from the main process only: ``metrics.jsonl`` rows (train, val, fault, warning), console
+    lines (printed above the progress bar on a terminal), the throughput window and router-collapse warnings."""
+
+    def __init__(self, metrics_path: Path, rt: Runtime, mcfg: MoMConfig, tcfg: TrainConfig, start: int,
+                 progress: bool, collapse_state: list | None = None):
+        self.rt, self.main = rt, rt.dist.is_main
+        self.file = open(metrics_path, "a", encoding="utf-8") if self.main else None
+        self.bar = progress_bar(progress and self.main, tcfg.max_steps, start)
+        self.window = Window()
+        self.speed = Speed(mcfg, rt.seq_len, rt.device, rt.amp, rt.dist.world)
+        self.collapse = CollapseWatch(tcfg.collapse_share, tcfg.collapse_patience)
+        self.collapse.load(collapse_state or [])
+
+    def say(self, msg: str) -> None:
+        if not self.main:
+            return
+        if self.bar is not None and not self.bar.disable:
+            self.bar.write(msg, file=sys.stdout)
+        else:
+            print(msg, flush=True)
+
+    def log(self, row: dict[str, Any]) -> None:
+        if self.file is not None:
+            self.file.write(json.dumps(row) + "\n")
+            self.file.flush()
+
+    def train_row(self, step: int, lr: float, tokens: int, routes: list | None) -> None:
+        """The metrics row of the steps since the last one (all processes: losses are averaged over them)."""
+        row = self.window.row(step, lr, tokens, self.rt.dist, self.rt.tokens_per_step)
+        row.update(self.speed.of(row["tokens_per_s"]))
+        if routes is not None:
+            row["routing"] = routing_stats(routes)
+            for w in self.collapse.update(row["routing"]):
+                self.log({"type": "warning", "kind": "router_collapse", "step": step, **w})
+                self.say(f"warning: router collapse at step {step}: chunk {w['chunk']} step {w['routing_step']} "
+                         f"{w['half']}: module {w['module']} took {w['token_share']:.0%} of the tokens "
+                         f"at {w['rows']} metrics rows in a row")
+        self.log(row)
+        if self.bar is not None:
+            mfu = f", MFU {row['mfu']:.1%}" if "mfu" in row else ""
+            self.bar.set_postfix_str(f"loss {row['loss']:.3f}, {row['tokens_per_s']:,.0f} tok/s{mfu}", refresh=False)
+
+    def val_row(self, step: int, tokens: int, loss: float, seconds: float) -> None:
+        self.log({"type": "val", "step": step, "tokens": tokens, "val_loss": loss, "val_ppl": math.exp(min(loss, 50)),
+                  "seconds": round(seconds, 3)})
+        self.say(f"step {step}: val loss {loss:.4f} (ppl {math.exp(min(loss, 50)):.1f})")
+
+    def fault(self, step: int, in_a_row: int, what: str) -> None:
+        self.log({"type": "fault", "step": step, "skipped": True, "in_a_row": in_a_row, "what": what})
+        self.say(f"step {step}: update skipped ({what})")
+
+    def advance(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if self.file is not None:
+            self.file.close()
+            self.file = None

@@ -1,0 +1,71 @@
+"""The optimiser: AdamW with weight decay on matrices only (decided by what a parameter is), fused where PyTorch has
+it, and the warm-up + cosine learning rate as a pure function of the step."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from mom.config.train import TrainConfig
+from mom.model.modules import StackedLinear
+
+
+# ================================================================================================ schedule
+def lr_at(tcfg: TrainConfig, step: int) -> float:
+    """Learning rate of the update that takes the model from ``step`` to ``step + 1`` completed steps.
+
+    Linear warm-up over ``warmup`` updates (lr·(step+1)/warmup), then a cosine from ``lr`` at the end of the
+    warm-up to ``min_lr`` at ``max_steps`` (or a constant ``lr`` with ``schedule='constant'``). A pure function
+    of the step: there is no scheduler object to save, and resuming reproduces it exactly."""
+    warm = tcfg.warmup
+    if step < warm:
+        return tcfg.lr * (step + 1) / warm
+    if tcfg.schedule == "constant" or tcfg.max_steps <= warm:
+        return tcfg.lr
+    progress = min(1.0, (step - warm) / (tcfg.max_steps - warm))
+    return tcfg.final_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (tcfg.lr - tcfg.final_lr)
+
+
+# ================================================================================================ optimiser
+def decay_split(model: nn.Module) -> tuple[list[str], list[str]]:
+    """Names of the parameters that get weight decay, and of those that do not.
+
+    Decided by what a parameter *is*, not by its number of dimensions: our module pools stack weights along a
+    leading module axis, so a pool's LayerNorm gains are 2-D (N, D) and its linear weights 3-D. Decayed: the
+    ``weight`` of linear maps (``nn.Linear``, stacked linears, the GRU router's ``weight_ih``/``weight_hh``) and
+    of embeddings (``wte``, which is also the tied LM head, and ``wpe``, as nanoGPT/GPT-2 do). Not decayed:
+    LayerNorm gains and shifts, and every bias."""
+    decay, no_decay = [], []
+    for mname, module in model.named_modules():
+        for pname, _ in module.named_parameters(recurse=False):
+            full = f"{mname}.{pname}" if mname else pname
+            is_matrix = (isinstance(module, (nn.Linear, StackedLinear, nn.Embedding)) and pname == "weight") or (
+                isinstance(module, nn.RNNCellBase) and pname.startswith("weight_"))
+            (decay if is_matrix else no_decay).append(full)
+    return decay, no_decay
+
+
+def fused_adamw(device: torch.device | str) -> bool:
+    """Whether to ask for PyTorch's fused AdamW: one kernel over all parameters instead of a chain of foreach ops.
+    On the 2-core CPU box it updates 82M parameters in 51 ms against 234 ms (docs/log.md); CUDA has it too."""
+    return torch.device(device).type in ("cpu", "cuda")
+
+
+def adamw(model: nn.Module, lr: float, weight_decay: float, device: torch.device | str,
+          betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> tuple[torch.optim.AdamW, list[str]]:
+    """AdamW with the two decay groups of :func:`decay_split`; returns the optimiser and the parameter names in its
+    order."""
+    params = dict(model.named_parameters())
+    decay, no_decay = decay_split(model)
+    assert sorted(decay + no_decay) == sorted(params), "every parameter is in exactly one decay group"
+    groups = [{"params": [params[n] for n in decay], "weight_decay": weight_decay},
+              {"params": [params[n] for n in no_decay], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused_adamw(device))
+    return opt, decay + no_decay
+
+
+def make_optimizer(model: nn.Module, tcfg: TrainConfig, device: torch.device) -> tuple[torch.optim.AdamW, list[str]]:
+    """The training run's AdamW (the paper's betas and epsilon by default, see :class:`TrainConfig`)."""
+    return adamw(model, tcfg.lr, tcfg.weight_decay, device, (tcfg.beta1, tcfg.beta2), tcfg.eps)

@@ -1,0 +1,85 @@
+"""What a launch of ``mom train`` will do, decided before anything is written: a new run, or the continuation of
+one from its latest checkpoint (with the configs, data and init source the run was started with)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mom.config.model import MoMConfig
+from mom.config.train import TrainConfig
+from mom.errors import CheckpointError, ConfigError, DataError, MomError
+from mom.fileio import read_json
+from mom.runs import check_fresh_out, read_latest
+
+
+@dataclass
+class RunPlan:
+    """The resolved inputs of a launch."""
+
+    mcfg: MoMConfig
+    tcfg: TrainConfig
+    out: Path
+    data: str | None  # --data as given (None: the built-in corpus)
+    init: str | None  # --init-from as given, or the run's when resuming
+    resume_from: tuple[int, Path] | None = None  # (step, checkpoint directory)
+    run_info: dict[str, Any] = field(default_factory=dict)  # the run's run.json when resuming
+
+    @property
+    def resuming(self) -> bool:
+        return self.resume_from is not None
+
+
+def config_diff(a: dict, b: dict, ignore: tuple[str, ...] = ()) -> list[str]:
+    return [f"{k}: {a.get(k)!r} in the run, {b.get(k)!r} now" for k in sorted(set(a) | set(b))
+            if k not in ignore and a.get(k) != b.get(k)]
+
+
+def plan_run(mcfg: MoMConfig | None, tcfg: TrainConfig | None, out: Path, data: str | None, init: str | None,
+             resume: bool, force: bool) -> RunPlan:
+    """A new run (both configs needed, ``out`` free or ``force``) or a resumed one (configs from its checkpoint;
+    those given must match but for :attr:`TrainConfig.RESUMABLE_CHANGES`)."""
+    if resume and force:
+        raise MomError("--resume and --force exclude each other")
+    if not resume:
+        if mcfg is None or tcfg is None:
+            raise ConfigError("a new run needs a model config (--config) and a train config")
+        check_fresh_out(out, force)
+        return RunPlan(mcfg, tcfg, out, data, init)
+    if not out.is_dir():
+        raise CheckpointError(f"{out}: no such run directory to resume")
+    resume_from = read_latest(out)
+    if resume_from is None:
+        raise CheckpointError(f"{out}: no checkpoint to resume from (start the run without --resume)")
+    ck = resume_from[1]
+    run_mcfg, run_tcfg = MoMConfig.load(ck / "config.json"), TrainConfig.load(ck / "train_config.json")
+    if mcfg is not None:
+        diff = config_diff(run_mcfg.to_dict(), mcfg.to_dict(), ignore=("name",))
+        if diff:
+            raise ConfigError(f"--resume: {out} was trained with a different model config ({'; '.join(diff)}); "
+                              "resume with the run's config or start a new run")
+    if tcfg is not None:
+        diff = config_diff(run_tcfg.to_dict(), tcfg.to_dict(), ignore=TrainConfig.RESUMABLE_CHANGES)
+        if diff:
+            raise ConfigError(f"--resume: {out} was trained with a different train config ({'; '.join(diff)}); "
+                              "resume with the same settings or start a new run (e.g. --init-from it)")
+        run_tcfg = run_tcfg.replace(**{k: getattr(tcfg, k) for k in TrainConfig.RESUMABLE_CHANGES})
+    run_info = read_json(out / "run.json", "run info") if (out / "run.json").is_file() else {}
+    if init is not None and run_info.get("init_from") not in (None, init):
+        raise ConfigError(f"--resume: {out} was initialised from {run_info.get('init_from')}, not {init}")
+    return RunPlan(run_mcfg if mcfg is None else mcfg, run_tcfg, out, data or run_info.get("data"),
+                   run_info.get("init_from"), resume_from, run_info)
+
+
+def check_resumed_data(plan: RunPlan, data_dir: Path, train: np.ndarray, val: np.ndarray) -> None:
+    """A resumed run must read the data it was started on (the same number of tokens in each split)."""
+    if not plan.resuming:
+        return
+    for split, arr in (("train", train), ("val", val)):
+        had = plan.run_info.get(f"{split}_tokens")
+        if had is not None and had != len(arr):
+            raise DataError(f"--resume: {data_dir} is not the run's data ({split} split: {len(arr):,} tokens, "
+                            f"the run had {had:,})")
