@@ -34,13 +34,7 @@ PROMPTS = ["The history of", "Hello world, I am a"]
 NEW_TOKENS = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest single-threaded, and a shared 2-core machine makes multi-threaded ops crawl."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @dataclass(frozen=True)
