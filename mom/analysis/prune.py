@@ -132,7 +132,7 @@ def prune_state_dict(state: dict[str, torch.Tensor], cfg: MoMConfig,
 
 
 def prune(model, attn_keep: float, ffn_keep: float, by: str = "usage", batches=None):
-    """Prune ``model`` (a :class:`~mom.model.MoM`); returns ``(pruned model, report dict)``."""
+    """Prune ``model`` (a :class:`~mom.model.model.MoM`); returns ``(pruned model, report dict)``."""
     cfg = model.config
     check_prunable(cfg)
     n_attn = keep_count(cfg.n_attn, attn_keep, "--attn-keep")

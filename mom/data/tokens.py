@@ -1,5 +1,12 @@
 """A prepared dataset: ``train.bin`` / ``val.bin`` (uint16 token ids, nanoGPT's layout) and ``meta.json``; loading a
-split with every id checked against the model's vocabulary, and validation windows."""
+split with every id checked against the model's vocabulary, and validation windows.
+
+Prepared dataset layout (nanoGPT's): ``train.bin`` and ``val.bin`` hold the GPT-2 token ids of every
+document, each followed by ``<|endoftext|>`` (50256), as one flat little-endian ``uint16`` array;
+``meta.json`` records where they came from (sources with document and token counts, split seed and
+fraction, tokenizer hash, format version). :func:`load_tokens` also reads directories or ``.bin`` files
+prepared by nanoGPT itself (e.g. OpenWebText), which have no ``meta.json``.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,16 @@
-"""GLUE-format classification: a linear head on the last real token's final hidden state, the whole model fine-tuned,
-metrics per task."""
+"""GLUE-format classification (``mom eval glue``).
+
+The GPT-2 recipe: a linear head on the final hidden state (after ``ln_f``) of the last real token of each
+sequence (no pad id is involved: each row's length is known), cross-entropy (MSE for STS-B's regression),
+the whole model fine-tuned with AdamW (weight decay on matrices only), linear warm-up then linear decay, grad
+clipping 1.0, and the model's routing aux loss (balance + z, as configured) added to the task loss. Sentence
+pairs are joined as ``tokens(a) + [<|endoftext|>] + tokens(b)``: one token GPT-2 text never produces, so the
+boundary is unambiguous. Pairs that do not fit ``max_len`` lose tokens from the end of the longer side
+first. Batches are right-padded, so with causal attention a real token never sees a pad; pads do take part
+in expert-choice (MoD) capacity and in the balance statistics. Each seed starts again from the checkpoint;
+the seed fixes the head's initialisation and the data order. With several seeds the report gives the mean
+and the sample standard deviation (ddof = 1).
+"""
 
 from __future__ import annotations
 

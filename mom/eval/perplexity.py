@@ -1,5 +1,13 @@
-"""Sliding-window perplexity with exact counting (every token scored once, by the first window that holds it and its
-left context)."""
+"""Perplexity (``mom eval ppl``).
+
+Sliding windows of the model's context n_ctx, advanced by ``stride`` (default n_ctx/2, at most n_ctx - 1),
+the method of HF's "perplexity of fixed-length models" guide, with exact counting: every token after the
+first is scored once, by the first window that holds it and the token before it, so it sees between
+``n_ctx - stride`` and ``n_ctx - 1`` tokens of left context (all of them near the start).
+ppl = exp(total NLL / scored tokens). Routing is causal (``causal_routing=True``): a token's probability
+never depends on later tokens, which matters only for expert-choice (MoD) models, whose training-time
+selection looks at the whole sequence.
+"""
 
 from __future__ import annotations
 

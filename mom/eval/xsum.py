@@ -1,4 +1,14 @@
-"""XSUM-format summarisation: fine-tuning on document → summary, greedy or beam decoding, ROUGE."""
+"""XSUM-format summarisation (``mom eval xsum``).
+
+Prompt ``document + "\nTL;DR:"``, target ``" " + summary + <|endoftext|>``; the loss covers the target tokens
+only. The document is cut from the *end* to fit (news puts what matters first): n_ctx - |separator| -
+max_new_tokens tokens at most (or ``--max-doc-tokens``); training summaries are cut to max_new_tokens - 1
+tokens plus the end token. Decoding: greedy through :class:`mom.inference.engine.Engine` (KV-cached, batched) or beam
+search (:func:`mom.inference.beam.beam_search`, on the same KV cache, reordered per beam). ROUGE-1/2/L/Lsum F1 from
+``rouge-score`` with the Porter stemmer; for ROUGE-Lsum both texts are split into sentences by
+:func:`mom.data.tasks.split_sentences` and joined with newlines (rouge-score's own splitter needs nltk's punkt
+download).
+"""
 
 from __future__ import annotations
 

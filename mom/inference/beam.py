@@ -20,7 +20,7 @@ def _strip_eot(tokens: Sequence[int], eot: int = EOT) -> list[int]:
 
 @torch.no_grad()
 def greedy(model, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 16) -> list[list[int]]:
-    """Greedy continuations (without the end token) through the KV-cached :class:`~mom.engine.Engine`, in
+    """Greedy continuations (without the end token) through the KV-cached :class:`~mom.inference.engine.Engine`, in
     batches of similar prompt lengths (left-padded; each row decodes as it would alone)."""
     engine = Engine(model)
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)

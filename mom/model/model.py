@@ -86,7 +86,7 @@ def attention_half(mods: ModuleSlices, x_TD: Tensor, route: Route, B: int, T: in
                    slot=None, pack_keys: bool = False) -> Tensor:
     """The attention half of a step: returns the residual update (T, D). ``mods``: the pool's single forms for
     this forward pass (``mods.pool`` has the grouped ones). ``slot``: KV-cache slot when decoding. ``pack_keys``:
-    hide all-SKIP keys by packing (``key_mask='pack'``, see :func:`mom.modules.causal_attention`)."""
+    hide all-SKIP keys by packing (``key_mask='pack'``, see :func:`mom.model.attention.causal_attention`)."""
     D, pool = x_TD.shape[-1], mods.pool
     if route.static_module is not None:
         m = route.static_module
@@ -262,7 +262,7 @@ class MoM(nn.Module):
                 return_hidden: bool = False) -> MoMOutput:
         """Run the model.
 
-        ``cache``: a :class:`mom.engine.KVCache`; the tokens are appended after those already cached (their
+        ``cache``: a :class:`mom.model.kv_cache.KVCache`; the tokens are appended after those already cached (their
         positions and padding come from the cache). ``causal_routing``: use the causal decode rule for expert
         choice (always on with a cache); token-choice routing is causal already. ``rows = (b_N, t_N)``: apply
         ln_f and the LM head only at those N (sequence, position) pairs — logits and hidden are (1, N, ·) — for

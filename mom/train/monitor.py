@@ -169,10 +169,10 @@ class Window:
 class Speed:
     """Achieved training FLOP/s of a metrics row, and its MFU where the device's peak is known.
 
-    FLOPs are :func:`mom.flops.count`'s analytic training FLOPs per token (6 × active matmul parameters +
+    FLOPs are :func:`mom.model.flops.count`'s analytic training FLOPs per token (6 × active matmul parameters +
     attention; every one of the K picks counted as a module run, SKIP picks included, so for a MoM this is an
     upper bound on the work done), as in ``mom bench``. MFU only under bf16 autocast on a CUDA device of
-    :data:`mom.flops.PEAK_FLOPS`, whose figures are bf16 tensor-core peaks; against all processes' peaks."""
+    :data:`mom.model.flops.PEAK_FLOPS`, whose figures are bf16 tensor-core peaks; against all processes' peaks."""
 
     def __init__(self, mcfg: MoMConfig, seq_len: int, device: torch.device, amp: torch.dtype | None, world: int):
         self.flops_per_token = count(mcfg, seq_len).train_flops_per_token
