@@ -3,13 +3,33 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from mom.config.train import COMPILE_MODES, check_compile_mode
 from mom.device import pick_device
 from mom.errors import MomError
 from mom.inference.engine import Engine, SamplingParams
-from mom.runs import load_model
+from mom.runs import last_validation, load_model
+
+#: A model whose last validation loss is not this far below the unigram yardstick gets a note: expect gibberish.
+GIBBERISH_MARGIN = 0.5
+
+
+def gibberish_note(spec: str) -> str | None:
+    """One line when the run ``spec`` comes from last validated within :data:`GIBBERISH_MARGIN` nats of knowing only
+    token frequencies (its metrics.jsonl's val rows), so nobody takes its gibberish for a bug; else None."""
+    row = last_validation(spec)
+    if row is None:
+        return None
+    val, uni = float(row["val_loss"]), float(row["unigram_loss"])
+    gap = uni - val
+    if gap >= GIBBERISH_MARGIN:
+        return None
+    where = f"val loss {val:.3f} vs {uni:.3f} nats at step {row.get('step', '?')}"
+    if gap >= 0:
+        return f"this model is within {gap:.2f} nats of knowing only token frequencies ({where}): expect gibberish"
+    return f"this model is {-gap:.2f} nats worse than knowing only token frequencies ({where}): expect gibberish"
 
 
 def add_generate_arguments(g: argparse.ArgumentParser) -> None:
@@ -51,6 +71,9 @@ def run_generate(args: argparse.Namespace, overrides: dict[str, dict[str, str]])
     device = pick_device(args.device)  # like every other command: auto, and one line for a device that is not there
     # A model directory, or a training run (finished or not: its latest checkpoint), as for eval, flops and prune.
     model = load_model(args.ckpt, device, **overrides["model"])
+    note = gibberish_note(args.ckpt)
+    if note:
+        print(f"mom: note: {note}", file=sys.stderr, flush=True)
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                             top_p=args.top_p, seed=args.seed, stop=args.stop or [])
     engine = Engine(model, use_cache=not args.no_cache, compile=args.compile, compile_mode=args.compile_mode)

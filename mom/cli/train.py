@@ -73,7 +73,8 @@ def run_train(args: argparse.Namespace, overrides: dict[str, dict[str, str]]) ->
         tcfg = tcfg.replace(**train_over)
     try:
         result = train(mcfg, tcfg, out=out, data=args.data, init=args.init_from, resume=args.resume,
-                       force=args.force, progress=not args.no_progress, command=command_line(args, overrides, out))
+                       force=args.force, progress=not args.no_progress, command=command_line(args, overrides, out),
+                       vocab_from_data="vocab_size" not in model_over)
         if result.finished and result.main_process:
             write_plots(result.run_dir)
     finally:

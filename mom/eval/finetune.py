@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mom.data.tokenizer import EOT, N_VOCAB, tokenizer
+from mom.data.tokenizer import Tokenizer, gpt2_tokenizer
 from mom.errors import MomError
 from mom.train.optim import adamw
 
@@ -39,11 +39,14 @@ def forward_at(model, idx_BT: Tensor, b_N: Tensor, t_N: Tensor, **kw) -> tuple[T
     return out.hidden[0], out.logits[0], out.aux_loss
 
 
-def text_tokenizer(model):
-    if model.config.vocab_size < N_VOCAB:
-        raise MomError(f"the model's vocabulary ({model.config.vocab_size}) is smaller than GPT-2's ({N_VOCAB}): "
-                       "text cannot be tokenised for it")
-    return tokenizer()
+def text_tokenizer(model) -> Tokenizer:
+    """The tokenizer that reads text for ``model``: the one it was loaded with (``model.tokenizer``, set by
+    :func:`mom.runs.load_model` from its directory), else GPT-2; refused when the model's vocabulary is smaller."""
+    tok = getattr(model, "tokenizer", None) or gpt2_tokenizer()
+    if model.config.vocab_size < tok.n_vocab:
+        raise MomError(f"the model's vocabulary ({model.config.vocab_size}) is smaller than its tokenizer's "
+                       f"({tok.name}, {tok.n_vocab}): text cannot be tokenised for it")
+    return tok
 
 
 # ============================================================================================== fine-tuning
@@ -119,10 +122,11 @@ def train_loop(module: nn.Module, n_examples: int, batch_loss: Callable[[list[in
             "updates": len(losses), "train_seconds": time.perf_counter() - t0}
 
 
-def pad_right(rows: Sequence[Sequence[int]], device) -> tuple[Tensor, Tensor]:
-    """(B, T) right-padded ids (pads are EOT; causal attention keeps them away from real tokens) and lengths."""
+def pad_right(rows: Sequence[Sequence[int]], device, pad: int) -> tuple[Tensor, Tensor]:
+    """(B, T) right-padded ids (pads are ``pad``, the tokenizer's end-of-text id; causal attention keeps them away
+    from real tokens) and lengths."""
     T = max(len(r) for r in rows)
-    idx_BT = torch.full((len(rows), T), EOT, dtype=torch.long)
+    idx_BT = torch.full((len(rows), T), pad, dtype=torch.long)
     for b, r in enumerate(rows):
         idx_BT[b, :len(r)] = torch.as_tensor(r, dtype=torch.long)
     return idx_BT.to(device), torch.as_tensor([len(r) for r in rows], device=device)

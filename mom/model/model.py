@@ -327,18 +327,23 @@ class MoM(nn.Module):
 
     # ------------------------------------------------------------------ our checkpoint format
     def save_pretrained(self, directory: str | os.PathLike, *, manifest: bool = True,
-                        state_dict: dict[str, Tensor] | None = None) -> None:
+                        state_dict: dict[str, Tensor] | None = None, tokenizer=None) -> list[str]:
         """Write ``model.safetensors`` + ``config.json`` (each atomically: temporary file, fsync, rename), then
         ``manifest.json`` with their sizes and sha256 (``manifest=False``: the caller writes a larger one).
-        ``state_dict``: the tensors to write instead of this module's own (e.g. gathered from FSDP shards)."""
+        ``state_dict``: the tensors to write instead of this module's own (e.g. gathered from FSDP shards).
+        ``tokenizer``: the model's :class:`mom.data.tokenizer.Tokenizer`, written beside it (a corpus BPE as
+        ``tokenizer.json``, listed in the manifest; GPT-2, the default, is a directory without one) so that the
+        tokenizer travels with the model. Returns the names of the files written."""
         directory = Path(directory)
         if directory.exists() and not directory.is_dir():
             raise CheckpointError(f"{directory}: exists and is not a directory")
         meta = {"format": MODEL_FORMAT, "config": json.dumps(self.config.to_dict())}
         save_safetensors(self.state_dict() if state_dict is None else state_dict, directory / "model.safetensors", meta)
         self.config.save(directory / "config.json")
+        names = ["model.safetensors", "config.json", *(tokenizer.save(directory) if tokenizer is not None else [])]
         if manifest:
-            write_manifest(directory, ["model.safetensors", "config.json"])
+            write_manifest(directory, names)
+        return names
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, *, map_location: str | torch.device = "cpu",

@@ -113,6 +113,15 @@ def describe_fault(loss: float, grad_norm: float, where: list[str], limit: int =
     return "; ".join(p for p in parts if p)
 
 
+def describe_val(loss: float, bpb: float | None, unigram: float | None) -> str:
+    """``val loss 5.2100 nats (1.980 bpb), 1.71 nats below knowing only token frequencies``."""
+    text = f"val loss {loss:.4f} nats" + (f" ({bpb:.3f} bpb)" if bpb is not None else "")
+    if unigram is not None and math.isfinite(loss):
+        gap = unigram - loss
+        text += f", {abs(gap):.2f} nats {'below' if gap >= 0 else 'above'} knowing only token frequencies"
+    return text
+
+
 class Window:
     """Sums over the steps since the last metrics row (device tensors: no host sync until the row is written)."""
 
@@ -201,8 +210,9 @@ class Monitor:
     lines (printed above the progress bar on a terminal), the throughput window and router-collapse warnings."""
 
     def __init__(self, metrics_path: Path, rt: Runtime, mcfg: MoMConfig, tcfg: TrainConfig, start: int,
-                 progress: bool, collapse_state: list | None = None):
+                 progress: bool, collapse_state: list | None = None, scale=None):
         self.rt, self.main = rt, rt.dist.is_main
+        self.scale = scale  # mom.train.batches.ValScale of the validation windows (bits per byte, the yardstick)
         self.file = open(metrics_path, "a", encoding="utf-8") if self.main else None
         self.bar = progress_bar(progress and self.main, tcfg.max_steps, start)
         self.window = Window()
@@ -239,10 +249,17 @@ class Monitor:
             mfu = f", MFU {row['mfu']:.1%}" if "mfu" in row else ""
             self.bar.set_postfix_str(f"loss {row['loss']:.3f}, {row['tokens_per_s']:,.0f} tok/s{mfu}", refresh=False)
 
-    def val_row(self, step: int, tokens: int, loss: float, seconds: float) -> None:
-        self.log({"type": "val", "step": step, "tokens": tokens, "val_loss": loss, "val_ppl": math.exp(min(loss, 50)),
-                  "seconds": round(seconds, 3)})
-        self.say(f"step {step}: val loss {loss:.4f} (ppl {math.exp(min(loss, 50)):.1f})")
+    def val_row(self, step: int, tokens: int, loss: float, seconds: float) -> float | None:
+        """Log a validation loss (nats per token) with its bits per byte and the unigram yardstick of the same
+        windows; returns the bits per byte."""
+        row = {"type": "val", "step": step, "tokens": tokens, "val_loss": loss, "val_ppl": math.exp(min(loss, 50))}
+        bpb = None
+        if self.scale is not None:
+            bpb = self.scale.bpb(loss)
+            row.update(val_bpb=bpb, unigram_loss=self.scale.unigram.loss, unigram_bpb=self.scale.unigram.bpb)
+        self.log({**row, "seconds": round(seconds, 3)})
+        self.say(f"step {step}: {describe_val(loss, bpb, self.scale.unigram.loss if self.scale else None)}")
+        return bpb
 
     def fault(self, step: int, in_a_row: int, what: str) -> None:
         self.log({"type": "fault", "step": step, "skipped": True, "in_a_row": in_a_row, "what": what})
