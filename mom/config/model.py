@@ -159,6 +159,8 @@ class MoMConfig(JsonConfig):
         if largest >= 2**60:
             raise ConfigError(f"the largest weight would hold {largest:.3g} numbers, more than a tensor can: "
                               "reduce d_model, d_ff, vocab_size, n_ctx, router_hidden or the modules per pool")
+        if self.chunk_layers < 0:
+            raise ConfigError(f"chunk_layers must be ≥ 0, got {self.chunk_layers}")
         if self.chunks == 0:
             return  # routing fields are inert without assembled blocks
         if self.steps < 1:
@@ -204,8 +206,6 @@ class MoMConfig(JsonConfig):
         if self.chunk_layers and self.chunk_layers < self.modules_per_chunk:
             raise ConfigError(f"chunk_layers ({self.chunk_layers}) must be 0 or ≥ the larger pool "
                               f"(max(n_attn, n_ffn) = {self.modules_per_chunk}): a pool module comes from one layer")
-        if self.chunk_layers < 0:
-            raise ConfigError(f"chunk_layers must be ≥ 0, got {self.chunk_layers}")
         if self.router == "linear" and self.selection != "expert":
             raise ConfigError("router='linear' is Mixture-of-Depths' score r = wᵀx, which ranks and weights tokens "
                               "raw: it needs selection='expert'")
