@@ -151,3 +151,20 @@ def test_new_fields_default_to_the_earlier_behaviour_and_round_trip(tmp_path):
     block.save(tmp_path / "c.json")
     assert MoMConfig.load(tmp_path / "c.json") == block
 
+
+
+def test_train_presets_name_their_provenance():
+    """official-phase*: the official scripts' schedule (cosine to 0, warm-up 2,000 in the long phase-1 run); the
+    presets once called paper-phase* (our warm-up 500 and floor 1e-4) are ours-phase*; the old names say so."""
+    from mom.config.train import train_preset
+
+    for phase, steps in ((1, 20000), (2, 5000)):
+        off, ours = train_preset(f"official-phase{phase}"), train_preset(f"ours-phase{phase}")
+        assert (off.max_steps, off.tokens_per_step, off.seq_len, off.lr, off.final_lr) == (steps, 524288, 1024,
+                                                                                           1e-3, 0.0)
+        assert (ours.final_lr, ours.warmup) == (1e-4, 500) and (off.beta1, off.beta2, off.weight_decay) == (0.9, 0.95,
+                                                                                                            0.1)
+        with pytest.raises(ConfigError, match=f"train preset 'paper-phase{phase}' was renamed: use "
+                                              f"official-phase{phase}"):
+            train_preset(f"paper-phase{phase}")
+    assert train_preset("official-phase1").warmup == 2000

@@ -593,7 +593,7 @@ def cli_world(tmp_path_factory):
     inputs = [str(root / n) for n in ("ckpt_mom", "ckpt_vanilla", "dataset", "dataset/val.bin", "garbage.bin",
                                       "garbage.json", "prompts.txt", "latin1.txt", "empty.txt", "docs.jsonl",
                                       "empty_dir", "tiny.json", "missing", "ckpt_mom/config.json")]
-    inputs += ["tiny", "tiny-mom", "mod", "moe", "universal", "layerskip", "builtin", "default", "paper-phase1",
+    inputs += ["tiny", "tiny-mom", "mod", "moe", "universal", "layerskip", "builtin", "default", "official-phase1",
                "hf:" + str(root / "ckpt_vanilla"), "hf:" + str(root / "missing"), "K2H1S", "gpt2"]
     return root, inputs
 
