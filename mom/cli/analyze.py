@@ -156,7 +156,7 @@ def run_flops(args, overrides) -> int:
         for key, label in ROWS:
             print(f"{label:<28} {_si(getattr(mine, key)):>16}")
     else:
-        print(f"FLOPs of {what}; vanilla counterpart {base_cfg.name}: {cfg.gpt2_layers} GPT-2 layers of the same "
+        print(f"FLOPs of {what}; vanilla counterpart {base_cfg.name}: {base_cfg.depth} GPT-2 layers of the same "
               "width (equal parameters up to the routers)")
         print(f"{'':<28} {cfg.name[:16]:>16} {base_cfg.name[:16]:>16} {'ratio':>7}")
         for key, label in ROWS:

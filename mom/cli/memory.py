@@ -209,7 +209,7 @@ def print_readings(result: dict, name: str, what: str, cfg) -> None:
     base = result["vanilla_config"]
     kind = "analytic" if result["analytic"] else "measured"
     print(f"memory of {what} on {result['device']} ({kind}); vanilla counterpart: "
-          f"{base + f' = {cfg.gpt2_layers} GPT-2 layers of the same width' if base else 'not measured'}")
+          f"{base + f' = {vanilla_counterpart(cfg).depth} GPT-2 layers of the same width' if base else 'not measured'}")
     labels = {"cache": "(a) generation with a KV cache", "train": "(b) training",
               "forward": "(c) no-grad forward, no cache"}
     for mode, entry in result["modes"].items():

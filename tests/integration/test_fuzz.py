@@ -546,13 +546,14 @@ def _stub_heavy_work(monkeypatch) -> None:
 
     import mom.cli.analyze
     import mom.cli.eval
+    import mom.cli.memory
     import mom.cli.train
 
     # The commands call these through the names their cli modules imported.
     monkeypatch.setattr(mom.cli.train, "train", reached("train"))
     monkeypatch.setattr(mom.cli.analyze, "bench_decode", reached("bench decode"))
     monkeypatch.setattr(mom.cli.analyze, "bench_step", reached("bench step"))
-    monkeypatch.setattr(mom.cli.analyze, "measure_memory", reached("memory"))
+    monkeypatch.setattr(mom.cli.memory, "readings", reached("memory"))
     for name in ("run_glue", "run_xsum", "run_lm_eval"):
         monkeypatch.setattr(mom.cli.eval, name, reached(name))
     def stop_at_builtin(inputs, *args, **kwargs):  # the built-in corpus takes ~30 s to tokenise: stop there
