@@ -1,5 +1,5 @@
-"""``mom routes``, ``mom flops``, ``mom memory``, ``mom prune`` and ``mom bench``: measuring trained or random
-models."""
+"""``mom routes``, ``mom flops``, ``mom prune`` and ``mom bench``: measuring trained or random models (``mom memory``:
+:mod:`mom.cli.memory`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import torch
 
 from mom.analysis.bench import CONTENDERS, bench_decode, bench_step, format_decode, format_step
 from mom.analysis.flops import measure_flops
-from mom.analysis.memory import measure_memory, random_batch
 from mom.analysis.prune import check_out, check_prunable, keep_count, prune, save_atomic
 from mom.analysis.report import render_html, render_png, report_from
 from mom.analysis.routes import collect_stats
@@ -22,7 +21,6 @@ from mom.data.tokens import val_windows
 from mom.device import pick_device
 from mom.errors import MomError
 from mom.model.flops import count, modules_per_step, vanilla_counterpart
-from mom.model.model import MoM
 from mom.runs import load_model, resolve_model_dir
 
 OUT_FORMATS = (".png", ".html", ".json")
@@ -159,7 +157,7 @@ def run_flops(args, overrides) -> int:
         for key, label in ROWS:
             print(f"{label:<28} {_si(getattr(mine, key)):>16}")
     else:
-        print(f"FLOPs of {what}; vanilla counterpart {base_cfg.name}: {cfg.gpt2_layers} GPT-2 layers of the same "
+        print(f"FLOPs of {what}; vanilla counterpart {base_cfg.name}: {base_cfg.depth} GPT-2 layers of the same "
               "width (equal parameters up to the routers)")
         print(f"{'':<28} {cfg.name[:16]:>16} {base_cfg.name[:16]:>16} {'ratio':>7}")
         for key, label in ROWS:
@@ -177,98 +175,6 @@ def run_flops(args, overrides) -> int:
     print("Conventions: 2 FLOPs per matmul weight per token (routers and tied LM head included), attention "
           "4·d·T per core with T in full; training = 3 × forward; LayerNorm/GELU/softmax not counted.")
     return 0
-
-
-FIELDS = (("param_bytes", "parameters"), ("forward_peak_bytes", "forward peak"),
-          ("forward_activation_bytes", "  forward activations (above params)"),
-          ("train_peak_bytes", "training-step peak"), ("saved_activation_bytes", "  saved activations"),
-          ("grad_bytes", "  gradients"), ("optimizer_bytes", "  AdamW state"))
-
-
-def add_memory_arguments(p: argparse.ArgumentParser) -> None:
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--config", help="a preset or JSON config (random weights, seed 0)")
-    src.add_argument("--ckpt", metavar="DIR", help="a mom model directory (or a training run)")
-    p.add_argument("--batch", type=int, default=1, help="sequences per batch (default 1)")
-    p.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: n_ctx)")
-    p.add_argument("--data", metavar="DIR", default=None,
-                   help="take the batch from this dataset's val split (default: random tokens, seed 0)")
-    p.add_argument("--forward-only", action="store_true", help="skip the training step (it needs ~4× the "
-                                                                 "parameter memory more)")
-    p.add_argument("--no-baseline", action="store_true", help="do not measure the vanilla counterpart")
-    p.add_argument("--device", default="auto", help="cpu, cuda (default: cuda if available)")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=run_memory, overrides=("model",))
-
-
-def run_memory(args: argparse.Namespace, overrides: dict[str, dict[str, str]]) -> int:
-    check_positive("--batch", args.batch)
-    check_positive("--seq-len", args.seq_len)
-    if args.batch >= 2**31:  # a tensor dimension (torch failed to unpack 1e20 while making the batch)
-        raise MomError(f"--batch must be < 2**31, got {args.batch}")
-    device = pick_device(args.device)
-    if args.config is not None:
-        cfg = resolve_config(args.config)
-        if overrides.get("model"):
-            cfg = cfg.replace(**overrides["model"])
-        torch.manual_seed(0)
-        model = MoM(cfg).to(device)
-        what = cfg.name
-    else:
-        model = load_model(args.ckpt, device, **overrides.get("model", {}))
-        cfg = model.config
-        what = f"{cfg.name} ({args.ckpt})"
-    T = args.seq_len or cfg.n_ctx
-    if T > cfg.n_ctx:
-        raise MomError(f"--seq-len {T} exceeds the model's context length {cfg.n_ctx}")
-    if args.data:
-        windows = val_windows(args.data, cfg.vocab_size, T, args.batch, getattr(model, "tokenizer", None))
-        if windows.shape[0] < args.batch:
-            raise MomError(f"{args.data}: the val split has only {windows.shape[0]} windows of {T} tokens "
-                           f"(--batch {args.batch})")
-        idx_BT, tokens = windows.to(device), f"val windows of {args.data}"
-    else:
-        idx_BT, tokens = random_batch(cfg.vocab_size, args.batch, T, device), "random tokens (seed 0)"
-    train = not args.forward_only
-    rows = {"model": measure_memory(model, idx_BT, train=train).as_dict()}
-    base_cfg = vanilla_counterpart(cfg)
-    if not args.no_baseline and base_cfg is not cfg:
-        del model
-        torch.manual_seed(0)
-        rows["vanilla"] = measure_memory(MoM(base_cfg).to(device), idx_BT, train=train).as_dict()
-    ratios = {}
-    if "vanilla" in rows:
-        for key, _ in FIELDS:
-            a, b = rows["model"][key], rows["vanilla"][key]
-            if a is not None and b:
-                ratios[key] = a / b
-    result = {"config": cfg.name, "vanilla_config": base_cfg.name, "batch": args.batch, "seq_len": T, "tokens": tokens,
-              **rows, "ratios": ratios}
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return 0
-    r = rows["model"]
-    print(f"memory of {what}, batch {args.batch} × {T} tokens ({tokens}), fp32, on {r['device']} ({r['method']})")
-    has_base = "vanilla" in rows
-    head = f"{'':<38} {cfg.name[:14]:>14}"
-    if has_base:
-        head += f" {base_cfg.name[:14]:>14} {'ratio':>7}"
-    print(head)
-    for key, label in FIELDS:
-        if r[key] is None:
-            continue
-        line = f"{label:<38} {_mib(r[key]):>14}"
-        if has_base:
-            line += f" {_mib(rows['vanilla'][key]):>14} {ratios.get(key, float('nan')):7.3f}"
-        print(line)
-    if has_base:
-        print(f"vanilla counterpart: {base_cfg.name} = {cfg.gpt2_layers} GPT-2 layers of the same width (equal "
-              "parameters up to the routers; the paper's comparison)")
-    return 0
-
-
-def _mib(n: int) -> str:
-    return f"{n / 2**20:,.2f} MiB"
 
 
 def add_bench_arguments(b: argparse.ArgumentParser) -> None:

@@ -287,7 +287,7 @@ def write_report(out: Path, data: str, commands: dict[str, list[str]], timings: 
         "- Everything the real experiment needs is exercised: corpus preparation, phase-1 pretraining, "
         "decomposition into a deeper MoM at equal parameters, phase-2 training with GRU routers, balance loss and "
         "SKIP, the compute-matched baseline, checkpoints, metrics and plots. For a real run use the "
-        "`paper-phase1`/`paper-phase2` train presets on OpenWebText (see docs/training.md).",
+        "`official-phase1`/`official-phase2` train presets on OpenWebText (see docs/training.md).",
         "",
         "## Plots",
         "",

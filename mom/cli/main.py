@@ -43,7 +43,7 @@ COMMANDS: dict[str, Command] = {
     "eval": Command("eval", "perplexity, GLUE-format classification, XSUM-format summarisation, lm-eval"),
     "routes": Command("analyze", "routing analysis: route heatmap, SKIP rate, effective depth, co-occurrence"),
     "flops": Command("analyze", "forward/training FLOPs per token, measured routing, vs the vanilla counterpart"),
-    "memory": Command("analyze", "measured peak forward and training-step memory, vs the vanilla counterpart"),
+    "memory": Command("memory", "memory with a KV cache, in training and in a forward, vs the vanilla counterpart"),
     "prune": Command("analyze", "remove the least used (or smallest) modules from every pool"),
     "bench": Command("analyze", "benchmarks measured side by side in one process"),
 }

@@ -8,12 +8,13 @@ import json
 import shutil
 from pathlib import Path
 
+from mom.analysis.memory import analytic_cache
 from mom.cli.common import check_positive, model_config
-from mom.config.model import preset_names
+from mom.config.model import PAPER_FIGURES, preset_names
 from mom.convert.gpt2 import from_gpt2
 from mom.errors import MomError
 from mom.fileio import read_json
-from mom.model.flops import count
+from mom.model.flops import count, vanilla_counterpart
 from mom.model.model import MoM
 from mom.runs import CHECKPOINTS, read_metrics, resolve_model_dir
 
@@ -26,7 +27,9 @@ def _layout(cfg) -> str:
     k = cfg.k("attn") if cfg.k("attn") == cfg.k("ffn") else f"{cfg.k('attn')}/{cfg.k('ffn')}"
     sel = f"K{k}" if cfg.selection == "token" else f"cap{cfg.capacity:g}"
     n = cfg.n_attn if cfg.n_attn == cfg.n_ffn else f"{cfg.n_attn}A/{cfg.n_ffn}F"
-    block = f"{cfg.chunks}×[{n} mod, H{cfg.steps}, {sel}{', skip' if cfg.skip else ''}, {cfg.router}]"
+    extras = "".join([", skip"] * cfg.skip + [", block-routed"] * (cfg.route_unit == "block")
+                     + [", qkv sum"] * (cfg.qkv_combine == "sum"))
+    block = f"{cfg.chunks}×[{n} mod, H{cfg.steps}, {sel}{extras}, {cfg.router}]"
     parts.append(block + ("+anchor" if cfg.anchor else ""))
     if cfg.top:
         parts.append(str(cfg.top))
@@ -48,15 +51,22 @@ def run_configs(args: argparse.Namespace, overrides: dict[str, dict[str, str]]) 
         cfg = model_config(name, overrides["model"])
         if args.seq_len is not None and args.seq_len > cfg.n_ctx and args.config:
             raise MomError(f"--seq-len {args.seq_len} exceeds {cfg.name}'s context length n_ctx={cfg.n_ctx}")
-        c = count(cfg, args.seq_len)
-        rows.append({"name": cfg.name, "layout": _layout(cfg), **c.as_dict(), "config": cfg.to_dict()})
+        rows.append(_row(cfg, args.seq_len))
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'preset':<14} {'params':>9} {'active':>9} {'depth':>5} {'fwd GFLOP/tok':>13}  layout")
+    print(f"{'preset':<16} {'params':>9} {'active':>9} {'depth':>5} {'fwd GFLOP/tok':>13} "
+          f"{'vs GPT-2: params':>16} {'depth':>7} {'FLOPs':>7}  layout")
     for r in rows:
-        print(f"{r['name']:<14} {r['params'] / 1e6:8.1f}M {r['active_params'] / 1e6:8.1f}M {r['depth']:>5} "
-              f"{r['forward_flops_per_token'] / 1e9:13.3f}  {r['layout']}")
+        vs = r["vs_vanilla"]
+        rel = ("" if vs is None else
+               f"{vs['params'] - 1:+16.1%} {vs['depth'] - 1:+7.1%} {vs['forward_flops_per_token'] - 1:+7.1%}")
+        print(f"{r['name']:<16} {r['params'] / 1e6:8.1f}M {r['active_params'] / 1e6:8.1f}M {r['depth']:>5} "
+              f"{r['forward_flops_per_token'] / 1e9:13.3f} {rel:>32}  {r['layout']}")
+        if r["paper"]:
+            print(f"{'':<16} ↳ {r['paper']}; ours: {_ours(r)}")
+    print("vs GPT-2: against the vanilla counterpart (the GPT-2 the layout decomposes; for a MoE one layer per "
+          "step); memory: weights + KV cache of 16 × n_ctx tokens in bf16 (mom memory --mode cache)")
     if not args.config:
         print("\nGrid points K{K}H{H}{S|M|L} (e.g. K3H1S) are built on demand: mom configs --config K3H1S")
     lengths = sorted({r["seq_len"] for r in rows})
@@ -64,6 +74,31 @@ def run_configs(args: argparse.Namespace, overrides: dict[str, dict[str, str]]) 
     print(f"FLOPs: 2·(active matmul params) + 4·d·T per attention core, T = {T} "
           "(nanoGPT/PaLM counting; token choice assumes no SKIP picks). Active params count a module once per use.")
     return 0
+
+
+def _row(cfg, seq_len: int | None) -> dict:
+    """A preset's counts, its ratios to the vanilla counterpart and, where the paper states one, its figure."""
+    c = count(cfg, seq_len)
+    row = {"name": cfg.name, "layout": _layout(cfg), **c.as_dict(), "config": cfg.to_dict(), "vs_vanilla": None,
+           "paper": PAPER_FIGURES.get(cfg.name)}
+    if not cfg.is_vanilla:
+        base_cfg = vanilla_counterpart(cfg)
+        base = count(base_cfg, seq_len)
+        row["vanilla"] = base_cfg.name
+        row["vs_vanilla"] = {k: getattr(c, k) / getattr(base, k) for k in ("params", "depth",
+                                                                          "forward_flops_per_token")}
+        T = min(1024, cfg.n_ctx)
+        mine, theirs = (analytic_cache(x, 16, T, 2)["weights_plus_cache_bytes"] for x in (cfg, base_cfg))
+        row["vs_vanilla"]["weights_plus_kv_cache_bf16_16x"] = mine / theirs
+    return row
+
+
+def _ours(r: dict) -> str:
+    vs = r["vs_vanilla"]
+    if vs is None:
+        return "a vanilla model"
+    return (f"depth {vs['depth'] - 1:+.1%}, fwd FLOPs {vs['forward_flops_per_token'] - 1:+.1%}, memory "
+            f"{vs['weights_plus_kv_cache_bf16_16x'] - 1:+.1%}")
 
 
 # ---------------------------------------------------------------------------------------------- convert

@@ -36,7 +36,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="model: a preset (mom configs), a JSON config, or a run directory; "
                                     "with --resume defaults to the run's")
     p.add_argument("--train-config", default=None, metavar="PRESET_OR_JSON",
-                   help="train settings: default, paper-phase1, paper-phase2, or a JSON file (default: default)")
+                   help="train settings: default, official-phase1/2, ours-phase1/2, or a JSON file (default: default)")
     p.add_argument("--data", metavar="DIR", help="dataset directory with train.bin/val.bin (mom prepare, or "
                                                  "nanoGPT's); default: the built-in corpus, prepared into data/builtin")
     p.add_argument("--out", metavar="DIR", help="run directory (default: runs/<config name>)")

@@ -13,7 +13,10 @@ so the depth (attention+FFN applications on the longest path) is ``bottom + chun
 Routing vocabulary used throughout the package:
 
 * ``router``: ``gru`` (the paper's recurrent router, state carried over the H steps of a block), ``mlp``
-  (d → r → ReLU → N+1, no recurrence) or ``fixed`` (step h uses module h mod N with weight 1, no SKIP).
+  (d → r → ReLU → N+1, no recurrence), ``linear`` (d → N+1: Mixture-of-Depths' score r = wᵀx per candidate, which
+  ranks and weights tokens raw; expert choice only) or ``fixed`` (step h uses module h mod N with weight 1, no SKIP).
+* ``route_unit``: ``half`` — the attention and the FFN half of a step are routed separately; ``block`` — one route
+  per step for both (Mixture-of-Depths as published: a picked token gets x + w·(block(x) − x)).
 * ``selection``: ``token`` — every token picks its top-K among the candidates (+SKIP); ``expert`` — every
   candidate module picks the ``capacity`` fraction of a sequence's tokens with the highest router probability
   (Mixture-of-Depths when the candidate set is {module h}).
@@ -31,13 +34,17 @@ from mom.config.base import JsonConfig, check_types, field_types, is_instance, r
 from mom.errors import ConfigError
 from mom.fileio import write_json_atomic  # noqa: F401  (re-exported: configs are written with it)
 
-RouterKind = Literal["gru", "mlp", "fixed"]
+RouterKind = Literal["gru", "mlp", "fixed", "linear"]
 Selection = Literal["token", "expert"]
 Candidates = Literal["all", "diagonal", "grouped"]
 Dispatch = Literal["grouped", "loop"]
 KeyMask = Literal["mask", "pack"]
 BalanceScope = Literal["step", "pooled"]
 BalanceSkip = Literal["exclude", "include"]
+RouteUnit = Literal["half", "block"]
+QkvCombine = Literal["weighted", "sum"]
+Balance = Literal["ours", "official"]
+AttentionImpl = Literal["sdpa", "eager"]
 
 CONFIG_FORMAT_VERSION = 1
 # The two halves of an assembly step, in order; field names carry them (n_attn, ffn_top_k, router_attn, …).
@@ -80,6 +87,21 @@ class MoMConfig(JsonConfig):
     capacity: float = 0.5  # expert selection: fraction of a sequence's tokens each module takes
     attn_candidates: Candidates = "all"
     ffn_candidates: Candidates = "all"
+    # --- baselines as published and the official code's choices (docs/deviations.md) ---
+    # What one routing decision covers: each half of a step (attention, FFN) routed on its own, or the whole `block`
+    # (Mixture-of-Depths as published: one route per step for attention and FFN together, x + w·(block(x) − x)).
+    route_unit: RouteUnit = "half"
+    # How a token's picked attention modules combine their q, k, v: renormalised router weights, or the official
+    # code's plain `sum` (its default weighted_qkv=False).
+    qkv_combine: QkvCombine = "weighted"
+    # Balance loss: `ours` (balance_scope, balance_skip) or the `official` code's (routers.official_balance).
+    balance: Balance = "ours"
+    # GPT-2 layers each chunk's pool is decomposed from; 0 means max(n_attn, n_ffn). Larger: smaller pools than layers
+    # (the official pruning ablation trains phase 2 with them); pool module i ← chunk layer ⌊i·chunk_layers/N⌋.
+    chunk_layers: int = 0
+    # Attention implementation: `sdpa` (scaled_dot_product_attention) or `eager`, the plain softmax(QKᵀ/√d)V that
+    # keeps the T×T scores for backward like the official code (for measuring its training memory).
+    attention: AttentionImpl = "sdpa"
     # --- auxiliary losses ---
     balance_coef: float = 0.01  # Switch-style N·Σ f_i P_i
     balance_scope: BalanceScope = "step"  # per step, or pooled over a block's steps
@@ -137,6 +159,8 @@ class MoMConfig(JsonConfig):
         if largest >= 2**60:
             raise ConfigError(f"the largest weight would hold {largest:.3g} numbers, more than a tensor can: "
                               "reduce d_model, d_ff, vocab_size, n_ctx, router_hidden or the modules per pool")
+        if self.chunk_layers < 0:
+            raise ConfigError(f"chunk_layers must be ≥ 0, got {self.chunk_layers}")
         if self.chunks == 0:
             return  # routing fields are inert without assembled blocks
         if self.steps < 1:
@@ -175,6 +199,26 @@ class MoMConfig(JsonConfig):
             if not self.skip:
                 raise ConfigError("selection='expert' leaves unpicked tokens on the residual stream: it needs "
                                   "skip=true")
+        self._validate_baseline_switches()
+
+    def _validate_baseline_switches(self) -> None:
+        """The fields of the baselines-and-official-code block (chunks > 0)."""
+        if self.chunk_layers and self.chunk_layers < self.modules_per_chunk:
+            raise ConfigError(f"chunk_layers ({self.chunk_layers}) must be 0 or ≥ the larger pool "
+                              f"(max(n_attn, n_ffn) = {self.modules_per_chunk}): a pool module comes from one layer")
+        if self.router == "linear" and self.selection != "expert":
+            raise ConfigError("router='linear' is Mixture-of-Depths' score r = wᵀx, which ranks and weights tokens "
+                              "raw: it needs selection='expert'")
+        if self.route_unit == "block":
+            if self.router == "fixed":
+                raise ConfigError("route_unit='block' shares one learned route between a step's halves; "
+                                  "router='fixed' has none")
+            if (self.n_attn, self.attn_candidates, self.k("attn")) != (self.n_ffn, self.ffn_candidates, self.k("ffn")):
+                raise ConfigError("route_unit='block' routes a step's attention and FFN together: n_attn, "
+                                  "candidates and top_k must be equal for both halves")
+        if self.balance == "official" and (self.balance_scope, self.balance_skip) != ("step", "exclude"):
+            raise ConfigError("balance='official' pools over the whole model with SKIP included: leave balance_scope "
+                              "and balance_skip at their defaults")
 
     # ------------------------------------------------------------------ derived quantities
     @property
@@ -200,9 +244,14 @@ class MoMConfig(JsonConfig):
         return max(self.n_attn, self.n_ffn)
 
     @property
+    def layers_per_chunk(self) -> int:
+        """GPT-2 layers a chunk's pool is decomposed from: ``chunk_layers``, or the larger pool when 0."""
+        return self.chunk_layers or self.modules_per_chunk
+
+    @property
     def gpt2_layers(self) -> int:
         """Number of vanilla GPT-2 layers this layout decomposes (the layer map of the brief)."""
-        return self.bottom + self.chunks * (self.modules_per_chunk + int(self.anchor)) + self.top
+        return self.bottom + self.chunks * (self.layers_per_chunk + int(self.anchor)) + self.top
 
     def k(self, half: str) -> int:
         """Modules picked per token per step for ``half`` in {"attn", "ffn"}."""
@@ -231,7 +280,14 @@ class MoMConfig(JsonConfig):
         """True when every token takes the same single module at each step with weight 1 (no router needed)."""
         if self.router == "fixed":
             return True
+        if half == "ffn" and self.route_unit == "block":
+            return self.is_static("attn")  # the FFN half takes the attention half's route (see has_router)
         return self.selection == "token" and not self.skip and self.n_candidates(half) == 1
+
+    def has_router(self, half: str) -> bool:
+        """Whether ``half`` has its own router: not when static, nor the FFN half of a block-routed step (it follows
+        the attention router's decision)."""
+        return not self.is_static(half) and not (half == "ffn" and self.route_unit == "block")
 
     def _adjust_replaced(self, d: dict[str, Any], changes: dict[str, Any]) -> None:
         if "d_model" in changes and "d_ff" not in changes:
@@ -253,29 +309,50 @@ def _vanilla(name: str, layers: int, **shape: Any) -> MoMConfig:
     return MoMConfig(name=name, bottom=layers, top=0, chunks=0, **shape)
 
 
+# What the paper reports for its presets against the GPT-2 of the same size (arXiv 2407.06677, abstract and §5):
+# MoM_P-large is "over 38%" deeper; MoM_E-large is "over 60%" shallower with 16% fewer forward TFLOPs and 42% less
+# forward memory. `mom configs` prints these beside our counts.
+PAPER_FIGURES = {
+    "mom-p-large": "paper: depth > +38%",
+    "mom-e-large": "paper: depth > −60%, fwd TFLOPs −16%, memory −42%",
+}
+
+
 def _mom_p(name: str, layers: int, **shape: Any) -> MoMConfig:
     """MoM_P (performance): deepest graph at equal parameters.
 
-    Our construction (the paper does not list its layouts): an L-layer GPT-2 becomes L/12 bottom and top layers
-    and L/6 chunks of 4 modules + anchor (12 → 1 + 2·(4+1) + 1), each chunk assembled for H = 6 steps with
-    top-2 routing: depth L → 4L/3 (+33%), same parameter count plus the routers.
+    The paper's MoM_P-large, 36 layers as 1 bottom layer + 7 chunks of (4 modules + anchor), each chunk assembled
+    for H = 6 steps with top-2 routing: depth 1 + 7·(6+1) = 50, +38.9% ("over 38%"). At every scale: one bottom
+    layer, then as many such 5-layer chunks as the layers allow, the rest as top layers. +38.9% needs 5c + 1 layers:
+    small is 1 + 2·5 + 1 (depth 16) and medium 1 + 4·5 + 3 (depth 32), both +33.3%; tiny (6 layers) 1 + 1·5 (depth
+    8, +33.3%). Same parameter count as the GPT-2 plus the routers.
     """
+    chunks = (layers - 1) // 5
+    return MoMConfig(name=name, bottom=1, top=layers - 1 - 5 * chunks, chunks=chunks, n_attn=4, n_ffn=4, steps=6,
+                     anchor=True, top_k=2, **shape)
+
+
+def _mom_p_h33(name: str, layers: int, **shape: Any) -> MoMConfig:
+    """The earlier MoM_P layout, +33% depth at every scale: L/12 bottom and top layers and L/6 chunks of (4 modules
+    + anchor), H = 6, top-2 (36 layers → 3 + 6·7 + 3 = 48)."""
     edge = layers // 12
     return MoMConfig(name=name, bottom=edge, top=edge, chunks=layers // 6, n_attn=4, n_ffn=4, steps=6,
                      anchor=True, top_k=2, **shape)
 
 
-def _mom_e(name: str, layers: int, **shape: Any) -> MoMConfig:
+def _mom_e(name: str, layers: int, top_k: int = 3, **shape: Any) -> MoMConfig:
     """MoM_E (efficiency): minimum depth, more modules per step.
 
-    Our construction: one big chunk holding 5/6 of the layers as modules, assembled for H = L/4 steps with top-2
-    routing, plus L/12 bottom layers and an anchor (12 → 1 + (10 modules, H=3) + anchor): depth 5 instead of 12
-    (−58%, the paper's "60% shallower").
+    One big chunk holding all but max(1, L/12) bottom layers and an anchor as modules, assembled for H = max(1, L/4)
+    steps with top-3 routing. At large (36 layers): 3 bottom + (32 modules, H = 9, K = 3) + anchor, depth 13:
+    −63.9% depth and −15.8% forward FLOPs against GPT-2-large, the paper's "over 60%" and 16% (its efficient
+    example is K3H1S: top-3). Small: 1 + (10, H = 3) + anchor, depth 5 (−58%); medium 2 + (21, H = 6) + anchor,
+    depth 9 (−62.5%); tiny (6 layers) 1 + (4, H = 1) + anchor, depth 3 (−50%). ``top_k=2``: the earlier layout.
     """
-    edge = layers // 12
+    edge = max(1, layers // 12)
     n = layers - edge - 1
-    return MoMConfig(name=name, bottom=edge, top=0, chunks=1, n_attn=n, n_ffn=n, steps=layers // 4, anchor=True,
-                     top_k=2, **shape)
+    return MoMConfig(name=name, bottom=edge, top=0, chunks=1, n_attn=n, n_ffn=n, steps=max(1, layers // 4),
+                     anchor=True, top_k=top_k, **shape)
 
 
 def _tiny_special(name: str, **fields: Any) -> MoMConfig:
@@ -284,33 +361,62 @@ def _tiny_special(name: str, **fields: Any) -> MoMConfig:
     return MoMConfig(name=name, **base)
 
 
+def _mod(name: str, capacity: float) -> MoMConfig:
+    """Mixture-of-Depths as published (Raposo et al. 2024), tiny scale: one linear router per block (the rows of a
+    d → N+1 linear map: step h reads score r_h = w_hᵀx) scores each token once; the block (attention and FFN
+    together) takes the ``capacity`` fraction of each sequence with the highest r_h and adds r·(block(x) − x) to
+    them; the others ride the residual stream. Generation uses the causal threshold rule. Every block is routed
+    (the paper's best interleaves routed and full blocks; a layout cannot express that)."""
+    n = TINY_LAYERS
+    return _tiny_special(name, n_attn=n, n_ffn=n, attn_candidates="diagonal", ffn_candidates="diagonal", skip=True,
+                         selection="expert", capacity=capacity, router="linear", route_unit="block")
+
+
 def _build_presets() -> dict[str, Any]:
     p: dict[str, Any] = {}
     for s, sc in _SCALES.items():
         shape = dict(d_model=sc["d_model"], n_head=sc["n_head"])
         vname = "gpt2" if s == "S" else f"gpt2-{sc['tag']}"
-        p[vname] = lambda vname=vname, sc=sc, shape=shape: _vanilla(vname, sc["layers"], **shape)
-        p[f"mom-p-{sc['tag']}"] = lambda sc=sc, shape=shape: _mom_p(f"mom-p-{sc['tag']}", sc["layers"], **shape)
-        p[f"mom-e-{sc['tag']}"] = lambda sc=sc, shape=shape: _mom_e(f"mom-e-{sc['tag']}", sc["layers"], **shape)
+        tag, L = sc["tag"], sc["layers"]
+        p[vname] = lambda vname=vname, L=L, shape=shape: _vanilla(vname, L, **shape)
+        p[f"mom-p-{tag}"] = lambda tag=tag, L=L, shape=shape: _mom_p(f"mom-p-{tag}", L, **shape)
+        p[f"mom-e-{tag}"] = lambda tag=tag, L=L, shape=shape: _mom_e(f"mom-e-{tag}", L, **shape)
+    # The earlier layouts, under names that say what they are: MoM_E with top-2 (−36% FLOPs at large, not the
+    # paper's −16%) and the +33% MoM_P at large (medium's had other edges, small's is today's).
+    for sc in _SCALES.values():
+        shape = dict(d_model=sc["d_model"], n_head=sc["n_head"])
+        tag, L = sc["tag"], sc["layers"]
+        p[f"mom-e-{tag}-k2"] = lambda tag=tag, L=L, shape=shape: _mom_e(f"mom-e-{tag}-k2", L, top_k=2, **shape)
+    p["mom-p-large-h33"] = lambda: _mom_p_h33("mom-p-large-h33", 36, d_model=1280, n_head=20)
     # GPT-2 small with the vocabulary padded to 50,304 = 786 · 64 (nanoGPT's choice): tensor-core-friendly head and
     # embedding shapes for training from scratch (ids ≥ 50,257 never occur). The H100 throughput baseline.
     p["gpt2-padded"] = lambda: _vanilla("gpt2-padded", 12, d_model=768, n_head=12, vocab_size=50304)
     n = TINY_LAYERS
     p["tiny"] = lambda: _vanilla("tiny", n, **_TINY)
     # tiny MoM_P: 6 layers → 1 bottom + (4 modules, H=6, top-2) + anchor: depth 8 (+33%) at equal parameters.
-    p["tiny-mom"] = lambda: MoMConfig(name="tiny-mom", bottom=1, top=0, chunks=1, n_attn=4, n_ffn=4, steps=6,
-                                      anchor=True, top_k=2, **_TINY)
-    # tiny MoM_E: 6 layers → 1 bottom + (4 modules, H=2, top-2) + anchor: depth 4 (−33%).
-    p["tiny-mom-e"] = lambda: MoMConfig(name="tiny-mom-e", bottom=1, top=0, chunks=1, n_attn=4, n_ffn=4, steps=2,
-                                        anchor=True, top_k=2, **_TINY)
+    p["tiny-mom"] = lambda: _mom_p("tiny-mom", n, **_TINY)
+    # tiny MoM_E: 6 layers → 1 bottom + (4 modules, H=1, top-3) + anchor: depth 3 (−50%).
+    p["tiny-mom-e"] = lambda: _mom_e("tiny-mom-e", n, **_TINY)
+    # the earlier tiny MoM_E: 1 bottom + (4 modules, H=2, top-2) + anchor: depth 4 (−33%), as many FLOPs as `tiny`.
+    p["tiny-mom-e-k2"] = lambda: MoMConfig(name="tiny-mom-e-k2", bottom=1, top=0, chunks=1, n_attn=4, n_ffn=4,
+                                           steps=2, anchor=True, top_k=2, **_TINY)
     # Special cases at tiny scale, matched to `tiny` (6 layers) in depth.
     p["layerskip"] = lambda: _tiny_special("layerskip", n_attn=n, n_ffn=n, attn_candidates="diagonal",
                                            ffn_candidates="diagonal", skip=True, top_k=1)
-    p["mod"] = lambda: _tiny_special("mod", n_attn=n, n_ffn=n, attn_candidates="diagonal", ffn_candidates="diagonal",
-                                     skip=True, selection="expert", capacity=0.5)
+    p["mod"] = lambda: _mod("mod", 0.125)  # Raposo et al.'s best capacity
+    p["mod-50"] = lambda: _mod("mod-50", 0.5)
+    # The earlier MoD-like layout: separate attention/FFN decisions by a GRU, softmax(·/τ) weights, 50% capacity.
+    p["mod-gru-halves"] = lambda: _tiny_special("mod-gru-halves", n_attn=n, n_ffn=n, attn_candidates="diagonal",
+                                                ffn_candidates="diagonal", skip=True, selection="expert", capacity=0.5)
     p["universal"] = lambda: _tiny_special("universal", n_attn=1, n_ffn=1, router="fixed", skip=False, top_k=1)
-    p["moe"] = lambda: _tiny_special("moe", n_attn=n, n_ffn=4 * n, attn_candidates="diagonal",
+    # MoE with the parameters of `tiny` (up to the router and the experts' own LayerNorms and biases): each step's
+    # FFN is 4 experts a quarter as wide (d_ff = d), top-2 of them per token (half the dense FFN's active FLOPs).
+    p["moe"] = lambda: _tiny_special("moe", n_attn=n, n_ffn=4 * n, d_ff=_TINY["d_model"], attn_candidates="diagonal",
                                      ffn_candidates="grouped", skip=False, router="mlp", attn_top_k=1, ffn_top_k=2)
+    # The earlier MoE: 4 full-width experts per step (+30% parameters against `tiny`), upcycled as exact copies.
+    p["moe-full-experts"] = lambda: _tiny_special("moe-full-experts", n_attn=n, n_ffn=4 * n,
+                                                  attn_candidates="diagonal", ffn_candidates="grouped", skip=False,
+                                                  router="mlp", attn_top_k=1, ffn_top_k=2)
     return p
 
 

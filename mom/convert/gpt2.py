@@ -2,10 +2,17 @@
 
 Layer map (from a vanilla L-layer GPT-2 into a MoM layout, see :meth:`MoMConfig.gpt2_layers`):
     layers 0 … bottom-1                     → bottom vanilla layers, 1:1
-    per chunk, the next max(N_A, N_F) layers → that chunk's modules 0 … N-1 (attention half → attention module
-                                              m if m < N_A, FFN half → FFN module m if m < N_F)
+    per chunk, the next L_c layers          → that chunk's pools: L_c = ``layers_per_chunk`` (``chunk_layers``, or
+                                              max(N_A, N_F)); a pool of N modules takes module i from chunk layer
+                                              ⌊i·L_c/N⌋ (attention half → attention pool, FFN half → FFN pool), so a
+                                              pool of L_c modules takes every layer and a smaller one layers evenly
+                                              spread from the first; halves no module takes are dropped
     the next layer (if anchor)              → the chunk's anchor layer
     the remaining layers                    → top vanilla layers
+
+Smaller pools than layers (``chunk_layers`` > max(N_A, N_F), :func:`smaller_pools`) are the official code's pruning
+ablation: phase 2 trains a MoM whose pools hold fewer modules than the GPT-2 had layers (e.g. 50% of the attention
+modules, 75% of the FFN modules), where ``mom prune`` removes modules from a trained MoM.
 
 Routers are not part of GPT-2 and keep their fresh initialisation. With no assembled block the result is the
 GPT-2 itself; with ``router='fixed'`` and N = H it computes exactly the same function (tested).
@@ -16,6 +23,7 @@ never a full unpickle). No network access: a directory is a directory.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -23,7 +31,7 @@ import torch
 from torch import Tensor
 
 from mom.config.model import MoMConfig
-from mom.errors import CheckpointError
+from mom.errors import CheckpointError, ConfigError
 from mom.fileio import load_safetensors, read_json, save_safetensors, write_json_atomic
 from mom.model.model import MoM
 from mom.model.modules import HALF_TENSORS
@@ -32,22 +40,32 @@ from mom.model.modules import HALF_TENSORS
 LAYER_KEYS = HALF_TENSORS["attn"] + HALF_TENSORS["ffn"]
 
 
+def pool_sources(n_modules: int, n_layers: int) -> list[int]:
+    """The chunk layer each of a pool's ``n_modules`` modules is decomposed from: module i ← layer ⌊i·L/N⌋ (every
+    layer when N = L; evenly spread from the first one when the pool is smaller)."""
+    return [i * n_layers // n_modules for i in range(n_modules)]
+
+
 def layer_map(cfg: MoMConfig) -> list[tuple[str, int, str]]:
     """``(our pool prefix, module index, half)`` for each GPT-2 layer half, in GPT-2 layer order.
 
-    Element 2l and 2l+1 of the result describe layer l's attention and FFN halves; a half that a chunk with
-    N_A ≠ N_F has no module for is mapped to ``("", -1, half)`` (dropped)."""
+    Element 2l and 2l+1 of the result describe layer l's attention and FFN halves; a half that no pool module
+    takes (see :func:`pool_sources`) is mapped to ``("", -1, half)`` (dropped)."""
     out: list[tuple[str, int, str]] = []
 
     def vanilla(prefix: str) -> None:
         out.extend([(prefix, 0, "attn"), (prefix, 0, "ffn")])
 
+    L_c = cfg.layers_per_chunk
+    module_of = {half: {layer: m for m, layer in enumerate(pool_sources(getattr(cfg, f"n_{half}"), L_c))}
+                 for half in ("attn", "ffn")}
     for i in range(cfg.bottom):
         vanilla(f"bottom.{i}.")
     for c in range(cfg.chunks):
-        for m in range(cfg.modules_per_chunk):
-            out.append((f"chunks.{c}.pool.", m, "attn") if m < cfg.n_attn else ("", -1, "attn"))
-            out.append((f"chunks.{c}.pool.", m, "ffn") if m < cfg.n_ffn else ("", -1, "ffn"))
+        for layer in range(L_c):
+            for half in ("attn", "ffn"):
+                m = module_of[half].get(layer)
+                out.append((f"chunks.{c}.pool.", m, half) if m is not None else ("", -1, half))
         if cfg.anchor:
             vanilla(f"chunks.{c}.anchor.")
     for i in range(cfg.top):
@@ -63,7 +81,7 @@ def decompose(layers: list[dict[str, Tensor]], embeddings: dict[str, Tensor], mo
     if len(layers) != cfg.gpt2_layers:
         raise CheckpointError(
             f"the layout '{cfg.name}' decomposes {cfg.gpt2_layers} GPT-2 layers "
-            f"(bottom {cfg.bottom} + chunks {cfg.chunks}×({cfg.modules_per_chunk} modules"
+            f"(bottom {cfg.bottom} + chunks {cfg.chunks}×({cfg.layers_per_chunk} layers"
             f"{' + anchor' if cfg.anchor else ''}) + top {cfg.top}), but the source model has {len(layers)}")
     state = model.state_dict()
     updates: dict[str, Tensor] = {}
@@ -93,6 +111,22 @@ def _put(updates: dict, state: dict, key: str, m: int | None, value: Tensor) -> 
         base = updates.get(key, state[key].clone())
         base[m] = value.to(target.dtype)
         updates[key] = base
+
+
+def smaller_pools(cfg: MoMConfig, attn_keep: float, ffn_keep: float) -> MoMConfig:
+    """``cfg`` with pools of ``ceil(keep · N)`` modules decomposed from the same N layers per chunk (the official
+    pruning ablation, trained in phase 2; see the module docstring). Top-K is capped to the choices left."""
+    if not (0 < attn_keep <= 1 and 0 < ffn_keep <= 1):
+        raise ConfigError(f"keep fractions must be in (0, 1], got {attn_keep:g} and {ffn_keep:g}")
+    n_attn, n_ffn = (max(1, math.ceil(keep * getattr(cfg, f"n_{half}") - 1e-9))
+                     for half, keep in (("attn", attn_keep), ("ffn", ffn_keep)))
+    changes = dict(n_attn=n_attn, n_ffn=n_ffn, chunk_layers=cfg.layers_per_chunk,
+                   name=f"{cfg.name}-pools-a{n_attn}f{n_ffn}")
+    if cfg.selection == "token":
+        for half, n in (("attn", n_attn), ("ffn", n_ffn)):
+            if cfg.k(half) > n + int(cfg.skip):
+                changes[f"{half}_top_k"] = n + int(cfg.skip)
+    return cfg.replace(**changes)
 
 
 def vanilla_layers_of(model) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:

@@ -1,8 +1,11 @@
 """Causal attention over the tokens of a step: ``scaled_dot_product_attention`` with tokens that took only SKIP hidden
 as keys (a boolean key mask, or packing each sequence's valid tokens to its front), and the KV-cache slot when
-decoding."""
+decoding; or, with ``eager=True`` (``MoMConfig.attention='eager'``), the plain softmax(QKᵀ/√d)V, which keeps the
+T×T probabilities for backward as the official code does."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -11,8 +14,20 @@ from torch import Tensor
 from mom.model.ops import counting_sort
 
 
+def eager_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
+    """``softmax(q kᵀ / √d) v`` written out, the official code's attention: the (B, G, T, S) probabilities are a
+    tensor autograd keeps (SDPA keeps only a (B, G, T) log-sum-exp). ``mask``: bool, True = may attend."""
+    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
+    if is_causal:
+        T, S = att.shape[-2:]
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+    if mask is not None:
+        att = att.masked_fill(~mask, float("-inf"))
+    return att.softmax(-1) @ v
+
+
 def causal_attention(qkv_BT3D: Tensor, n_head: int, key_valid_BT: Tensor | None = None, slot=None,
-                     pack: bool = False) -> Tensor:
+                     pack: bool = False, eager: bool = False) -> Tensor:
     """Causal multi-head attention over combined per-token q, k, v.
 
     ``key_valid_BT`` (bool) marks tokens that exist as keys at this step; a token whose attention picks were
@@ -24,26 +39,29 @@ def causal_attention(qkv_BT3D: Tensor, n_head: int, key_valid_BT: Tensor | None 
 
     ``slot`` is a KV-cache slot (:class:`mom.model.kv_cache.CacheSlot`) during incremental decoding: the new keys and
     values are written into it and the queries attend over everything cached so far, with the same rule.
+
+    ``eager``: :func:`eager_attention` instead of SDPA, with the same masks (equal outputs to rounding).
     """
     B, T, threeD = qkv_BT3D.shape
     D = threeD // 3
     q, k, v = qkv_BT3D.view(B, T, 3, n_head, D // n_head).permute(2, 0, 3, 1, 4)  # each (B, G, T, d)
+    attend = eager_attention if eager else F.scaled_dot_product_attention
     if slot is not None:
         k, v, mask_B1TS = slot.update(k, v, key_valid_BT)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_B1TS)
+        o = attend(q, k, v, mask_B1TS)
     elif key_valid_BT is None:
-        o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        o = attend(q, k, v, is_causal=True)
     elif pack:
-        return packed_causal_attention(qkv_BT3D, n_head, key_valid_BT)
+        return packed_causal_attention(qkv_BT3D, n_head, key_valid_BT, eager)
     else:
         causal_TT = torch.ones(T, T, dtype=torch.bool, device=qkv_BT3D.device).tril()
         eye_TT = torch.eye(T, dtype=torch.bool, device=qkv_BT3D.device)
         mask_BTT = causal_TT & (key_valid_BT.unsqueeze(1) | eye_TT)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_BTT.unsqueeze(1))
+        o = attend(q, k, v, mask_BTT.unsqueeze(1))
     return o.transpose(1, 2).reshape(B, T, D)
 
 
-def packed_causal_attention(qkv_BT3D: Tensor, n_head: int, key_valid_BT: Tensor) -> Tensor:
+def packed_causal_attention(qkv_BT3D: Tensor, n_head: int, key_valid_BT: Tensor, eager: bool = False) -> Tensor:
     """Causal attention in which invalid tokens are no keys, by packing rather than masking.
 
     Each sequence's rows are reordered, stably, so that its valid tokens come first; plain causal attention
@@ -57,4 +75,5 @@ def packed_causal_attention(qkv_BT3D: Tensor, n_head: int, key_valid_BT: Tensor)
     keys_N = (2 * seq_B1 + (~key_valid_BT).long()).reshape(-1)  # sequence b's valid rows, then its invalid ones
     perm_N, inv_N, _ = counting_sort(keys_N, 2 * B)  # packed row → original row, and back
     packed_BT3D = qkv_BT3D.reshape(B * T, threeD).index_select(0, perm_N).view(B, T, threeD)
-    return causal_attention(packed_BT3D, n_head).reshape(B * T, D).index_select(0, inv_N).view(B, T, D)
+    o_BTD = causal_attention(packed_BT3D, n_head, eager=eager)
+    return o_BTD.reshape(B * T, D).index_select(0, inv_N).view(B, T, D)

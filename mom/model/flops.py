@@ -50,9 +50,11 @@ def ffn_module_params(cfg: MoMConfig) -> int:
 
 
 def router_params(cfg: MoMConfig, half: str) -> int:
-    if cfg.is_static(half):
+    if not cfg.has_router(half):
         return 0
     d, r, n1 = cfg.d_model, cfg.router_hidden, getattr(cfg, f"n_{half}") + 1
+    if cfg.router == "linear":
+        return d * n1 + n1
     out = r * n1 + n1
     if cfg.router == "gru":
         return 3 * r * (d + r) + 6 * r + out
@@ -60,9 +62,11 @@ def router_params(cfg: MoMConfig, half: str) -> int:
 
 
 def router_matmul_params(cfg: MoMConfig, half: str) -> int:
-    if cfg.is_static(half):
+    if not cfg.has_router(half):
         return 0
     d, r, n1 = cfg.d_model, cfg.router_hidden, getattr(cfg, f"n_{half}") + 1
+    if cfg.router == "linear":
+        return d * n1
     return (3 * r * (d + r) if cfg.router == "gru" else d * r) + r * n1
 
 
@@ -119,12 +123,19 @@ def peak_flops(device) -> float | None:
 def vanilla_counterpart(cfg: MoMConfig) -> MoMConfig:
     """The vanilla GPT-2 a MoM config is compared with: same width, vocabulary and context, and as many layers as
     the MoM decomposes (``cfg.gpt2_layers``), i.e. equal parameters up to the routers — the paper's comparison
-    (MoM_P and MoM_E against the GPT-2 of the same size). A vanilla config is its own counterpart."""
+    (MoM_P and MoM_E against the GPT-2 of the same size); for a MoE (grouped FFN candidates), one GPT-2 layer per
+    step. A vanilla config is its own counterpart."""
     if cfg.is_vanilla:
         return cfg
-    return MoMConfig(name=f"gpt2-{cfg.gpt2_layers}L", vocab_size=cfg.vocab_size, n_ctx=cfg.n_ctx,
-                     d_model=cfg.d_model, n_head=cfg.n_head, d_ff=cfg.d_ff, layer_norm_eps=cfg.layer_norm_eps,
-                     bottom=cfg.gpt2_layers, chunks=0, top=0, init_std=cfg.init_std, dispatch=cfg.dispatch)
+    layers, d_ff = cfg.gpt2_layers, cfg.d_ff
+    if cfg.ffn_candidates == "grouped":
+        # MoE: each step is one layer whose FFN became experts (split or copied), so the counterpart has one GPT-2
+        # layer per step, with GPT-2's FFN (4·d) whatever the experts' width.
+        layers, d_ff = cfg.depth, 4 * cfg.d_model
+    return MoMConfig(name=f"gpt2-{layers}L", vocab_size=cfg.vocab_size, n_ctx=cfg.n_ctx,
+                     d_model=cfg.d_model, n_head=cfg.n_head, d_ff=d_ff, layer_norm_eps=cfg.layer_norm_eps,
+                     bottom=layers, chunks=0, top=0, init_std=cfg.init_std, dispatch=cfg.dispatch,
+                     attention=cfg.attention)
 
 
 def vanilla_with_layers(cfg: MoMConfig, layers: int) -> MoMConfig:

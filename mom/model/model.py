@@ -40,8 +40,10 @@ from mom.model.routers import (
     balance_loss,
     balance_stats,
     candidate_mask,
-    capacity_cutoff,
+    official_balance,
+    score_cutoff,
     select,
+    select_scores,
     static_route,
     z_loss,
 )
@@ -80,22 +82,27 @@ class _AuxAccumulator:
     def __init__(self) -> None:
         self.balance: list[Tensor] = []
         self.z: list[Tensor] = []
+        self.official_probs: list[Tensor] = []  # balance='official': every routed half's probabilities, pooled
 
 
 def attention_half(mods: ModuleSlices, x_TD: Tensor, route: Route, B: int, T: int, dispatcher, mask_keys: bool,
-                   slot=None, pack_keys: bool = False) -> Tensor:
+                   slot=None, pack_keys: bool = False, qkv_sum: bool = False) -> Tensor:
     """The attention half of a step: returns the residual update (T, D). ``mods``: the pool's single forms for
     this forward pass (``mods.pool`` has the grouped ones). ``slot``: KV-cache slot when decoding. ``pack_keys``:
-    hide all-SKIP keys by packing (``key_mask='pack'``, see :func:`mom.model.attention.causal_attention`)."""
+    hide all-SKIP keys by packing (``key_mask='pack'``, see :func:`mom.model.attention.causal_attention`). ``qkv_sum``:
+    the picked modules' q, k, v summed unweighted (``qkv_combine='sum'``, the official code's default) instead of
+    combined with the router weights renormalised over the real picks."""
     D, pool = x_TD.shape[-1], mods.pool
+    eager = pool.eager_attention
     if route.static_module is not None:
         m = route.static_module
-        o_BTD = causal_attention(mods.qkv(x_TD, m).view(B, T, 3 * D), pool.n_head, slot=slot)
+        o_BTD = causal_attention(mods.qkv(x_TD, m).view(B, T, 3 * D), pool.n_head, slot=slot, eager=eager)
         return mods.proj(o_BTD.view(B * T, D), m)
     plan = dispatcher.plan(route.idx_TK, pool.n_attn)
-    qkv_TD = dispatcher.run(plan, x_TD, route.module_weights(), mods.qkv, pool.qkv_grouped, 3 * D)
+    qkv_w_TK = route.picked_TK.to(route.w_TK.dtype) if qkv_sum else route.module_weights()
+    qkv_TD = dispatcher.run(plan, x_TD, qkv_w_TK, mods.qkv, pool.qkv_grouped, 3 * D)
     key_valid = route.key_valid().view(B, T) if mask_keys else None
-    o_BTD = causal_attention(qkv_TD.view(B, T, 3 * D), pool.n_head, key_valid, slot=slot, pack=pack_keys)
+    o_BTD = causal_attention(qkv_TD.view(B, T, 3 * D), pool.n_head, key_valid, slot=slot, pack=pack_keys, eager=eager)
     return dispatcher.run(plan, o_BTD.view(B * T, D), route.w_TK, mods.proj, pool.proj_grouped, D)
 
 
@@ -105,6 +112,24 @@ def ffn_half(mods: ModuleSlices, x_TD: Tensor, route: Route, dispatcher) -> Tens
         return mods.ffn(x_TD, route.static_module)
     plan = dispatcher.plan(route.idx_TK, mods.pool.n_ffn)
     return dispatcher.run(plan, x_TD, route.w_TK, mods.ffn, mods.pool.ffn_grouped, x_TD.shape[-1])
+
+
+def block_step(mods: ModuleSlices, x_TD: Tensor, route: Route, B: int, T: int, dispatcher, mask_keys: bool,
+               slot=None, pack_keys: bool = False, qkv_sum: bool = False) -> Tensor:
+    """One block-routed step (``route_unit='block'``; Mixture-of-Depths as published, Raposo et al. 2024): both
+    halves take ``route``'s picks; the block's update u = a + f (attention a, then the FFN on x + a) is computed
+    with the picks' weights scaled to sum to 1, and the token gets x + s·u, s the sum of its real picks' weights.
+    MoD has one pick weighing the router score r: x + r·(block(x) − x). A token that picked nothing is unchanged
+    and, at this step, no key. Returns the new residual stream (T, D)."""
+    w_TK = route.w_TK * route.picked_TK
+    s_T1 = w_TK.sum(-1, keepdim=True)
+    none_T1 = s_T1 == 0
+    unit = Route(idx_TK=route.idx_TK, w_TK=torch.where(none_T1, 0.0, w_TK / torch.where(none_T1, 1.0, s_T1)),
+                 n=route.n)
+    a_TD = attention_half(mods, x_TD, unit, B, T, dispatcher, mask_keys, slot, pack_keys, qkv_sum)
+    f_TD = ffn_half(mods, x_TD + a_TD, unit, dispatcher)
+    u_TD = a_TD + f_TD
+    return x_TD + s_T1.to(u_TD.dtype) * u_TD
 
 
 def cache_slot(cache, name: str):
@@ -136,20 +161,23 @@ class Chunk(nn.Module):
         super().__init__()
         self.cfg, self.index = cfg, index
         d = cfg.d_model
-        self.pool = ModulePool(cfg.n_attn, cfg.n_ffn, d, cfg.d_ff, cfg.n_head, cfg.layer_norm_eps)
+        self.pool = ModulePool(cfg.n_attn, cfg.n_ffn, d, cfg.d_ff, cfg.n_head, cfg.layer_norm_eps, cfg.attention)
         for half in HALVES:
             n = getattr(cfg, f"n_{half}")
-            router = None if cfg.is_static(half) else ROUTERS[cfg.router](d, cfg.router_hidden, n + 1, cfg.init_std)
+            router = ROUTERS[cfg.router](d, cfg.router_hidden, n + 1, cfg.init_std) if cfg.has_router(half) else None
             setattr(self, f"router_{half}", router)
             self.register_buffer(f"allowed_{half}", candidate_mask(cfg, half), persistent=False)
             cands = torch.tensor([cfg.candidates(half, h) for h in range(cfg.steps)], dtype=torch.long)
             self.register_buffer(f"cand_{half}", cands, persistent=False)
             if cfg.selection == "expert" and router is not None:
                 # Causal decode rule for expert choice: per (step, candidate) running estimate of the capacity
-                # cut-off in router probability, updated in training, saved with the model.
-                init = torch.full((cfg.steps, cands.shape[1]), 1.0 / cfg.n_choices(half))
+                # cut-off in router probability (raw score for the linear router), updated in training, saved with
+                # the model.
+                start = 0.0 if cfg.router == "linear" else 1.0 / cfg.n_choices(half)
+                init = torch.full((cfg.steps, cands.shape[1]), start)
                 self.register_buffer(f"threshold_{half}", init)
-        self.anchor = ModulePool(1, 1, d, cfg.d_ff, cfg.n_head, cfg.layer_norm_eps) if cfg.anchor else None
+        self.anchor = (ModulePool(1, 1, d, cfg.d_ff, cfg.n_head, cfg.layer_norm_eps, cfg.attention) if cfg.anchor
+                       else None)
 
     def route(self, half: str, x_TD: Tensor, state: Tensor | None, step: int, B: int,
               causal: bool = False) -> tuple[Route, Tensor | None]:
@@ -163,11 +191,17 @@ class Chunk(nn.Module):
         cand = getattr(self, f"cand_{half}")[step]
         expert = cfg.selection == "expert"
         threshold = getattr(self, f"threshold_{half}")[step] if expert and causal else None
-        route = select(logits, getattr(self, f"allowed_{half}")[step], cand, cfg, half, B, threshold)
+        allowed = getattr(self, f"allowed_{half}")[step]
+        if cfg.router == "linear":  # raw scores (Mixture-of-Depths); validate() ensures expert choice
+            route = select_scores(logits, allowed, cand, cfg.capacity, B, threshold)
+            scores_TN = logits.float()
+        else:
+            route = select(logits, allowed, cand, cfg, half, B, threshold)
+            scores_TN = route.probs_TN
         if expert and self.training and not causal:
             with torch.no_grad():
                 buf = getattr(self, f"threshold_{half}")
-                buf[step].lerp_(capacity_cutoff(route, cand, cfg.capacity, B).to(buf.dtype), 0.01)
+                buf[step].lerp_(score_cutoff(scores_TN, cand, cfg.capacity, B).to(buf.dtype), 0.01)
         return route, state
 
     def forward(self, x_BTD: Tensor, dispatcher, aux: _AuxAccumulator, records: list | None, cache=None,
@@ -179,21 +213,24 @@ class Chunk(nn.Module):
         state = {"attn": None, "ffn": None}
         pooled: dict[str, list] = {"attn": [], "ffn": []}
         mods = self.pool.slices()  # one set of per-module slices for all H steps
+        attn_kw = dict(pack_keys=cfg.key_mask == "pack", qkv_sum=cfg.qkv_combine == "sum")
         for h in range(cfg.steps):
+            if cfg.route_unit == "block":  # one route for the whole block, taken by both halves
+                route, state["attn"] = self.route("attn", x_TD, state["attn"], h, B, causal)
+                slot = cache_slot(cache, step_slot(self.index, h))
+                x_TD = block_step(mods, x_TD, route, B, T, dispatcher, mask_keys, slot, **attn_kw)
+                self._after_route(route, "attn", h, aux, pooled, records, cache is None, B, T)
+                if records is not None:
+                    records.append(self._record(route, "ffn", h, B, T))
+                continue
             for half in HALVES:
                 route, state[half] = self.route(half, x_TD, state[half], h, B, causal)
                 if half == "attn":
                     slot = cache_slot(cache, step_slot(self.index, h))
-                    x_TD = x_TD + attention_half(mods, x_TD, route, B, T, dispatcher, mask_keys, slot,
-                                                 pack_keys=cfg.key_mask == "pack")
+                    x_TD = x_TD + attention_half(mods, x_TD, route, B, T, dispatcher, mask_keys, slot, **attn_kw)
                 else:
                     x_TD = x_TD + ffn_half(mods, x_TD, route, dispatcher)
-                if route.probs_TN is not None and cache is None:  # no aux losses while decoding
-                    self._collect_aux(route, half, h, aux, pooled)
-                if records is not None:
-                    records.append(RouteRecord(
-                        self.index, h, half, route.idx_TK.view(B, T, -1), route.w_TK.view(B, T, -1),
-                        None if route.probs_TN is None else route.probs_TN.view(B, T, -1), route.n))
+                self._after_route(route, half, h, aux, pooled, records, cache is None, B, T)
         if cfg.balance_scope == "pooled":
             for stats in pooled.values():
                 if stats:
@@ -203,12 +240,27 @@ class Chunk(nn.Module):
             x_TD = vanilla_layer(self.anchor, x_TD, B, T, cache_slot(cache, anchor_slot(self.index)))
         return x_TD.view(B, T, D)
 
+    def _record(self, route: Route, half: str, step: int, B: int, T: int) -> RouteRecord:
+        return RouteRecord(self.index, step, half, route.idx_TK.view(B, T, -1), route.w_TK.view(B, T, -1),
+                           None if route.probs_TN is None else route.probs_TN.view(B, T, -1), route.n)
+
+    def _after_route(self, route: Route, half: str, step: int, aux: _AuxAccumulator, pooled: dict,
+                     records: list | None, losses: bool, B: int, T: int) -> None:
+        """Collect a routed half's aux-loss terms (``losses``: not while decoding) and its record."""
+        if route.probs_TN is not None and losses:
+            self._collect_aux(route, half, step, aux, pooled)
+        if records is not None:
+            records.append(self._record(route, half, step, B, T))
+
     def _collect_aux(self, route: Route, half: str, step: int, aux: _AuxAccumulator, pooled: dict) -> None:
         cfg = self.cfg
         aux.z.append(z_loss(route))
         # Expert choice is balanced by construction; a single active choice has nothing to balance.
         allowed = getattr(self, f"allowed_{half}")[step]
         if cfg.selection != "token":
+            return
+        if cfg.balance == "official":  # pooled over the whole model in MoM.forward
+            aux.official_probs.append(route.probs_TN)
             return
         counts, probsum, active = balance_stats(route, allowed, cfg.balance_skip == "include")
         if cfg.balance_scope == "pooled":
@@ -234,7 +286,7 @@ class MoM(nn.Module):
         d = cfg.d_model
 
         def layer() -> ModulePool:
-            return ModulePool(1, 1, d, cfg.d_ff, cfg.n_head, cfg.layer_norm_eps)
+            return ModulePool(1, 1, d, cfg.d_ff, cfg.n_head, cfg.layer_norm_eps, cfg.attention)
 
         self.wte = nn.Embedding(cfg.vocab_size, d)
         self.wpe = nn.Embedding(cfg.n_ctx, d)
@@ -290,6 +342,8 @@ class MoM(nn.Module):
         for chunk in self.chunks:
             x_BTD = chunk(x_BTD, self.dispatcher, aux, records, cache, causal_routing)
         x_BTD = vanilla_layers(self.top, "top", x_BTD, cache)
+        if aux.official_probs:
+            aux.balance.append(official_balance(aux.official_probs))
         if cache is not None:
             cache.advance(T)
         if rows is not None:

@@ -123,9 +123,11 @@ class _Container(nn.Module):
 class ModulePool(nn.Module):
     """N_A attention modules and N_F FFN modules (pre-norm halves of GPT-2 blocks), stacked."""
 
-    def __init__(self, n_attn: int, n_ffn: int, d_model: int, d_ff: int, n_head: int, eps: float):
+    def __init__(self, n_attn: int, n_ffn: int, d_model: int, d_ff: int, n_head: int, eps: float,
+                 attention: str = "sdpa"):
         super().__init__()
         self.n_attn, self.n_ffn, self.n_head = n_attn, n_ffn, n_head
+        self.eager_attention = attention == "eager"  # MoMConfig.attention: how this pool's attention cores run
         self.ln_1 = StackedLayerNorm(n_attn, d_model, eps)
         self.attn = _Container()
         self.attn.c_attn = StackedLinear(n_attn, d_model, 3 * d_model)

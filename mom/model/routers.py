@@ -5,6 +5,7 @@ A router maps the residual stream x_t (before LayerNorm) to N+1 logits (the last
 * :class:`GRURouter` — the paper's: ``h' = GRUCell(x_t, h)``, logits ``W_o h'``; the state h is carried over
   the H steps of a block and starts at zero for every block.
 * :class:`MLPRouter` — the stateless baseline: ``W_2 ReLU(W_1 x_t)``.
+* :class:`LinearRouter` — Mixture-of-Depths' score ``W x_t``, used raw by :func:`select_scores`.
 * ``fixed`` routing and any half whose step has a single candidate and no SKIP need no router at all: the
   route is static (every token takes module h with weight 1), see :meth:`MoMConfig.is_static`.
 
@@ -59,7 +60,24 @@ class MLPRouter(nn.Module):
         return self.out(F.relu(self.fc(x_TD))), None
 
 
-ROUTERS = {"gru": GRURouter, "mlp": MLPRouter}
+class LinearRouter(nn.Module):
+    """Mixture-of-Depths' router (Raposo et al. 2024): one linear map d → N+1, stateless; row m scores every token
+    for module m, ``r = w_mᵀ x_t + b_m`` (with diagonal candidates, step h reads row h: one linear router per
+    block). Its scores are used raw (:func:`select_scores`); ``hidden`` is unused."""
+
+    recurrent = False
+
+    def __init__(self, d_model: int, hidden: int, n_out: int, std: float):
+        super().__init__()
+        self.out = nn.Linear(d_model, n_out)
+        nn.init.normal_(self.out.weight, 0.0, std)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x_TD: Tensor, h: Tensor | None) -> tuple[Tensor, None]:
+        return self.out(x_TD), None
+
+
+ROUTERS = {"gru": GRURouter, "mlp": MLPRouter, "linear": LinearRouter}
 
 
 @dataclass
@@ -157,9 +175,38 @@ def select(logits_TN: Tensor, allowed_N: Tensor, cand_c: Tensor, cfg: MoMConfig,
 def capacity_cutoff(route: Route, cand_c: Tensor, capacity: float, B: int) -> Tensor:
     """(c,) the router probability of the C-th token of each sequence, averaged over the batch: the value a
     causal per-token threshold must reach to take the same fraction of tokens as expert choice did."""
-    T = route.probs_TN.shape[0] // B
-    scores_BTc = route.probs_TN.view(B, T, -1)[..., cand_c]
+    return score_cutoff(route.probs_TN, cand_c, capacity, B)
+
+
+def score_cutoff(scores_TN: Tensor, cand_c: Tensor, capacity: float, B: int) -> Tensor:
+    """(c,) the C-th highest score of each candidate in each sequence, averaged over the batch (see
+    :func:`capacity_cutoff`; for raw scores, :func:`select_scores`)."""
+    T = scores_TN.shape[0] // B
+    scores_BTc = scores_TN.view(B, T, -1)[..., cand_c]
     return scores_BTc.topk(capacity_tokens(capacity, T), dim=1).values[:, -1, :].mean(0)
+
+
+def select_scores(scores_TN: Tensor, allowed_N: Tensor, cand_c: Tensor, capacity: float, B: int,
+                  threshold_c: Tensor | None = None) -> Route:
+    """Expert choice on raw router scores (``router='linear'``: Mixture-of-Depths as published, Raposo et al.
+    2024): candidate c takes the ``capacity`` fraction of each sequence's tokens with the highest score r_c, and
+    its pick weighs r_c itself — no softmax, no temperature — so the block adds r·(block(x) − x) and the LM loss
+    trains the router through r. With ``threshold_c`` (decoding): c takes a token iff r_c ≥ threshold_c, the
+    running estimate of the training cut-off (:func:`score_cutoff`). The route's ``probs_TN`` (for records) is the
+    softmax of the allowed scores; ``logits_TN`` the allowed scores (the z-loss)."""
+    n = scores_TN.shape[-1] - 1
+    scores_TN = scores_TN.float()
+    T = scores_TN.shape[0] // B
+    scores_BTc = scores_TN.view(B, T, -1)[..., cand_c]
+    if threshold_c is not None:
+        chosen_BTc = scores_BTc >= threshold_c
+    else:
+        top_BCc = scores_BTc.topk(capacity_tokens(capacity, T), dim=1).indices
+        chosen_BTc = torch.zeros_like(scores_BTc, dtype=torch.bool).scatter_(1, top_BCc, True)
+    idx_TK = torch.where(chosen_BTc, cand_c, n).view(B * T, -1)
+    w_TK = torch.where(chosen_BTc, scores_BTc, 0.0).view(B * T, -1)
+    allowed_TN = scores_TN.masked_fill(~allowed_N, float("-inf"))
+    return Route(idx_TK=idx_TK, w_TK=w_TK, n=n, probs_TN=allowed_TN.softmax(-1), logits_TN=allowed_TN)
 
 
 # ---------------------------------------------------------------------------------------------- aux losses
@@ -190,3 +237,27 @@ def balance_loss(counts_N: Tensor, probsum_N: Tensor, active_N: Tensor) -> Tenso
 def z_loss(route: Route) -> Tensor:
     """ST-MoE router z-loss: mean squared log-partition of the (masked, scaled) router logits."""
     return torch.logsumexp(route.logits_TN, dim=-1).square().mean()
+
+
+def official_balance(probs: list[Tensor]) -> Tensor:
+    """The official code's balance loss (its GPT-2 fork hands the routers' probabilities to a Switch-style
+    ``load_balancing_loss_func`` with top-1): the rows of every routed (chunk, step, half) of a forward pass are
+    pooled, SKIP counts as one more choice, and
+
+        L = (N+1) · Σ_{i=0}^{N} f_i · P_i,   f_i = (1/R) Σ_r 1[argmax_j g_rj = i],   P_i = (1/R) Σ_r softmax(g_r)_i
+
+    where g_r = softmax(logits_r / τ) is row r's router distribution over the N+1 choices (0 where a step does not
+    allow a choice) and R the pooled rows: f counts top-1 picks only (also when K > 1), and P is a second softmax
+    of probabilities that are already softmaxed. Rows are pooled over attention and FFN routers alike; a model
+    whose halves have different N+1 gets one pool per width and the mean of the pools' losses. ``probs``: each
+    routed half's (T, N+1) g."""
+    pools: dict[int, list[Tensor]] = {}
+    for g_TN in probs:
+        pools.setdefault(g_TN.shape[-1], []).append(g_TN)
+    losses = []
+    for n1, parts in pools.items():
+        g_RN = torch.cat(parts)
+        f_N = F.one_hot(g_RN.argmax(-1), n1).float().mean(0)
+        p_N = g_RN.softmax(-1).mean(0)
+        losses.append(n1 * (f_N * p_N).sum())
+    return torch.stack(losses).mean()

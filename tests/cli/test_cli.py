@@ -28,6 +28,17 @@ def test_configs_table_and_json(capsys):
     assert rows[0]["config"]["top_k"] == 3 and rows[0]["params"] > 1e8
 
 
+def test_configs_show_the_papers_figures_beside_ours(capsys):
+    assert main(["configs"]) == 0
+    out = capsys.readouterr().out
+    assert ("↳ paper: depth > −60%, fwd TFLOPs −16%, memory −42%; ours: depth -63.9%, fwd FLOPs -15.8%, memory "
+            "-42.1%") in out
+    assert "↳ paper: depth > +38%; ours: depth +38.9%" in out
+    assert main(["configs", "--json", "--config", "moe"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["vanilla"] == "gpt2-6L" and abs(row["vs_vanilla"]["params"] - 1) < 0.01 and row["paper"] is None
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -19,7 +19,7 @@ from tests.conftest import tiny_config
         (dict(top_k=5), "attn top_k \\(5\\) exceeds the choices at a step \\(3 modules \\+ SKIP\\)"),
         (dict(bottom=-1), "bottom \\(a layer count\\) must be ≥ 0"),
         (dict(steps=0), "steps \\(H\\) must be ≥ 1"),
-        (dict(router="lstm"), "router must be one of 'gru', 'mlp', 'fixed'"),
+        (dict(router="lstm"), "router must be one of 'gru', 'mlp', 'fixed', 'linear'"),
         (dict(router="fixed"), "cannot choose SKIP"),
         (dict(temperature=0.0), "temperature must be ≥ 1e-6"),
         # valid configs whose random model gave NaN logits or losses (balance_coef found by tests/test_fuzz.py, the
@@ -33,6 +33,17 @@ from tests.conftest import tiny_config
         (dict(selection="expert", capacity=1.5), "capacity must be in \\(0, 1\\]"),
         (dict(top_k="2"), "top_k must be an integer"),
         (dict(chunks=0, bottom=0, top=0), "no layers"),
+        # published baselines and the official code's switches
+        (dict(router="linear"), "router='linear' is Mixture-of-Depths' score .* needs selection='expert'"),
+        (dict(route_unit="block"), "route_unit='block' .* n_attn, candidates and top_k must be equal"),
+        (dict(route_unit="block", n_ffn=3, router="fixed", skip=False, top_k=1), "router='fixed' has none"),
+        (dict(route_unit="blocks"), "route_unit must be one of 'half', 'block'"),
+        (dict(qkv_combine="mean"), "qkv_combine must be one of 'weighted', 'sum'"),
+        (dict(balance="official", balance_scope="pooled"), "balance='official' pools over the whole model"),
+        (dict(balance="switch"), "balance must be one of 'ours', 'official'"),
+        (dict(attention="flash"), "attention must be one of 'sdpa', 'eager'"),
+        (dict(chunk_layers=2), r"chunk_layers \(2\) must be 0 or ≥ the larger pool"),
+        (dict(chunk_layers=-1), "chunk_layers must be ≥ 0"),
     ],
 )
 def test_invalid_configs_say_what_and_why(fields, message):
@@ -52,9 +63,12 @@ def test_all_presets_build_and_counts_match_the_model():
 def test_paper_regimes():
     for scale, layers in (("small", 12), ("medium", 24), ("large", 36)):
         vanilla = preset("gpt2" if scale == "small" else f"gpt2-{scale}")
-        p, e = preset(f"mom-p-{scale}"), preset(f"mom-e-{scale}")
-        assert vanilla.depth == layers and p.gpt2_layers == e.gpt2_layers == layers
+        p, e, e2 = preset(f"mom-p-{scale}"), preset(f"mom-e-{scale}"), preset(f"mom-e-{scale}-k2")
+        assert vanilla.depth == layers and p.gpt2_layers == e.gpt2_layers == e2.gpt2_layers == layers
         assert p.depth > vanilla.depth > e.depth
+        # the paper's chunk (4 modules + anchor, H = 6, top-2) after one bottom layer; MoM_E with top-3
+        assert (p.bottom, p.n_attn, p.steps, p.top_k, p.anchor) == (1, 4, 6, 2, True)
+        assert (e.top_k, e2.top_k) == (3, 2) and e.replace(name=e2.name, top_k=2) == e2
         # Equal parameters up to the routers (GRU routers with r=256 add ~0.8M each: < 3% at GPT-2 small).
         assert abs(count(p).params - count(vanilla).params) / count(vanilla).params < 0.03
         assert abs(count(e).params - count(vanilla).params) / count(vanilla).params < 0.03
@@ -115,3 +129,42 @@ def test_train_seed_and_size_ranges():
     assert TrainConfig(seed=2**64 - 1).seed == 2**64 - 1
     with pytest.raises(ConfigError, match="batch_size must be < 2\\*\\*31"):  # (found while fuzzing)
         TrainConfig(batch_size=10**20)
+
+
+def test_earlier_layouts_keep_honest_names():
+    assert preset("mom-p-large").depth == 50 and preset("mom-p-large-h33").depth == 48
+    assert preset("tiny-mom-e").depth == 3 and preset("tiny-mom-e-k2").depth == 4
+    old_mod = preset("mod-gru-halves")
+    assert (old_mod.router, old_mod.route_unit, old_mod.capacity) == ("gru", "half", 0.5)
+    assert (preset("mod").capacity, preset("mod-50").capacity) == (0.125, 0.5)
+    assert preset("moe-full-experts").d_ff == 4 * preset("moe").d_ff
+
+
+def test_new_fields_default_to_the_earlier_behaviour_and_round_trip(tmp_path):
+    cfg = tiny_config()
+    assert (cfg.route_unit, cfg.qkv_combine, cfg.balance, cfg.chunk_layers, cfg.attention) == (
+        "half", "weighted", "ours", 0, "sdpa")
+    assert cfg.layers_per_chunk == 3 and cfg.has_router("ffn")
+    block = tiny_config(route_unit="block", n_ffn=3, chunk_layers=5, qkv_combine="sum", balance="official",
+                        attention="eager")
+    assert not block.has_router("ffn") and block.has_router("attn") and block.gpt2_layers == 1 + 5 + 1 + 1
+    block.save(tmp_path / "c.json")
+    assert MoMConfig.load(tmp_path / "c.json") == block
+
+
+
+def test_train_presets_name_their_provenance():
+    """official-phase*: the official scripts' schedule (cosine to 0, warm-up 2,000 in the long phase-1 run); the
+    presets once called paper-phase* (our warm-up 500 and floor 1e-4) are ours-phase*; the old names say so."""
+    from mom.config.train import train_preset
+
+    for phase, steps in ((1, 20000), (2, 5000)):
+        off, ours = train_preset(f"official-phase{phase}"), train_preset(f"ours-phase{phase}")
+        assert (off.max_steps, off.tokens_per_step, off.seq_len, off.lr, off.final_lr) == (steps, 524288, 1024,
+                                                                                           1e-3, 0.0)
+        assert (ours.final_lr, ours.warmup) == (1e-4, 500) and (off.beta1, off.beta2, off.weight_decay) == (0.9, 0.95,
+                                                                                                            0.1)
+        with pytest.raises(ConfigError, match=f"train preset 'paper-phase{phase}' was renamed: use "
+                                              f"official-phase{phase}"):
+            train_preset(f"paper-phase{phase}")
+    assert train_preset("official-phase1").warmup == 2000

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mom.convert.gpt2 import read_hf, to_hf
-from mom.errors import CheckpointError
+from mom.errors import CheckpointError, ConfigError
 from mom.model.model import MoM
 from tests.conftest import make_hf_gpt2
 
@@ -96,3 +96,55 @@ def test_pytorch_bin_is_read_with_weights_only(tmp_path):
     idx = torch.randint(0, 97, (1, 8))
     with torch.no_grad():
         assert (model(idx).logits - hf(idx).logits).abs().max() <= 1e-5
+
+
+def test_smaller_pools_take_spread_layers_of_the_same_chunk(tmp_path):
+    """The official pruning ablation's phase 2: pools of 50% attention and 75% FFN modules decomposed from the same
+    4 layers per chunk — module i of a pool of N from chunk layer ⌊i·4/N⌋ — so the layout still maps the 6-layer
+    GPT-2 it is compared with."""
+    from mom.convert.gpt2 import pool_sources, smaller_pools
+    from mom.model.flops import count, vanilla_counterpart
+    from tests.conftest import tiny_config
+
+    make_hf_gpt2(tmp_path, n_layer=6)
+    full = tiny_config(bottom=1, chunks=1, n_attn=4, n_ffn=4, steps=2, anchor=True, top=0)
+    cfg = smaller_pools(full, 0.5, 0.75)
+    assert (cfg.n_attn, cfg.n_ffn, cfg.chunk_layers, cfg.gpt2_layers) == (2, 3, 4, 6)
+    assert pool_sources(2, 4) == [0, 2] and pool_sources(3, 4) == [0, 1, 2] and pool_sources(4, 4) == [0, 1, 2, 3]
+    model = MoM.from_gpt2(tmp_path, cfg)
+    hf = read_hf(tmp_path)[1]
+    sd = model.state_dict()
+    for m, layer in enumerate([0, 2]):
+        assert torch.equal(sd["chunks.0.pool.attn.c_attn.weight"][m], hf[1 + layer]["attn.c_attn.weight"])
+    for m, layer in enumerate([0, 1, 2]):
+        assert torch.equal(sd["chunks.0.pool.mlp.c_fc.weight"][m], hf[1 + layer]["mlp.c_fc.weight"])
+    assert torch.equal(sd["chunks.0.anchor.ln_1.weight"][0], hf[5]["ln_1.weight"])
+    base = vanilla_counterpart(cfg)
+    assert base.depth == 6 and count(cfg).params < count(base).params < count(full).params
+    with pytest.raises(ConfigError, match="keep fractions must be in"):
+        smaller_pools(full, 0.0, 1.0)
+
+
+def test_narrow_experts_are_carved_out_of_the_dense_ffn(tmp_path):
+    """Upcycling the parameter-matched MoE (4 quarter-width experts per step): the experts' hidden units partition
+    the layer's FFN, so Σ_e (FFN_e(x) − b) + b is the dense FFN; full-width experts stay exact copies."""
+    from mom.config.model import preset
+    from mom.convert.upcycle import upcycle_moe
+    from tests import reference as ref
+
+    shape = dict(vocab_size=97, n_ctx=32, d_model=32, n_head=4)
+    vanilla = MoM(preset("tiny").replace(**shape))
+    vanilla.save_pretrained(tmp_path / "van")
+    cfg = preset("moe").replace(**shape, d_ff=32)
+    upcycle_moe(tmp_path / "van", cfg, tmp_path / "moe")
+    moe = MoM.from_pretrained(tmp_path / "moe")
+    vs, ms = vanilla.state_dict(), moe.state_dict()
+    x = torch.randn(1, 5, 32)
+    for h in range(cfg.steps):
+        dense = ref.ffn(x, ref.module_params(vs, f"bottom.{h}.", 0))
+        bias = vs[f"bottom.{h}.mlp.c_proj.bias"][0]
+        parts = [ref.ffn(x, ref.module_params(ms, "chunks.0.pool.", h, e)) - bias for e in cfg.candidates("ffn", h)]
+        assert torch.allclose(sum(parts) + bias, dense, atol=1e-5)
+        assert torch.equal(ms["chunks.0.pool.attn.c_attn.weight"][h], vs[f"bottom.{h}.attn.c_attn.weight"][0])
+    with pytest.raises(ValueError, match="neither copy nor split"):
+        upcycle_moe(tmp_path / "van", cfg.replace(d_ff=48), tmp_path / "bad")

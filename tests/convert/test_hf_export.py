@@ -54,6 +54,11 @@ CASES = {
     "moe-grouped": Case(dict(n_attn=2, n_ffn=4, attn_candidates="diagonal", ffn_candidates="grouped", skip=False,
                              router="mlp", attn_top_k=1, ffn_top_k=2, bottom=0, top=0, anchor=False), ("mixed",)),
     "universal-fixed": Case(dict(n_attn=1, n_ffn=1, router="fixed", skip=False, top_k=1, anchor=False)),
+    # Mixture-of-Depths as published: linear router, raw scores, one route per block
+    "mod-linear-block": Case(dict(selection="expert", router="linear", route_unit="block", n_attn=2, n_ffn=2,
+                                  attn_candidates="diagonal", ffn_candidates="diagonal", bottom=0, top=0,
+                                  anchor=False), ("all-skip",)),
+    "qkv-sum-block-k2": Case(dict(top_k=2, n_attn=3, n_ffn=3, qkv_combine="sum", route_unit="block"), ("mixed",)),
     "vanilla": Case(dict(chunks=0, bottom=2, top=1)),
 }
 
@@ -67,7 +72,8 @@ def tiny_mom(**fields) -> MoM:
         for chunk in model.chunks:
             for router in (chunk.router_attn, chunk.router_ffn):
                 if router is not None:
-                    (router.gru.weight_ih if hasattr(router, "gru") else router.fc.weight).mul_(30)
+                    first = router.gru.weight_ih if hasattr(router, "gru") else getattr(router, "fc", router.out).weight
+                    first.mul_(30)
                     router.out.weight.mul_(50)
     return model
 

@@ -22,6 +22,11 @@ FAMILIES = {
     "universal": preset("universal").replace(**SMALL),
     "moe": preset("moe").replace(**SMALL),
     "mod-causal-rule": preset("mod").replace(**SMALL),
+    "mod-50-causal-rule": preset("mod-50").replace(**SMALL),
+    "mod-gru-halves": preset("mod-gru-halves").replace(**SMALL),
+    "moe-full-experts": preset("moe-full-experts").replace(**SMALL),
+    "qkv-sum-eager": tiny_config(n_ctx=64, n_attn=3, n_ffn=2, top_k=2, steps=3, qkv_combine="sum", attention="eager"),
+    "block-token-K2": tiny_config(n_ctx=64, n_attn=3, n_ffn=3, top_k=2, steps=3, route_unit="block"),
 }
 
 

@@ -546,13 +546,14 @@ def _stub_heavy_work(monkeypatch) -> None:
 
     import mom.cli.analyze
     import mom.cli.eval
+    import mom.cli.memory
     import mom.cli.train
 
     # The commands call these through the names their cli modules imported.
     monkeypatch.setattr(mom.cli.train, "train", reached("train"))
     monkeypatch.setattr(mom.cli.analyze, "bench_decode", reached("bench decode"))
     monkeypatch.setattr(mom.cli.analyze, "bench_step", reached("bench step"))
-    monkeypatch.setattr(mom.cli.analyze, "measure_memory", reached("memory"))
+    monkeypatch.setattr(mom.cli.memory, "readings", reached("memory"))
     for name in ("run_glue", "run_xsum", "run_lm_eval"):
         monkeypatch.setattr(mom.cli.eval, name, reached(name))
     def stop_at_builtin(inputs, *args, **kwargs):  # the built-in corpus takes ~30 s to tokenise: stop there
@@ -593,7 +594,7 @@ def cli_world(tmp_path_factory):
     inputs = [str(root / n) for n in ("ckpt_mom", "ckpt_vanilla", "dataset", "dataset/val.bin", "garbage.bin",
                                       "garbage.json", "prompts.txt", "latin1.txt", "empty.txt", "docs.jsonl",
                                       "empty_dir", "tiny.json", "missing", "ckpt_mom/config.json")]
-    inputs += ["tiny", "tiny-mom", "mod", "moe", "universal", "layerskip", "builtin", "default", "paper-phase1",
+    inputs += ["tiny", "tiny-mom", "mod", "moe", "universal", "layerskip", "builtin", "default", "official-phase1",
                "hf:" + str(root / "ckpt_vanilla"), "hf:" + str(root / "missing"), "K2H1S", "gpt2"]
     return root, inputs
 

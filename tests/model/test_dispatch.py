@@ -16,6 +16,12 @@ CONFIGS = {
     "moe-grouped": dict(router="mlp", steps=2, n_attn=2, n_ffn=6, attn_candidates="diagonal",
                         ffn_candidates="grouped", skip=False, attn_top_k=1, ffn_top_k=2),
     "two-chunks-pooled": dict(chunks=2, steps=2, n_attn=2, n_ffn=3, balance_scope="pooled", z_coef=1e-3),
+    # published baselines and the official code's switches
+    "mod-linear-block": dict(router="linear", selection="expert", capacity=0.5, route_unit="block", steps=2, n_attn=2,
+                             n_ffn=2, attn_candidates="diagonal", ffn_candidates="diagonal", skip=True),
+    "block-token-K2": dict(route_unit="block", top_k=2, steps=2, n_attn=3, n_ffn=3, skip=True),
+    "qkv-sum-official-balance": dict(qkv_combine="sum", balance="official", top_k=2, steps=2, n_attn=3, n_ffn=2),
+    "eager-attention-pack": dict(attention="eager", key_mask="pack", top_k=2, steps=2, n_attn=3, n_ffn=2),
 }
 
 

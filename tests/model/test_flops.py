@@ -27,6 +27,9 @@ CONFIGS = {
     "moe": dict(n_attn=2, n_ffn=4, attn_candidates="diagonal", ffn_candidates="grouped", skip=False,
                 attn_top_k=1, ffn_top_k=2, router="mlp"),
     "loop-dispatch": dict(dispatch="loop"),
+    "mod-linear-block": dict(router="linear", selection="expert", capacity=0.5, route_unit="block", n_attn=2,
+                             n_ffn=2, attn_candidates="diagonal", ffn_candidates="diagonal"),
+    "block-token-k2": dict(route_unit="block", n_attn=3, n_ffn=3),
 }
 
 
@@ -154,3 +157,32 @@ def test_cli_ckpt_without_data_asks_for_it(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no data/builtin here
     assert main(["flops", "--ckpt", str(ck)]) == 2
     assert "pass --data DIR" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- presets vs the paper
+def test_presets_reproduce_the_papers_depth_and_flops_figures():
+    """MoM_E-large (K = 3): −16% ± 1 point forward FLOPs and −64% depth against GPT-2-large (the paper: 16% fewer
+    TFLOPs, over 60% shallower); MoM_P-large: +38–39% depth ("over 38%"); the earlier K = 2 layout kept under its
+    own name is the −36% one."""
+    T = 1024
+    base = count(preset("gpt2-large"), T)
+    e, p, e2 = (count(preset(n), T) for n in ("mom-e-large", "mom-p-large", "mom-e-large-k2"))
+    assert e.forward_flops_per_token / base.forward_flops_per_token - 1 == pytest.approx(-0.16, abs=0.01)
+    assert e.depth / base.depth - 1 == pytest.approx(-0.64, abs=0.005)
+    assert 0.38 <= p.depth / base.depth - 1 <= 0.39
+    assert e2.forward_flops_per_token / base.forward_flops_per_token - 1 == pytest.approx(-0.36, abs=0.01)
+    for name in ("mom-e-large", "mom-p-large"):  # equal parameters up to the routers
+        cfg = preset(name)
+        assert vanilla_counterpart(cfg).depth == 36
+        routers = cfg.chunks * (router_params(cfg, "attn") + router_params(cfg, "ffn"))
+        assert count(cfg).params - routers == base.params
+
+
+def test_moe_preset_is_parameter_matched_and_the_old_one_is_not():
+    tiny = count(preset("tiny")).params
+    moe, full = preset("moe"), preset("moe-full-experts")
+    assert vanilla_counterpart(moe).name == "gpt2-6L" and count(vanilla_counterpart(moe)).params == tiny
+    assert abs(count(moe).params / tiny - 1) < 0.01  # router + the experts' own LayerNorms and biases
+    assert count(full).params / tiny - 1 > 0.3
+    assert moe.d_ff * moe.n_candidates("ffn") == 4 * moe.d_model  # 4 quarter-width experts per step
+

@@ -42,7 +42,7 @@ SUPPORTED_VALUES: dict[str, tuple[Any, ...] | None] = {
     "steps": ANY,
     "anchor": ANY,
     # routing
-    "router": ("gru", "mlp", "fixed"),
+    "router": ("gru", "mlp", "fixed", "linear"),
     "router_hidden": ANY,
     "temperature": ANY,
     "top_k": ANY,
@@ -53,15 +53,21 @@ SUPPORTED_VALUES: dict[str, tuple[Any, ...] | None] = {
     "capacity": ANY,  # expert choice decodes with the learned thresholds, not with the capacity
     "attn_candidates": ("all", "diagonal", "grouped"),
     "ffn_candidates": ("all", "diagonal", "grouped"),
+    "route_unit": ("half", "block"),
+    "qkv_combine": ("weighted", "sum"),
+    # decomposition only: which GPT-2 layers a pool was initialised from
+    "chunk_layers": ANY,
     # training only: auxiliary losses and initialisation do not change the function a trained model computes
     "balance_coef": ANY,
     "balance_scope": ANY,
     "balance_skip": ANY,
     "z_coef": ANY,
+    "balance": ANY,
     "init_std": ANY,
     # implementation choices of mom with equal outputs (the dispatch kernels; packing or masking all-SKIP keys)
     "dispatch": ANY,
     "key_mask": ANY,
+    "attention": ANY,  # sdpa or the eager softmax(QKᵀ/√d)V: equal outputs to rounding
 }
 
 #: MoMConfig fields stored under another name in the Hugging Face config (all others keep theirs).
@@ -107,6 +113,11 @@ class MoMHFConfig(PretrainedConfig):
     capacity: float = 0.5
     attn_candidates: str = "all"
     ffn_candidates: str = "all"
+    route_unit: str = "half"
+    qkv_combine: str = "weighted"
+    balance: str = "ours"
+    chunk_layers: int = 0
+    attention: str = "sdpa"
     balance_coef: float = 0.01
     balance_scope: str = "step"
     balance_skip: str = "exclude"
@@ -156,10 +167,17 @@ class MoMHFConfig(PretrainedConfig):
         return list(range(step * group, (step + 1) * group))
 
     def is_static(self, half: str) -> bool:
-        """Every token takes the same single module at each step with weight 1: the half has no router."""
+        """Every token takes the same single module at each step with weight 1."""
         if self.router == "fixed":
             return True
+        if half == "ffn" and self.route_unit == "block":
+            return self.is_static("attn")
         return self.selection == "token" and not self.skip and len(self.candidates(half, 0)) == 1
+
+    def has_router(self, half: str) -> bool:
+        """The half has its own router: it is not static, and not the FFN half of a block-routed step (which
+        takes the attention router's route)."""
+        return not self.is_static(half) and not (half == "ffn" and self.route_unit == "block")
 
     def static_module(self, half: str, step: int) -> int:
         """The module every token takes at ``step`` when :meth:`is_static`."""

@@ -21,8 +21,10 @@ How a batch flows (B sequences of T tokens, width D; x_TD is the residual stream
 A vanilla layer is a pool of one module on the static route "every token takes module 0 with weight 1".
 
 Routing is always causal, as in mom with ``causal_routing=True``: token choice is causal by itself, and expert
-choice (Mixture-of-Depths) uses mom's causal rule, candidate c takes a token iff its router probability reaches
-the learned threshold ``threshold_*[step, c]``, instead of the sequence-wide top-capacity selection of training.
+choice (Mixture-of-Depths) uses mom's causal rule, candidate c takes a token iff its router probability (the
+linear router's raw score) reaches the learned threshold ``threshold_*[step, c]``, instead of the sequence-wide
+top-capacity selection of training. With ``route_unit='block'`` one route per step serves both halves
+(:func:`block_step`); with ``qkv_combine='sum'`` the picked modules' q, k, v are summed unweighted.
 
 Decoding uses :class:`MoMCache`: one cache layer per attention core (every vanilla layer and every (chunk, step)),
 each holding, besides keys and values, whether every cached position is a key there. Padded positions
@@ -140,7 +142,18 @@ class MLPRouter(nn.Module):
         return self.out(F.relu(self.fc(x_TD))), None
 
 
-ROUTERS = {"gru": GRURouter, "mlp": MLPRouter}
+class LinearRouter(nn.Module):
+    """Mixture-of-Depths' router: scores ``r = W x_t + b``, one row per module, used raw (no softmax)."""
+
+    def __init__(self, d: int, hidden: int, n_out: int):
+        super().__init__()
+        self.out = nn.Linear(d, n_out)
+
+    def forward(self, x_TD: Tensor, h: None) -> tuple[Tensor, None]:
+        return self.out(x_TD), None
+
+
+ROUTERS = {"gru": GRURouter, "mlp": MLPRouter, "linear": LinearRouter}
 
 
 @dataclass
@@ -187,7 +200,8 @@ def token_choice(probs_TN: Tensor, k: int) -> Route:
 
 def causal_expert_choice(probs_TN: Tensor, cand_c: Tensor, threshold_c: Tensor) -> Route:
     """Expert choice, decoded causally: candidate c takes a token iff its probability g_c ≥ ``threshold_c``, with
-    weight g_c (K = the step's candidates; a candidate that does not take the token is a SKIP pick)."""
+    weight g_c (K = the step's candidates; a candidate that does not take the token is a SKIP pick). For the linear
+    router ``probs_TN`` holds its raw scores r (Mixture-of-Depths: r ranks and weights tokens)."""
     n = probs_TN.shape[-1] - 1
     scores_Tc = probs_TN[:, cand_c]
     return Route(torch.where(scores_Tc >= threshold_c, cand_c, n), scores_Tc, n)
@@ -295,10 +309,13 @@ def causal_attention(qkv_BT3D: Tensor, key_valid_BT: Tensor, n_head: int, cache:
 Attend = Callable[[Tensor, Tensor], Tensor]  # (qkv_BT3D, key_valid_BT) -> o_BTD: one attention core
 
 
-def attention_half(pool: ModulePool, x_TD: Tensor, route: Route, B: int, attend: Attend) -> Tensor:
-    """The attention half of a step: the residual update (T, D)."""
+def attention_half(pool: ModulePool, x_TD: Tensor, route: Route, B: int, attend: Attend,
+                   qkv_sum: bool = False) -> Tensor:
+    """The attention half of a step: the residual update (T, D). ``qkv_sum``: the picked modules' q, k, v summed
+    without weights (``qkv_combine='sum'``, the official code's default)."""
     D = x_TD.shape[-1]
-    qkv_TD = routed_sum(x_TD, route.idx_TK, route.qkv_weights(), route.n, pool.qkv, 3 * D)
+    qkv_w_TK = route.picked_TK.to(route.w_TK.dtype) if qkv_sum else route.qkv_weights()
+    qkv_TD = routed_sum(x_TD, route.idx_TK, qkv_w_TK, route.n, pool.qkv, 3 * D)
     o_BTD = attend(qkv_TD.view(B, -1, 3 * D), route.key_valid().view(B, -1))
     return routed_sum(o_BTD.reshape(-1, D), route.idx_TK, route.w_TK, route.n, pool.proj, D)
 
@@ -306,6 +323,19 @@ def attention_half(pool: ModulePool, x_TD: Tensor, route: Route, B: int, attend:
 def ffn_half(pool: ModulePool, x_TD: Tensor, route: Route) -> Tensor:
     """The FFN half of a step: the residual update (T, D)."""
     return routed_sum(x_TD, route.idx_TK, route.w_TK, route.n, pool.ffn, x_TD.shape[-1])
+
+
+def block_step(pool: ModulePool, x_TD: Tensor, route: Route, B: int, attend: Attend, qkv_sum: bool) -> Tensor:
+    """A block-routed step (``route_unit='block'``, Mixture-of-Depths as published): both halves take the route's
+    picks with weights scaled to sum to 1; the block's update u = a + f (attention a, then the FFN on x + a) is
+    added times s, the sum of the token's real picks' weights: x + s·u (MoD: x + r·(block(x) − x))."""
+    w_TK = route.w_TK * route.picked_TK
+    s_T1 = w_TK.sum(-1, keepdim=True)
+    none_T1 = s_T1 == 0
+    unit = Route(route.idx_TK, torch.where(none_T1, 0.0, w_TK / torch.where(none_T1, 1.0, s_T1)), route.n)
+    a_TD = attention_half(pool, x_TD, unit, B, attend, qkv_sum)
+    u_TD = a_TD + ffn_half(pool, x_TD + a_TD, unit)
+    return x_TD + s_T1.to(u_TD.dtype) * u_TD
 
 
 def vanilla_layer(pool: ModulePool, x_TD: Tensor, B: int, attend: Attend) -> Tensor:
@@ -324,10 +354,10 @@ class Chunk(nn.Module):
         self.pool = ModulePool(cfg.n_attn, cfg.n_ffn, cfg)
         for half in HALVES:
             n = cfg.n_modules(half)
-            static = cfg.is_static(half)
-            router = None if static else ROUTERS[cfg.router](cfg.d_model, cfg.router_hidden, n + 1)
+            routed = cfg.has_router(half)
+            router = ROUTERS[cfg.router](cfg.d_model, cfg.router_hidden, n + 1) if routed else None
             setattr(self, f"router_{half}", router)
-            if cfg.selection == "expert" and not static:
+            if cfg.selection == "expert" and routed:
                 # per (step, candidate): the router probability a token needs for the candidate to take it
                 self.register_buffer(f"threshold_{half}", torch.empty(cfg.steps, len(cfg.candidates(half, 0))))
         self.anchor = ModulePool(1, 1, cfg) if cfg.anchor else None
@@ -342,6 +372,8 @@ class Chunk(nn.Module):
         allowed_N = torch.zeros(n + 1, dtype=torch.bool, device=x_TD.device)
         allowed_N[cand_c] = True
         allowed_N[n] = cfg.skip
+        if cfg.router == "linear":  # raw scores, expert choice only
+            return causal_expert_choice(logits_TN.float(), cand_c, getattr(self, f"threshold_{half}")[step]), state
         probs_TN = router_probs(logits_TN, allowed_N, cfg.router_temperature)
         if cfg.selection == "token":
             return token_choice(probs_TN, cfg.k(half)), state
@@ -350,9 +382,13 @@ class Chunk(nn.Module):
     def forward(self, x_TD: Tensor, B: int, attend_at: Callable[[int], Attend], first_core: int) -> Tensor:
         """``attend_at(i)``: attention core i; this chunk's steps are cores ``first_core`` + h, its anchor next."""
         state: dict[str, Tensor | None] = {half: None for half in HALVES}
+        qkv_sum = self.cfg.qkv_combine == "sum"
         for h in range(self.cfg.steps):
             route, state["attn"] = self.route("attn", x_TD, state["attn"], h)
-            x_TD = x_TD + attention_half(self.pool, x_TD, route, B, attend_at(first_core + h))
+            if self.cfg.route_unit == "block":
+                x_TD = block_step(self.pool, x_TD, route, B, attend_at(first_core + h), qkv_sum)
+                continue
+            x_TD = x_TD + attention_half(self.pool, x_TD, route, B, attend_at(first_core + h), qkv_sum)
             route, state["ffn"] = self.route("ffn", x_TD, state["ffn"], h)
             x_TD = x_TD + ffn_half(self.pool, x_TD, route)
         if self.anchor is not None:
@@ -391,7 +427,7 @@ class MoMPreTrainedModel(PreTrainedModel):
                 threshold = getattr(module, f"threshold_{half}", None)
                 if threshold is not None:
                     n_choices = threshold.shape[1] + int(cfg.skip)
-                    init.constant_(threshold, 1.0 / n_choices)
+                    init.constant_(threshold, 0.0 if cfg.router == "linear" else 1.0 / n_choices)
 
 
 class MoMForCausalLM(MoMPreTrainedModel, GenerationMixin):
