@@ -26,9 +26,15 @@ LATEST = "latest.json"
 METRICS = "metrics.jsonl"
 
 
+METRICS_CSV = "metrics.csv"  # the train and val rows of metrics.jsonl as a table (--train.csv)
+
+
+TENSORBOARD = "tensorboard"  # TensorBoard event files (--train.tensorboard)
+
+
 # Everything a run writes into its directory (``--force`` removes these and nothing else).
-RUN_FILES = ("config.json", "train_config.json", "run.json", METRICS, LATEST, CHECKPOINTS, "model.safetensors",
-             MANIFEST, "loss.png", "routing.png")
+RUN_FILES = ("config.json", "train_config.json", "run.json", METRICS, METRICS_CSV, TENSORBOARD, LATEST, CHECKPOINTS,
+             "model.safetensors", MANIFEST, "loss.png", "routing.png")
 
 
 def _complete(ckpt: Path) -> bool:

@@ -17,16 +17,37 @@ from mom.runs import read_latest
 from mom.train.loop import train
 
 
-def write_plots(out: Path) -> None:
+def write_plots(out: Path, quiet: bool = False) -> list[Path]:
     """The run's loss and routing plots (matplotlib is the optional ``plots`` extra: without it, say so)."""
     try:
         from mom.analysis import plots
     except ImportError as e:
         print(f"no plots ({e}); install them with: pip install 'mixture-of-modules[plots]'", flush=True)
-        return
+        return []
     written = plots.plot_run(out)
-    if written:
+    if written and not quiet:
         print("plots: " + ", ".join(str(p) for p in written), flush=True)
+    return written
+
+
+class PlotRefresher:
+    """The ``on_eval`` hook of ``mom train``: redraws the run's plots after every evaluation, so a long run can be
+    watched while it trains. Plotting is a side output: if it fails (or matplotlib is missing) training goes on
+    and the reason is said once."""
+
+    def __init__(self, out: Path):
+        self.out, self.failed = out, False
+
+    def __call__(self, step: int) -> None:
+        if self.failed:
+            return
+        try:
+            if not write_plots(self.out, quiet=True):
+                self.failed = True  # no matplotlib (already said), or nothing to draw yet
+        except Exception as e:  # noqa: BLE001 - a plotting failure must not end a training run
+            self.failed = True
+            print(f"warning: the plots were not refreshed at step {step} ({type(e).__name__}: {e}); training "
+                  "goes on", flush=True)
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -73,7 +94,8 @@ def run_train(args: argparse.Namespace, overrides: dict[str, dict[str, str]]) ->
         tcfg = tcfg.replace(**train_over)
     try:
         result = train(mcfg, tcfg, out=out, data=args.data, init=args.init_from, resume=args.resume,
-                       force=args.force, progress=not args.no_progress, command=command_line(args, overrides, out))
+                       force=args.force, progress=not args.no_progress, command=command_line(args, overrides, out),
+                       on_eval=PlotRefresher(out))
         if result.finished and result.main_process:
             write_plots(result.run_dir)
     finally:
