@@ -50,11 +50,12 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
                                                                       "(default: runs/demo)")
     p.add_argument("--data", metavar="DIR", help="dataset directory (default: the built-in corpus in data/builtin, "
                                                  "prepared on first use)")
-    p.add_argument("--phase1-steps", type=int, default=PHASE1_STEPS, metavar="N")
+    p.add_argument("--phase1-steps", type=int, default=PHASE1_STEPS, metavar="N",
+                   help="steps of the vanilla phase 1")
     p.add_argument("--phase2-steps", type=int, default=PHASE2_STEPS, metavar="N",
                    help="steps of the MoM phase 2 (the vanilla continuation gets the same tokens, or FLOPs)")
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, metavar="B")
-    p.add_argument("--seq-len", type=int, default=SEQ_LEN, metavar="T")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, metavar="B", help="sequences per step")
+    p.add_argument("--seq-len", type=int, default=SEQ_LEN, metavar="T", help="tokens per sequence")
     p.add_argument("--eval-tokens", type=int, default=EVAL_TOKENS, metavar="N",
                    help="validation tokens per evaluation (0 = the whole val split)")
     p.add_argument("--match", choices=("tokens", "flops"), default="tokens",
