@@ -158,9 +158,12 @@ def start_run_dir(out: Path, force: bool, mcfg: MoMConfig, tcfg: TrainConfig, ru
     write_json_atomic(out / "run.json", run_info)
 
 
-def continue_run_dir(out: Path, step: int, run_info: dict[str, Any]) -> None:
-    """Resuming at ``step``: drop the metrics rows logged after it and record the resumption in run.json."""
+def continue_run_dir(out: Path, step: int, run_info: dict[str, Any], tcfg: TrainConfig | None = None) -> None:
+    """Resuming at ``step``: drop the metrics rows logged after it and record the resumption in run.json; ``tcfg``:
+    the run's train config when this resume changes it (another ``max_steps``)."""
     truncate_metrics(out / METRICS, step)
+    if tcfg is not None:
+        tcfg.save(out / "train_config.json")
     run_info.setdefault("resumed_at", []).append(step)
     write_json_atomic(out / "run.json", run_info)
 

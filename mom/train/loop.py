@@ -100,7 +100,8 @@ def train(mcfg: MoMConfig | None, tcfg: TrainConfig | None, *, out: str | os.Pat
     rt.dist.barrier()
     if rt.dist.is_main:
         if plan.resuming:
-            continue_run_dir(plan.out, int(state["step"]), plan.run_info)
+            continue_run_dir(plan.out, int(state["step"]), plan.run_info,
+                             plan.tcfg if plan.extend_from is not None else None)
         else:
             start_run_dir(plan.out, force, plan.mcfg, plan.tcfg,
                           run_info(plan, rt, model, command, init_note, data_dir, train_tok, val_tok))
