@@ -260,18 +260,18 @@ def export_proxy(task: str, out: str | os.PathLike, overwrite: bool = False) -> 
     existing = [f for f in files if (out / f).exists()]
     if existing and not overwrite:
         raise DataError(f"{out}: already holds {', '.join(existing)}; pass --force to replace them")
+    # The data first (a missing package or data file is one error, and nothing is created), then the directory.
+    data = news_xsum() if name == "news-xsum" else load_classification(name, None)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # a file in the way, no permission
         raise DataError(f"{out}: cannot create the output directory ({e.strerror or e})") from None
     if name == "news-xsum":
-        data = news_xsum()
         for split, rows in (("train", data.train), ("test", data.test)):
             _write_text(out / f"{split}.jsonl", "".join(
                 json.dumps({"id": r.id, "document": r.document, "summary": r.summary}, ensure_ascii=False) + "\n"
                 for r in rows))
         return data.sizes()
-    data = load_classification(name, None)
     for split, rows in (("train", data.train), ("dev", data.dev["dev"])):
         if name == "rt-polarity":
             lines = ["sentence\tlabel"] + [f"{e.text_a}\t{e.label}" for e in rows]
