@@ -249,8 +249,9 @@ def plot_runs(run_dirs: Sequence[str | os.PathLike], path: str | os.PathLike) ->
     ax_tok.set(xlabel="tokens seen", ylabel="LM cross-entropy (nats)", title="loss against tokens")
     flops = lambda run, r: r["tokens"] * run.flops_per_token if run.flops_per_token else None  # noqa: E731
     if _curves(ax_flops, runs, flops, "val_loss", with_train=True):
-        ax_flops.set(xlabel="training FLOPs (analytic: tokens × train FLOPs per token)", xscale="log",
+        ax_flops.set(xlabel="training FLOPs (analytic: tokens × train FLOPs per token)",
                      ylabel="LM cross-entropy (nats)", title="loss against training compute")
+        ax_flops.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
     else:
         _no_data(ax_flops, "no run has its config.json and train_config.json")
     if _curves(ax_bpb, runs, lambda run, r: r["tokens"], "val_bpb", with_train=False):

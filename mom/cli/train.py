@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import time
 from pathlib import Path
 
 import torch
@@ -31,16 +32,19 @@ def write_plots(out: Path, quiet: bool = False) -> list[Path]:
 
 
 class PlotRefresher:
-    """The ``on_eval`` hook of ``mom train``: redraws the run's plots after every evaluation, so a long run can be
-    watched while it trains. Plotting is a side output: if it fails (or matplotlib is missing) training goes on
-    and the reason is said once."""
+    """The ``on_eval`` hook of ``mom train``: redraws the run's plots after an evaluation, so a long run can be
+    watched while it trains; at most once per ``every_s`` seconds (drawing takes ~2 s; a short run draws only at the
+    end, as ``mom train`` always does). Plotting is a side output: if it fails (or matplotlib is missing) training
+    goes on and the reason is said once."""
 
-    def __init__(self, out: Path):
-        self.out, self.failed = out, False
+    def __init__(self, out: Path, every_s: float = 30.0):
+        self.out, self.every_s, self.failed = out, every_s, False
+        self.last = time.monotonic()
 
     def __call__(self, step: int) -> None:
-        if self.failed:
+        if self.failed or time.monotonic() - self.last < self.every_s:
             return
+        self.last = time.monotonic()
         try:
             if not write_plots(self.out, quiet=True):
                 self.failed = True  # no matplotlib (already said), or nothing to draw yet

@@ -207,3 +207,14 @@ def test_an_elastic_restart_continues_only_the_run_its_own_job_started(tmp_path,
     shutil.rmtree(run / "checkpoints")  # killed before its first checkpoint: start over
     resume, force, note = elastic_continuation(run, False, False)
     assert (resume, force) == (False, True) and "starting" in note
+
+
+def test_plots_are_redrawn_at_evaluations_at_most_every_so_often(tmp_path, data_dir):
+    from mom.cli.train import PlotRefresher
+
+    often, seldom = tmp_path / "often", tmp_path / "seldom"
+    for run, every in ((often, 0.0), (seldom, 3600.0)):
+        train(mom_cfg(), tcfg(max_steps=2, eval_interval=1), out=run, data=str(data_dir), progress=False,
+              on_eval=PlotRefresher(run, every_s=every))
+    assert (often / "loss.png").is_file() and (often / "routing.png").is_file()
+    assert not (seldom / "loss.png").exists()  # (mom train draws them at the end in any case)
