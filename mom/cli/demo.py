@@ -31,6 +31,7 @@ from mom.config.model import MoMConfig, preset
 from mom.data.prepare import prepare
 from mom.data.tokens import DEFAULT_DATA_DIR, read_meta
 from mom.errors import MomError
+from mom.extras import import_extra
 from mom.fileio import atomic_write, read_json, write_json_atomic
 from mom.model.flops import count
 from mom.runs import RUN_FILES, read_latest, read_metrics
@@ -83,6 +84,7 @@ def run_demo(args: argparse.Namespace, overrides: dict[str, dict[str, str]]) -> 
     for name in ("phase1_steps", "phase2_steps", "batch_size", "seq_len"):
         if getattr(args, name) < 1:
             raise MomError(f"--{name.replace('_', '-')} must be ≥ 1")
+    import_extra("matplotlib", "plots", "mom demo (the figures of its report)")  # now, not after minutes of training
     out = Path(args.out)
     data = args.data or str(DEFAULT_DATA_DIR)
     model_over: list[str] = []
