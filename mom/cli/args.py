@@ -14,7 +14,9 @@ class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if (action.default in (None, False, [], argparse.SUPPRESS) or "default" in text.lower()
+        nothing = action.default is None or action.default is False or action.default == [] \
+            or action.default is argparse.SUPPRESS  # (identity: a default of 0 is shown)
+        if (nothing or "default" in text.lower()
                 or "%(default)" in text or not (action.option_strings or action.nargs in ("?", "*"))):
             return text
         return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"

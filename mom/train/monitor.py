@@ -239,9 +239,10 @@ def tensorboard_wanted(tcfg: TrainConfig) -> bool:
 class TensorBoardLog:
     """Event files in ``RUN/tensorboard``: every number of every train and val row at its step, as float64 tensors
     (new-style scalar summaries; TensorBoard plots them as scalars) so they equal metrics.jsonl's exactly. A resumed
-    run first tells TensorBoard to drop what the killed run logged after its checkpoint (``purge_step``)."""
+    run first tells TensorBoard to drop what the killed run logged after its checkpoint (``purge_step``: a session
+    start at that step; a new run's is at step 0, since TensorBoard takes the first start it reads as no restart)."""
 
-    def __init__(self, log_dir: Path, purge_step: int | None):
+    def __init__(self, log_dir: Path, purge_step: int):
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step, flush_secs=30)
@@ -329,7 +330,9 @@ class Monitor:
         self.rt, self.main, self.max_steps = rt, rt.dist.is_main, tcfg.max_steps
         self.file = open(run_dir / METRICS, "a", encoding="utf-8") if self.main else None
         self.csv = CsvLog(run_dir / METRICS_CSV, read_metrics(run_dir)) if self.main and tcfg.csv else None
-        self.tb = (TensorBoardLog(run_dir / TENSORBOARD, start + 1 if start else None)
+        # Every writer marks a session start (TensorBoard ignores the first it sees, and on each later one drops the
+        # events from that step on: those a killed run logged after the checkpoint this run resumes from).
+        self.tb = (TensorBoardLog(run_dir / TENSORBOARD, start + 1 if start else 0)
                    if self.main and tensorboard_wanted(tcfg) else None)
         self.bar = progress_bar(progress and self.main, tcfg.max_steps, start)
         self.window = Window()

@@ -34,7 +34,8 @@ def csv_rows(run) -> list[dict]:
 
 def tensorboard_values(run) -> dict[str, list[tuple[int, float]]]:
     pytest.importorskip("tensorboard")
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    # TensorBoard's own reader (the one its server uses: it also applies a resumed run's purge_step)
+    from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
     from tensorboard.util import tensor_util
 
     acc = EventAccumulator(str(run / "tensorboard"), size_guidance={"tensors": 0})
@@ -80,16 +81,19 @@ def test_tensorboard_and_csv_hold_the_numbers_of_metrics_jsonl(tmp_path, data_di
 def test_a_killed_and_resumed_run_keeps_tracking_equal_to_metrics_jsonl(tmp_path, data_dir):
     """Rows logged after the last checkpoint are redone on resume: the CSV is rebuilt and TensorBoard is told to
     drop them (purge_step), so nothing is counted twice."""
+    import shutil
+
     run = tmp_path / "run"
-    t = tcfg(max_steps=8, log_interval=1, eval_interval=3, ckpt_interval=4)
-    train(mom_cfg(), t, out=run, data=str(data_dir), progress=False, stop_at=6)  # checkpoint at 4 and at 6
-    # as if killed after logging step 7 but before its checkpoint: a stray row the resume must drop
-    stray = {**tracked(run)[-1], "step": 7, "loss": 123.0}
-    with open(run / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(stray) + "\n")
+    t = tcfg(max_steps=8, log_interval=1, eval_interval=3, ckpt_interval=4, keep_checkpoints=2)
+    train(mom_cfg(), t, out=run, data=str(data_dir), progress=False, stop_at=6)  # checkpoints at 4 and 6
+    # As if killed after logging steps 5 and 6 (all three writers have them) but before the step-6 checkpoint:
+    shutil.rmtree(run / "checkpoints" / "step-00000006")
+    (run / "latest.json").write_text(json.dumps({"step": 4, "path": "checkpoints/step-00000004"}))
+    with open(run / "metrics.jsonl", "a") as f:  # … and a torn last line
+        f.write('{"type": "train", "step": 7, "lo')
     train(None, None, out=run, resume=True, progress=False)
     assert [r["step"] for r in tracked(run) if r["type"] == "train"] == list(range(1, 9))
-    assert_tracking_matches_jsonl(run)
+    assert_tracking_matches_jsonl(run)  # TensorBoard's steps 5 and 6 once, not twice
 
 
 def test_tracking_can_be_switched_off_and_asking_for_a_missing_tensorboard_is_one_error(tmp_path, data_dir,
