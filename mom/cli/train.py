@@ -68,7 +68,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init-from", metavar="RUN_DIR|hf:DIR",
                    help="start from these weights: a run/model directory (same layout: loaded; vanilla into a MoM "
                         "layout: decomposed, routers fresh) or an HF GPT-2 directory")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its latest checkpoint; with another --train.max_steps, extend "
+                        "(or shorten) it (the cosine is re-stretched from here). Under torchrun --max-restarts a "
+                        "restarted job resumes by itself")
     p.add_argument("--force", action="store_true", help="start over in an --out that already holds a run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_train, overrides=("model", "train"))
