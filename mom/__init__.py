@@ -22,7 +22,7 @@ _API = {
     "MoMConfig": "mom.config.model", "preset": "mom.config.model", "preset_names": "mom.config.model",
     "resolve_config": "mom.config.model", "TrainConfig": "mom.config.train", "train": "mom.train.loop",
     "from_gpt2": "mom.convert.gpt2", "Engine": "mom.inference.engine", "SamplingParams": "mom.inference.engine",
-    "tokenizer": "mom.data.tokenizer",
+    "tokenizer": "mom.data.tokenizer", "load_tokenizer": "mom.data.tokenizer",
 }
 
 __all__ = [*_API, "MomError", "ConfigError", "CheckpointError", "DataError"]

@@ -13,6 +13,7 @@ import torch
 
 from mom.config.model import MoMConfig
 from mom.config.train import TrainConfig
+from mom.data.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer
 from mom.errors import CheckpointError, MomError
 from mom.fileio import MANIFEST, atomic_write, read_json, write_json_atomic
 from mom.model.model import MoM
@@ -34,7 +35,7 @@ TENSORBOARD = "tensorboard"  # TensorBoard event files (--train.tensorboard)
 
 # Everything a run writes into its directory (``--force`` removes these and nothing else).
 RUN_FILES = ("config.json", "train_config.json", "run.json", METRICS, METRICS_CSV, TENSORBOARD, LATEST, CHECKPOINTS,
-             "model.safetensors", MANIFEST, "loss.png", "routing.png")
+             "model.safetensors", MANIFEST, TOKENIZER_FILE, "loss.png", "routing.png")
 
 
 def _complete(ckpt: Path) -> bool:
@@ -139,13 +140,49 @@ def resolve_model_dir(spec: str | os.PathLike, missing: str = "checkpoint direct
 
 
 def load_model(spec: str | os.PathLike, device: torch.device | str = "cpu", **overrides):
-    """Load a checkpoint for measuring (eval mode)."""
-    return MoM.from_pretrained(resolve_model_dir(spec), map_location=device, **overrides).eval()
+    """Load a checkpoint for measuring (eval mode), with ``model.tokenizer`` set to the tokenizer its directory
+    carries (:func:`mom.data.tokenizer.load_tokenizer`: its ``tokenizer.json``, else GPT-2); the engine, the
+    evaluations and ``mom routes --text`` read text with it."""
+    directory = resolve_model_dir(spec)
+    model = MoM.from_pretrained(directory, map_location=device, **overrides).eval()
+    model.tokenizer = load_tokenizer(directory)
+    return model
 
 
-def start_run_dir(out: Path, force: bool, mcfg: MoMConfig, tcfg: TrainConfig, run_info: dict[str, Any]) -> None:
-    """Create a new run directory (``force``: clearing what a previous run wrote there) with its configs, run.json
-    and an empty metrics file."""
+def run_dir_of(model_dir: str | os.PathLike) -> Path | None:
+    """The training run a model directory belongs to: itself (a run's final model, or a run in progress), the run
+    holding it as one of its checkpoints, or None (a model directory of its own)."""
+    d = Path(model_dir)
+    if (d / "run.json").is_file():
+        return d
+    if d.parent.name == CHECKPOINTS and (d.parent.parent / "run.json").is_file():
+        return d.parent.parent
+    return None
+
+
+def last_validation(spec: str | os.PathLike) -> dict[str, Any] | None:
+    """The last validation row of the run ``spec`` (a run, model or checkpoint directory) comes from, up to the
+    step of the checkpoint it resolves to, that sets the loss beside the unigram yardstick; None when the run (or
+    such a row) is not there."""
+    directory = resolve_model_dir(spec)
+    run = run_dir_of(directory)
+    if run is None:
+        return None
+    upto = None
+    if directory.parent.name == CHECKPOINTS:
+        try:
+            upto = int(directory.name.removeprefix("step-"))
+        except ValueError:
+            return None
+    rows = [r for r in read_metrics(run) if r.get("type") == "val" and isinstance(r.get("val_loss"), (int, float))
+            and isinstance(r.get("unigram_loss"), (int, float)) and (upto is None or r.get("step", 0) <= upto)]
+    return rows[-1] if rows else None
+
+
+def start_run_dir(out: Path, force: bool, mcfg: MoMConfig, tcfg: TrainConfig, run_info: dict[str, Any],
+                  tokenizer: Tokenizer | None = None) -> None:
+    """Create a new run directory (``force``: clearing what a previous run wrote there) with its configs, run.json,
+    an empty metrics file and the data's tokenizer (``tokenizer.json`` for a corpus BPE)."""
     if force and out.exists():
         clear_run(out)
     try:
@@ -154,6 +191,8 @@ def start_run_dir(out: Path, force: bool, mcfg: MoMConfig, tcfg: TrainConfig, ru
         raise MomError(f"{out}: cannot create the run directory ({e.strerror or e})") from None
     mcfg.save(out / "config.json")
     tcfg.save(out / "train_config.json")
+    if tokenizer is not None:
+        tokenizer.save(out)
     (out / METRICS).write_text("", encoding="utf-8")
     write_json_atomic(out / "run.json", run_info)
 

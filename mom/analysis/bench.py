@@ -4,8 +4,8 @@ much; the absolute figures are printed with the machine they came from).
 ``mom bench train`` / ``mom bench forward``: a MoM (fast ``grouped`` dispatcher and the ``loop`` reference)
 against the dense GPT-2 with the same width and the same *active* matmul FLOPs per token (see
 :func:`active_layers`), alternating after warm-up; reports time per step, tokens/s, achieved FLOP/s (analytic
-FLOPs from :mod:`mom.flops`), peak-FLOPs utilisation on known GPUs, peak memory (the CUDA allocator, or on the
-CPU an untimed step under :mod:`mom.memory`'s tensor tracker), and the MoM/dense time per active and per routed
+FLOPs from :mod:`mom.model.flops`), peak-FLOPs utilisation on known GPUs, peak memory (the CUDA allocator, or on the
+CPU an untimed step under :mod:`mom.analysis.memory`'s tensor tracker), and the MoM/dense time per active and per routed
 FLOP.
 
 ``mom bench decode``: KV-cached vs uncached greedy decoding of the same model, and a MoM against vanilla models of
@@ -181,8 +181,8 @@ def make_step(model, idx, *, mode: str = "train", device: str = "cpu", compile: 
 CONTENDERS = ("mom_grouped", "mom_loop", "dense")
 def memory_measurable(device: str, compile: bool, compile_mode: str | None) -> bool:
     """Whether a contender's peak memory can be measured: on CUDA by the allocator, except under CUDA graphs (their
-    memory pool is reserved at capture, before any baseline); on the CPU by mom.memory's tensor tracker, which sees
-    every operator's outputs but not the insides of compiled code, so eager only."""
+    memory pool is reserved at capture, before any baseline); on the CPU by mom.analysis.memory's tensor tracker,
+    which sees every operator's outputs but not the insides of compiled code, so eager only."""
     if torch.device(device).type == "cuda":
         return not (compile and cuda_graphs(compile_mode))
     return not compile

@@ -1,17 +1,5 @@
-"""Analytic parameter and FLOP counts (nanoGPT / PaLM convention).
-
-Conventions, stated once:
-
-* A matmul with a (m × n) weight costs 2·m·n FLOPs per token forward (multiply + add); the backward costs twice
-  the forward, so training = 3 × forward = 6·N_active per token (Kaplan et al.; PaLM appendix B).
-* Attention scores and the weighted sum of values cost 2·2·D·T per token for each attention core, with T the
-  sequence length counted in full (not halved for causality), as nanoGPT's ``estimate_mfu`` and PaLM do.
-* LayerNorms, biases, GELU, softmax and embedding lookups are not counted (they are < 1% at GPT-2 scale).
-* *Active* parameters are those a token's forward pass touches. For token choice we count K modules per router
-  per step, i.e. the upper bound where no pick is SKIP (pass measured ``modules_per_step`` for the real figure);
-  for expert choice each of the step's candidate modules takes a ``capacity`` fraction of the tokens.
-* An assembled step runs one attention core, whatever K is: the picked modules' q, k, v are combined first.
-* The tied LM head counts as a V × D matmul; ``wpe`` and the input embedding lookup are parameters but not FLOPs.
+"""Measured FLOPs: ``FlopCounterMode`` formulas for mom's custom ops (the rows they really compute), and the FLOPs
+and module usage of a model measured on data, to set beside the analytic counts of :mod:`mom.model.flops`.
 """
 
 from __future__ import annotations
@@ -37,7 +25,7 @@ def _rows_computed(x, offs) -> int:
 def register_flop_formulas() -> None:
     """Teach ``torch.utils.flop_counter.FlopCounterMode`` the ops it cannot see into (idempotent).
 
-    * The grouped-GEMM custom ops of :mod:`mom.dispatch` (``mom::grouped_mm``, and where defined
+    * The grouped-GEMM custom ops of :mod:`mom.model.ops` (``mom::grouped_mm``, and where defined
       ``mom::grouped_linear``, its input gradient ``mom::grouped_mm_t`` and weight gradient
       ``mom::grouped_mm_wgrad``): a custom op is opaque to the counter (its inner matmuls run with the mode
       disabled), so without a formula routed modules would cost nothing. Each is a product of an (A, D) by a

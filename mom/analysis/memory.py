@@ -26,7 +26,7 @@ bytes; **saved activations** — the tensors autograd keeps for the backward pas
 excluded (the classic "activation memory"); gradient bytes after ``backward()``; AdamW state bytes.
 
 ``mom memory`` (:func:`cli_memory`) measures a config (random weights) or a checkpoint and its vanilla
-counterpart (:func:`mom.flops.vanilla_counterpart`) on the same batch and prints the ratios.
+counterpart (:func:`mom.model.flops.vanilla_counterpart`) on the same batch and prints the ratios.
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ def saved_activations(model: nn.Module, fn: Callable[[], Tensor]) -> tuple[int, 
 
 
 def measure_memory(model: nn.Module, idx_BT: Tensor, *, train: bool = True) -> MemoryReport:
-    """Measure ``model`` (a :class:`~mom.model.MoM`, on its device, fp32) on the token batch ``idx_BT``.
+    """Measure ``model`` (a :class:`~mom.model.model.MoM`, on its device, fp32) on the token batch ``idx_BT``.
 
     The model is left as it was: weights untouched (AdamW with lr = 0), buffers restored, gradients None,
     original train/eval mode."""

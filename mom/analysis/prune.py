@@ -132,7 +132,7 @@ def prune_state_dict(state: dict[str, torch.Tensor], cfg: MoMConfig,
 
 
 def prune(model, attn_keep: float, ffn_keep: float, by: str = "usage", batches=None):
-    """Prune ``model`` (a :class:`~mom.model.MoM`); returns ``(pruned model, report dict)``."""
+    """Prune ``model`` (a :class:`~mom.model.model.MoM`); returns ``(pruned model, report dict)``."""
     cfg = model.config
     check_prunable(cfg)
     n_attn = keep_count(cfg.n_attn, attn_keep, "--attn-keep")
@@ -144,6 +144,8 @@ def prune(model, attn_keep: float, ffn_keep: float, by: str = "usage", batches=N
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     pruned = MoM(new_cfg)
     pruned.load_state_dict(prune_state_dict(state, cfg, kept), strict=True, source="pruned weights")
+    if getattr(model, "tokenizer", None) is not None:  # the same tokens: the tokenizer carries over
+        pruned.tokenizer = model.tokenizer
     report = {
         "by": by, "attn_keep": attn_keep, "ffn_keep": ffn_keep, "tokens_measured": tokens,
         "n_attn": [cfg.n_attn, n_attn], "n_ffn": [cfg.n_ffn, n_ffn],
@@ -158,7 +160,7 @@ def prune(model, attn_keep: float, ffn_keep: float, by: str = "usage", batches=N
 
 # ================================================================================================ writing
 # What a pruned checkpoint directory holds: ``--force`` replaces a directory holding only these, nothing else.
-PRUNED_FILES = ("model.safetensors", "config.json", "prune.json", "manifest.json")
+PRUNED_FILES = ("model.safetensors", "config.json", "prune.json", "manifest.json", "tokenizer.json")
 
 
 def check_out(out: Path, force: bool) -> None:
@@ -189,9 +191,10 @@ def save_atomic(model, out: Path, report: dict, force: bool) -> None:
         raise MomError(f"--out {out}: cannot create the output directory ({e.strerror or e})") from None
     trash = None
     try:
-        model.save_pretrained(tmp, manifest=False)
+        # the tokenizer the model was loaded with (mom.runs.load_model) travels with the pruned model
+        names = model.save_pretrained(tmp, manifest=False, tokenizer=getattr(model, "tokenizer", None))
         (tmp / "prune.json").write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        write_manifest(tmp, ["model.safetensors", "config.json", "prune.json"])
+        write_manifest(tmp, [*names, "prune.json"])
         os.chmod(tmp, dir_mode())  # mkdtemp creates an owner-only directory; use the usual permissions
         if out.exists():
             trash = out.parent / f".{out.name}.old-{os.getpid()}"

@@ -13,7 +13,6 @@ from torch import Tensor
 
 from mom.analysis.routes import HALF_NAMES, RouteStats, route_grid, token_depths
 from mom.config.model import HALVES
-from mom.data.tokenizer import tokenizer
 from mom.errors import MomError
 
 # ================================================================================================ rendering
@@ -244,14 +243,13 @@ def render_html(rep: RouteReport, embed_png: bool = True) -> str:
 
 
 def report_from(stats: RouteStats, routes: Sequence, ids_T: Tensor, cfg, max_tokens: int, source: str,
-                model_name: str) -> RouteReport:
-    """Assemble a :class:`RouteReport` showing the first sequence of ``routes`` (token ids ``ids_T``)."""
+                model_name: str, tok=None) -> RouteReport:
+    """Assemble a :class:`RouteReport` showing the first sequence of ``routes`` (token ids ``ids_T``), its tokens
+    as text when the model's tokenizer ``tok`` is given and covers the model's vocabulary (else as ids)."""
     labels, idx_CT, w_CT = route_grid(routes, 0, max_tokens)
     shown = ids_T[:max_tokens].tolist()
-    if cfg.vocab_size >= 50257:
-
-        enc = tokenizer()
-        tokens = [enc.decode([t]) if t < enc.n_vocab else f"<{t}>" for t in shown]
+    if tok is not None and cfg.vocab_size >= tok.n_vocab:
+        tokens = [tok.decode([t]) if t < tok.n_vocab else f"<{t}>" for t in shown]
     else:
         tokens = [str(t) for t in shown]
     depth_T = token_depths(routes, cfg.n_vanilla_layers)[: len(shown)]

@@ -1,6 +1,6 @@
 """Routing analysis: which modules tokens take, how often they SKIP, how deep their paths are.
 
-:class:`RouteStats` accumulates :class:`~mom.model.RouteRecord` lists (``model(idx, return_routes=True).routes``)
+:class:`RouteStats` accumulates :class:`~mom.model.model.RouteRecord` lists (``model(idx, return_routes=True).routes``)
 over any number of forward passes and reduces them to plain numbers:
 
 * **usage** per (chunk, step, half): the fraction of picks that went to module 0 … N-1 and, last, SKIP (sums to
@@ -240,7 +240,7 @@ def collect_stats(model, batches: Iterable[Tensor]) -> tuple[RouteStats, list]:
 def usage_from_routes(routes) -> dict[str, float]:
     """Mean real (non-SKIP) modules a token runs per assembly step, per half, over ``routes``.
 
-    ``routes`` is an iterable of :class:`mom.model.RouteRecord` (of one forward or of many). Every (chunk, step)
+    ``routes`` is an iterable of :class:`mom.model.model.RouteRecord` (of one forward or of many). Every (chunk, step)
     sees the same tokens in a forward, so the plain mean over records and tokens is exactly the per-step figure
     :func:`count` multiplies by ``chunks · steps``. Halves with no record (no assembled block) are left out, so
     :func:`count` falls back to its own value for them."""

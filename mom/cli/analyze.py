@@ -18,7 +18,6 @@ from mom.analysis.routes import collect_stats
 from mom.cli.common import check_output_file, check_positive, iter_batches, resolve_data_dir, write_atomic
 from mom.config.model import resolve_config
 from mom.config.train import COMPILE_MODES
-from mom.data.tokenizer import tokenizer
 from mom.data.tokens import val_windows
 from mom.device import pick_device
 from mom.errors import MomError
@@ -32,7 +31,8 @@ OUT_FORMATS = (".png", ".html", ".json")
 def add_routes_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt", required=True, metavar="DIR", help="a mom model directory (or a training run)")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--text", help="analyse this text (GPT-2 tokens, truncated to the context length)")
+    src.add_argument("--text", help="analyse this text (the model's tokenizer: its tokenizer.json, else GPT-2; "
+                                    "truncated to the context length)")
     src.add_argument("--data", metavar="DIR", help="analyse validation windows of this dataset (val.bin)")
     p.add_argument("--out", required=True, metavar="FILE", help="report file: .png (figure), .html (self-contained "
                                                                 "page with tables and the figure) or .json (numbers)")
@@ -60,20 +60,21 @@ def run_routes(args: argparse.Namespace, overrides: dict[str, dict[str, str]]) -
     if args.text is not None:
         if not args.text.strip():
             raise MomError("--text is empty")
-        ids = tokenizer().encode_ordinary(args.text)[: cfg.n_ctx]
+        tok = model.tokenizer
+        ids = tok.encode_ordinary(args.text)[: cfg.n_ctx]
         if max(ids) >= cfg.vocab_size:
-            raise MomError(f"--text: GPT-2 token id {max(ids)} is outside this model's vocabulary ({cfg.vocab_size}); "
-                           "use --data with tokens of its vocabulary")
+            raise MomError(f"--text: {tok.name} token id {max(ids)} is outside this model's vocabulary "
+                           f"({cfg.vocab_size}); use --data with tokens of its vocabulary")
         windows = torch.tensor([ids], dtype=torch.long)
         source = f"--text ({len(ids)} tokens{', truncated to n_ctx' if len(ids) == cfg.n_ctx else ''})"
     else:
         seq_len = args.seq_len or min(cfg.n_ctx, 256)
         if seq_len > cfg.n_ctx:
             raise MomError(f"--seq-len {seq_len} exceeds the model's context length {cfg.n_ctx}")
-        windows = val_windows(args.data, cfg.vocab_size, seq_len, args.windows)
+        windows = val_windows(args.data, cfg.vocab_size, seq_len, args.windows, getattr(model, "tokenizer", None))
         source = f"{windows.shape[0]} validation windows × {seq_len} tokens of {args.data}"
     stats, first = collect_stats(model, iter_batches(windows, args.batch_size, device))
-    rep = report_from(stats, first, windows[0], cfg, args.max_tokens, source, str(args.ckpt))
+    rep = report_from(stats, first, windows[0], cfg, args.max_tokens, source, str(args.ckpt), model.tokenizer)
     suffix = out.suffix.lower()
     if suffix == ".json":
         payload = json.dumps({"model": str(args.ckpt), "source": source, **stats.summary()}, indent=1)
@@ -135,7 +136,7 @@ def run_flops(args, overrides) -> int:
     measured = usage = source = None
     if model is not None and not cfg.is_vanilla:  # a checkpoint's routers decide: measure what they pick
         data = resolve_data_dir(args.data)
-        windows = val_windows(data, cfg.vocab_size, T, args.windows)
+        windows = val_windows(data, cfg.vocab_size, T, args.windows, getattr(model, "tokenizer", None))
         measured = measure_flops(model, iter_batches(windows, args.batch_size, device))
         usage = measured.usage
         source = f"{windows.shape[0]} validation windows × {T} tokens of {data}"
@@ -221,7 +222,7 @@ def run_memory(args: argparse.Namespace, overrides: dict[str, dict[str, str]]) -
     if T > cfg.n_ctx:
         raise MomError(f"--seq-len {T} exceeds the model's context length {cfg.n_ctx}")
     if args.data:
-        windows = val_windows(args.data, cfg.vocab_size, T, args.batch)
+        windows = val_windows(args.data, cfg.vocab_size, T, args.batch, getattr(model, "tokenizer", None))
         if windows.shape[0] < args.batch:
             raise MomError(f"{args.data}: the val split has only {windows.shape[0]} windows of {T} tokens "
                            f"(--batch {args.batch})")
@@ -357,7 +358,7 @@ def run_prune(args: argparse.Namespace, overrides: dict[str, dict[str, str]]) ->
         seq_len = args.seq_len or min(cfg.n_ctx, 256)
         if seq_len > cfg.n_ctx:
             raise MomError(f"--seq-len {seq_len} exceeds the model's context length {cfg.n_ctx}")
-        windows = val_windows(data, cfg.vocab_size, seq_len, args.windows or 32)
+        windows = val_windows(data, cfg.vocab_size, seq_len, args.windows or 32, getattr(model, "tokenizer", None))
         batches = iter_batches(windows, args.batch_size, device)
         source = f"{windows.shape[0]} validation windows × {seq_len} tokens of {data}"
     pruned, report = prune(model, args.attn_keep, args.ffn_keep, args.by, batches)

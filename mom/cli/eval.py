@@ -62,18 +62,20 @@ def run_ppl(args: argparse.Namespace, overrides) -> int:
     model = load_model(ckpt, device)
     if args.stride is not None:
         check_stride(args.stride, model.config.n_ctx)  # before reading and tokenising the data
-    tokens, source = read_eval_tokens(data, args.split, model)
+    tokens, source, tok = read_eval_tokens(data, args.split, model)
     if args.max_tokens is not None:
         tokens = tokens[:args.max_tokens]
     res = perplexity(model, tokens, stride=args.stride, batch_size=args.batch_size,
-                     causal_routing=not args.train_routing, log=quiet if args.json else _stderr)
-    report = {"model": str(args.ckpt), "data": source, **asdict(res),
+                     causal_routing=not args.train_routing, log=quiet if args.json else _stderr,
+                     byte_lengths=tok.byte_lengths(model.config.vocab_size))
+    report = {"model": str(args.ckpt), "data": source, "tokenizer": tok.name, **asdict(res),
               "routing": "training (sequence-level)" if args.train_routing else "causal"}
     if args.json:
         print(json.dumps(report, indent=1))
     else:
-        print(f"{source}: perplexity {res.ppl:.3f} (nll {res.nll:.4f} nats/token over {res.scored:,} tokens; "
-              f"n_ctx {res.n_ctx}, stride {res.stride}, {res.windows} windows)")
+        bpb = f", {res.bpb:.4f} bits/byte" if res.bpb is not None else ""
+        print(f"{source}: perplexity {res.ppl:.3f} (nll {res.nll:.4f} nats/token{bpb} over {res.scored:,} tokens; "
+              f"n_ctx {res.n_ctx}, stride {res.stride}, {res.windows} windows; {tok.name})")
     return 0
 
 

@@ -10,7 +10,27 @@ from mom.config.train import COMPILE_MODES, check_compile_mode
 from mom.device import pick_device
 from mom.errors import MomError
 from mom.inference.engine import DEFAULT_TEMPERATURE, Engine, Generation, SamplingParams
-from mom.runs import load_model
+from mom.runs import last_validation, load_model
+
+#: A model whose last validation loss is not this far below the unigram yardstick gets a note: expect gibberish.
+GIBBERISH_MARGIN = 0.5
+
+
+def gibberish_note(spec: str) -> str | None:
+    """One line when the run ``spec`` comes from last validated within :data:`GIBBERISH_MARGIN` nats of knowing only
+    token frequencies (its metrics.jsonl's val rows), so nobody takes its gibberish for a bug; else None."""
+    row = last_validation(spec)
+    if row is None:
+        return None
+    val, uni = float(row["val_loss"]), float(row["unigram_loss"])
+    gap = uni - val
+    if gap >= GIBBERISH_MARGIN:
+        return None
+    where = f"val loss {val:.3f} vs {uni:.3f} nats at step {row.get('step', '?')}"
+    if gap >= 0:
+        return f"this model is within {gap:.2f} nats of knowing only token frequencies ({where}): expect gibberish"
+    return f"this model is {-gap:.2f} nats worse than knowing only token frequencies ({where}): expect gibberish"
+
 
 WRAP = 100  # characters per labelled line when several prompts stream at once
 HALF_CONTEXT = object()  # --slide without a number: keep n_ctx/2 tokens (argparse converts a string const by type)
@@ -67,6 +87,9 @@ def run_generate(args: argparse.Namespace, overrides: dict[str, dict[str, str]])
     # A model directory, or a training run (finished or not: its latest checkpoint), as for eval, flops and prune.
     model = load_model(args.ckpt, device, **overrides["model"])
     slide = model.config.n_ctx // 2 if args.slide is HALF_CONTEXT else args.slide
+    note = gibberish_note(args.ckpt)
+    if note:
+        print(f"mom: note: {note}", file=sys.stderr, flush=True)
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                             top_p=args.top_p, seed=args.seed, stop=args.stop or [], slide=slide)
     engine = Engine(model, use_cache=not args.no_cache, compile=args.compile, compile_mode=args.compile_mode,

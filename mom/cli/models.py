@@ -10,10 +10,12 @@ from pathlib import Path
 
 from mom.cli.common import check_positive, model_config
 from mom.config.model import preset_names
-from mom.convert.gpt2 import from_gpt2, to_hf
+from mom.convert.gpt2 import from_gpt2
 from mom.errors import MomError
+from mom.fileio import read_json
 from mom.model.flops import count
 from mom.model.model import MoM
+from mom.runs import CHECKPOINTS, read_metrics, resolve_model_dir
 
 
 # ---------------------------------------------------------------------------------------------- configs
@@ -86,9 +88,10 @@ def _output_dir(out: Path):
 def add_convert_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--from-hf", metavar="DIR", help="HF GPT-2 directory (config.json + safetensors/bin)")
-    src.add_argument("--to-hf", metavar="DIR", help="a mom model directory with a vanilla layout")
+    src.add_argument("--to-hf", metavar="MODEL", help="a mom model directory or training run: written as an HF model "
+                     "directory (AutoModelForCausalLM with trust_remote_code=True; vanilla layouts as GPT2LMHeadModel)")
     p.add_argument("--out", required=True, metavar="DIR", help="the directory to write (a mom model directory, or with "
-                                                                 "--to-hf an HF GPT-2 directory)")
+                                                                 "--to-hf an HF model directory)")
     p.add_argument("--config", help="decompose into this preset/JSON layout (with --from-hf); default: keep vanilla")
     p.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
     p.set_defaults(func=run_convert, overrides=("model",))
@@ -110,8 +113,44 @@ def run_convert(args: argparse.Namespace, overrides: dict[str, dict[str, str]]) 
         cfg = model.config
         print(f"wrote {cfg.name} ({model.num_params() / 1e6:.2f}M params, depth {cfg.depth}) to {out}")
     else:
-        model = MoM.from_pretrained(args.to_hf)
-        with _output_dir(out):
-            to_hf(model, out)
-        print(f"wrote HF GPT2LMHeadModel ({model.config.depth} layers) to {out}")
+        source = resolve_model_dir(args.to_hf)
+        model = MoM.from_pretrained(source, **overrides["model"]).eval()
+        export_hf = _hf_exporter()
+        export_hf(model, out, tokenizer_files=_tokenizer_beside(source), metadata=run_facts(args.to_hf),
+                  force=args.force)
+        kind = "GPT2LMHeadModel" if model.config.is_vanilla else "MoMForCausalLM (trust_remote_code=True)"
+        tok = "with its tokenizer" if (out / "tokenizer.json").is_file() else (
+            "without tokenizer files (no known tokenizer fits its vocabulary)")
+        print(f"wrote HF {kind} ({model.config.name}, depth {model.config.depth}) {tok} to {out}")
     return 0
+
+
+def _hf_exporter():
+    """:func:`mom.convert.hf.export.export_hf`; it needs transformers (the ``hf`` extra), imported only here."""
+    try:
+        from mom.convert.hf.export import export_hf
+    except ImportError as e:
+        raise MomError(f"exporting to HF needs transformers ({e}); install it with: "
+                       "pip install 'mixture-of-modules[hf]'") from None
+    return export_hf
+
+
+def _tokenizer_beside(model_dir: Path) -> Path | None:
+    """The corpus tokenizer a model directory (or the run of a checkpoint) carries; None: the GPT-2 BPE."""
+    places = [model_dir] + ([model_dir.parent.parent] if model_dir.parent.name == CHECKPOINTS else [])
+    return next((d / "tokenizer.json" for d in places if (d / "tokenizer.json").is_file()), None)
+
+
+def run_facts(spec: str) -> dict[str, object]:
+    """What a training run directory says about its model, for the model card: data and final validation loss."""
+    run = Path(spec)
+    facts: dict[str, object] = {}
+    if (run / "run.json").is_file():
+        info = read_json(run / "run.json", "run info")
+        if isinstance(info, dict) and info.get("data"):
+            facts["training data"] = info["data"]
+    vals = [r for r in read_metrics(run) if r.get("type") == "val"]
+    if vals:
+        facts["validation loss (nats/token)"] = round(vals[-1]["val_loss"], 4)
+        facts["training tokens"] = vals[-1]["tokens"]
+    return facts

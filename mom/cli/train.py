@@ -102,7 +102,7 @@ def run_train(args: argparse.Namespace, overrides: dict[str, dict[str, str]]) ->
     try:
         result = train(mcfg, tcfg, out=out, data=args.data, init=args.init_from, resume=args.resume,
                        force=args.force, progress=not args.no_progress, command=command_line(args, overrides, out),
-                       on_eval=PlotRefresher(out))
+                       vocab_from_data="vocab_size" not in model_over, on_eval=PlotRefresher(out))
         if result.finished and result.main_process:
             write_plots(result.run_dir)
     finally:

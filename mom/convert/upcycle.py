@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mom.config.model import HALVES
+from mom.data.tokenizer import load_tokenizer
 from mom.model.model import MoM
 from mom.model.modules import HALF_TENSORS
 
@@ -26,4 +27,4 @@ def upcycle_moe(vanilla_dir: Path, cfg, out: Path) -> None:
                 for name in HALF_TENSORS[half]:
                     ms[f"chunks.0.pool.{name}"][m] = vs[f"bottom.{h}.{name}"][0]
     moe.load_state_dict(ms)
-    moe.save_pretrained(out)
+    moe.save_pretrained(out, tokenizer=load_tokenizer(vanilla_dir))  # same embeddings: same tokenizer

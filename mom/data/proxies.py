@@ -17,8 +17,8 @@ are *not* GLUE or XSUM; numbers on them are not comparable with published ones):
     smallest sha256 up to MRPC's sizes (3,668 train, 408 dev), alternating positive/negative so that each
     side is exactly balanced.
 ``news-xsum`` (XSUM-like extreme summarisation)
-    :func:`mom.data.news_articles` restricted to :func:`mom.data.news_xsum_holdout_ids` (the rows held out of
-    the pretraining corpus). Following the XSUM recipe — the summary is the article's introductory sentence,
+    :func:`mom.data.corpus.news_articles` restricted to :func:`mom.data.corpus.news_xsum_holdout_ids` (the rows
+    held out of the pretraining corpus). Following the XSUM recipe — the summary is the article's introductory sentence,
     the document is the rest of the article — the summary is the first sentence of the subtitle (the
     standfirst; a CNN dateline such as ``Washington (CNN)`` is removed), and the document is the text without
     its lead sentence (which usually restates the standfirst; BBC texts even repeat it verbatim). CNN rows are

@@ -1,5 +1,12 @@
 """A prepared dataset: ``train.bin`` / ``val.bin`` (uint16 token ids, nanoGPT's layout) and ``meta.json``; loading a
-split with every id checked against the model's vocabulary, and validation windows."""
+split with every id checked against the model's vocabulary, and validation windows.
+
+Prepared dataset layout (nanoGPT's): ``train.bin`` and ``val.bin`` hold the GPT-2 token ids of every
+document, each followed by ``<|endoftext|>`` (50256), as one flat little-endian ``uint16`` array;
+``meta.json`` records where they came from (sources with document and token counts, split seed and
+fraction, tokenizer hash, format version). :func:`load_tokens` also reads directories or ``.bin`` files
+prepared by nanoGPT itself (e.g. OpenWebText), which have no ``meta.json``.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mom.data.tokenizer import N_VOCAB
+from mom.data.tokenizer import MAX_VOCAB, N_VOCAB, Tokenizer, check_data_tokenizer
 from mom.errors import DataError
 from mom.fileio import read_json
 
@@ -52,6 +59,8 @@ def read_meta(path: str | os.PathLike) -> dict | None:
         vocab = meta.get("vocab_size", N_VOCAB)
         if not isinstance(vocab, int) or isinstance(vocab, bool) or vocab < 1:
             raise DataError(f"{meta_path}: vocab_size {vocab!r} is not a positive integer")
+        if vocab > MAX_VOCAB:
+            raise DataError(f"{meta_path}: vocab_size {vocab:,} does not fit uint16 token ids (at most {MAX_VOCAB:,})")
     return meta
 
 
@@ -119,9 +128,11 @@ def load_tokens(
     return tokens
 
 
-def val_windows(data: str | os.PathLike, vocab_size: int, seq_len: int, windows: int) -> Tensor:
+def val_windows(data: str | os.PathLike, vocab_size: int, seq_len: int, windows: int,
+                tokenizer: Tokenizer | None = None) -> Tensor:
     """(W, T) consecutive validation windows from the start of the split (deterministic; token ids checked
-    against the model's vocabulary)."""
+    against the model's vocabulary, and the data's tokenizer against the model's ``tokenizer`` when given)."""
+    check_data_tokenizer(data, tokenizer)
 
     tokens = load_tokens(data, "val", vocab_size=vocab_size)
     if len(tokens) < seq_len:

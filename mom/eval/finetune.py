@@ -1,35 +1,6 @@
-"""Evaluation: perplexity, GLUE-format classification and XSUM-format summarisation (``mom eval ...``).
-
-Perplexity (``mom eval ppl``)
-    Sliding windows of the model's context n_ctx, advanced by ``stride`` (default n_ctx/2, at most n_ctx - 1),
-    the method of HF's "perplexity of fixed-length models" guide, with exact counting: every token after the
-    first is scored once, by the first window that holds it and the token before it, so it sees between
-    ``n_ctx - stride`` and ``n_ctx - 1`` tokens of left context (all of them near the start).
-    ppl = exp(total NLL / scored tokens). Routing is causal (``causal_routing=True``): a token's probability
-    never depends on later tokens, which matters only for expert-choice (MoD) models, whose training-time
-    selection looks at the whole sequence.
-
-Classification (``mom eval glue``)
-    The GPT-2 recipe: a linear head on the final hidden state (after ``ln_f``) of the last real token of each
-    sequence (no pad id is involved: each row's length is known), cross-entropy (MSE for STS-B's regression),
-    the whole model fine-tuned with AdamW (weight decay on matrices only), linear warm-up then linear decay, grad
-    clipping 1.0, and the model's routing aux loss (balance + z, as configured) added to the task loss. Sentence
-    pairs are joined as ``tokens(a) + [<|endoftext|>] + tokens(b)``: one token GPT-2 text never produces, so the
-    boundary is unambiguous. Pairs that do not fit ``max_len`` lose tokens from the end of the longer side
-    first. Batches are right-padded, so with causal attention a real token never sees a pad; pads do take part
-    in expert-choice (MoD) capacity and in the balance statistics. Each seed starts again from the checkpoint;
-    the seed fixes the head's initialisation and the data order. With several seeds the report gives the mean
-    and the sample standard deviation (ddof = 1).
-
-Summarisation (``mom eval xsum``)
-    Prompt ``document + "\\nTL;DR:"``, target ``" " + summary + <|endoftext|>``; the loss covers the target tokens
-    only. The document is cut from the *end* to fit (news puts what matters first): n_ctx - |separator| -
-    max_new_tokens tokens at most (or ``--max-doc-tokens``); training summaries are cut to max_new_tokens - 1
-    tokens plus the end token. Decoding: greedy through :class:`mom.engine.Engine` (KV-cached, batched) or beam
-    search (:func:`beam_search`, on the same KV cache, reordered per beam). ROUGE-1/2/L/Lsum F1 from
-    ``rouge-score`` with the Porter stemmer; for ROUGE-Lsum both texts are split into sentences by
-    :func:`mom.tasks.split_sentences` and joined with newlines (rouge-score's own splitter needs nltk's punkt
-    download).
+"""What the fine-tuning evaluations share: the training loop (AdamW with decay on matrices only, linear warm-up
+then linear decay, clipping), right-padded batches, the text tokenizer, seeds, and reading the final hidden state
+at chosen positions.
 
 The heads read the final hidden state with ``MoM.forward(rows=(b_N, t_N))`` (:func:`forward_at`): only the
 (row, position) pairs that are scored go through ``ln_f`` and the LM head, which also shrinks the (B, T, V)
@@ -50,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mom.data.tokenizer import EOT, N_VOCAB, tokenizer
+from mom.data.tokenizer import Tokenizer, gpt2_tokenizer
 from mom.errors import MomError
 from mom.train.optim import adamw
 
@@ -68,11 +39,14 @@ def forward_at(model, idx_BT: Tensor, b_N: Tensor, t_N: Tensor, **kw) -> tuple[T
     return out.hidden[0], out.logits[0], out.aux_loss
 
 
-def text_tokenizer(model):
-    if model.config.vocab_size < N_VOCAB:
-        raise MomError(f"the model's vocabulary ({model.config.vocab_size}) is smaller than GPT-2's ({N_VOCAB}): "
-                       "text cannot be tokenised for it")
-    return tokenizer()
+def text_tokenizer(model) -> Tokenizer:
+    """The tokenizer that reads text for ``model``: the one it was loaded with (``model.tokenizer``, set by
+    :func:`mom.runs.load_model` from its directory), else GPT-2; refused when the model's vocabulary is smaller."""
+    tok = getattr(model, "tokenizer", None) or gpt2_tokenizer()
+    if model.config.vocab_size < tok.n_vocab:
+        raise MomError(f"the model's vocabulary ({model.config.vocab_size}) is smaller than its tokenizer's "
+                       f"({tok.name}, {tok.n_vocab}): text cannot be tokenised for it")
+    return tok
 
 
 # ============================================================================================== fine-tuning
@@ -148,10 +122,11 @@ def train_loop(module: nn.Module, n_examples: int, batch_loss: Callable[[list[in
             "updates": len(losses), "train_seconds": time.perf_counter() - t0}
 
 
-def pad_right(rows: Sequence[Sequence[int]], device) -> tuple[Tensor, Tensor]:
-    """(B, T) right-padded ids (pads are EOT; causal attention keeps them away from real tokens) and lengths."""
+def pad_right(rows: Sequence[Sequence[int]], device, pad: int) -> tuple[Tensor, Tensor]:
+    """(B, T) right-padded ids (pads are ``pad``, the tokenizer's end-of-text id; causal attention keeps them away
+    from real tokens) and lengths."""
     T = max(len(r) for r in rows)
-    idx_BT = torch.full((len(rows), T), EOT, dtype=torch.long)
+    idx_BT = torch.full((len(rows), T), pad, dtype=torch.long)
     for b, r in enumerate(rows):
         idx_BT[b, :len(r)] = torch.as_tensor(r, dtype=torch.long)
     return idx_BT.to(device), torch.as_tensor([len(r) for r in rows], device=device)

@@ -1,5 +1,16 @@
-"""GLUE-format classification: a linear head on the last real token's final hidden state, the whole model fine-tuned,
-metrics per task."""
+"""GLUE-format classification (``mom eval glue``).
+
+The GPT-2 recipe: a linear head on the final hidden state (after ``ln_f``) of the last real token of each
+sequence (no pad id is involved: each row's length is known), cross-entropy (MSE for STS-B's regression),
+the whole model fine-tuned with AdamW (weight decay on matrices only), linear warm-up then linear decay, grad
+clipping 1.0, and the model's routing aux loss (balance + z, as configured) added to the task loss. Sentence
+pairs are joined as ``tokens(a) + [<|endoftext|>] + tokens(b)``: one token GPT-2 text never produces, so the
+boundary is unambiguous. Pairs that do not fit ``max_len`` lose tokens from the end of the longer side
+first. Batches are right-padded, so with causal attention a real token never sees a pad; pads do take part
+in expert-choice (MoD) capacity and in the balance statistics. Each seed starts again from the checkpoint;
+the seed fixes the head's initialisation and the data order. With several seeds the report gives the mean
+and the sample standard deviation (ddof = 1).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +23,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mom.data.tasks import ClassificationData, Example, TaskSpec
-from mom.data.tokenizer import EOT
 from mom.errors import MomError
 from mom.eval.finetune import Log, TrainParams, forward_at, pad_right, parse_seeds, quiet, text_tokenizer, train_loop
 from mom.eval.metrics import glue_metrics, mean_std
@@ -51,10 +61,12 @@ class SequenceClassifier(nn.Module):
 
 
 def encode_examples(examples: Sequence[Example], enc, max_len: int) -> list[list[int]]:
-    """Token ids of each example: ``a`` or ``a + [EOT] + b``, the longer side trimmed first to fit ``max_len``."""
+    """Token ids of each example: ``a`` or ``a + [EOT] + b`` (EOT: ``enc.eot_token``), the longer side trimmed
+    first to fit ``max_len``."""
+    eot = enc.eot_token
     a_ids = enc.encode_ordinary_batch([e.text_a for e in examples])
     if examples and examples[0].text_b is None:
-        return [a[:max_len] or [EOT] for a in a_ids]
+        return [a[:max_len] or [eot] for a in a_ids]
     b_ids = enc.encode_ordinary_batch([e.text_b or "" for e in examples])
     out = []
     for a, b in zip(a_ids, b_ids):
@@ -64,18 +76,19 @@ def encode_examples(examples: Sequence[Example], enc, max_len: int) -> list[list
                 a = a[:-1]
             else:
                 b = b[:-1]
-        out.append(a + [EOT] + b)
+        out.append(a + [eot] + b)
     return out
 
 
 @torch.no_grad()
-def _predict(clf: SequenceClassifier, ids: list[list[int]], spec: TaskSpec, batch_size: int, device) -> list:
+def _predict(clf: SequenceClassifier, ids: list[list[int]], spec: TaskSpec, batch_size: int, device,
+             pad: int) -> list:
     clf.eval()
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths together: less padding
     out: list = [None] * len(ids)
     for i in range(0, len(order), batch_size):
         rows = order[i:i + batch_size]
-        idx_BT, len_B = pad_right([ids[r] for r in rows], device)
+        idx_BT, len_B = pad_right([ids[r] for r in rows], device, pad)
         y_BC, _ = clf(idx_BT, len_B)
         vals = y_BC[:, 0].float().tolist() if spec.kind == "regression" else y_BC.argmax(-1).tolist()
         for r, v in zip(rows, vals):
@@ -109,7 +122,7 @@ def run_glue(ckpt: str | os.PathLike, data: ClassificationData, *, params: GlueP
         clf = SequenceClassifier(load_model(ckpt, device), spec.n_outputs).to(device)
 
         def batch_loss(rows: list[int]) -> Tensor:
-            idx_BT, len_B = pad_right([train_ids[r] for r in rows], device)
+            idx_BT, len_B = pad_right([train_ids[r] for r in rows], device, enc.eot_token)
             out_BC, aux = clf(idx_BT, len_B)  # noqa: B023 - called within this seed's iteration only
             y_B = y_all[rows].to(device)
             task = (F.mse_loss(out_BC[:, 0].float(), y_B) if spec.kind == "regression"
@@ -117,7 +130,7 @@ def run_glue(ckpt: str | os.PathLike, data: ClassificationData, *, params: GlueP
             return task + aux
 
         info = train_loop(clf, len(train_ids), batch_loss, p, seed, log, f"{spec.name} seed {seed}")
-        preds = {s: _predict(clf, ids, spec, p.eval_batch_size, device) for s, ids in dev_ids.items()}
+        preds = {s: _predict(clf, ids, spec, p.eval_batch_size, device, enc.eot_token) for s, ids in dev_ids.items()}
         metrics = glue_metrics(spec, preds, golds)
         log(f"{spec.name} seed {seed}: " + ", ".join(f"{k} {100 * v:.2f}" for k, v in metrics.items()))
         runs.append({"seed": seed, "metrics": metrics, **info})

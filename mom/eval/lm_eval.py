@@ -10,7 +10,7 @@ from typing import Sequence
 
 import torch
 
-from mom.data.tokenizer import EOT, decode_generated
+from mom.data.tokenizer import decode_generated
 from mom.errors import DataError, MomError
 from mom.eval.finetune import forward_at, pad_right, text_tokenizer
 from mom.inference.beam import greedy
@@ -40,6 +40,7 @@ def lm_eval_adapter(model, *, batch_size: int = 8, max_gen_toks: int = 256):
     if batch_size < 1:
         raise MomError(f"--batch-size must be ≥ 1, got {batch_size}")
     enc = text_tokenizer(model)
+    eot = enc.eot_token
     n_ctx = model.config.n_ctx
     device = next(model.parameters()).device
     model.eval()
@@ -55,8 +56,8 @@ def lm_eval_adapter(model, *, batch_size: int = 8, max_gen_toks: int = 256):
                     raise MomError("lm-eval asked for the likelihood of an empty continuation")
                 if len(cont) > n_ctx:
                     raise MomError(f"a continuation of {len(cont)} tokens does not fit n_ctx={n_ctx}")
-                seqs.append(((ctx or [EOT]) + cont)[-(n_ctx + 1):])
-            idx_BT, _ = pad_right([s[:-1] for s in seqs], device)
+                seqs.append(((ctx or [eot]) + cont)[-(n_ctx + 1):])
+            idx_BT, _ = pad_right([s[:-1] for s in seqs], device, eot)
             # the continuation's tokens are the last len(cont) of each sequence, predicted one position earlier
             b_N = torch.cat([torch.full((len(c),), b) for b, (_, c) in enumerate(chunk)]).to(device)
             t_N = torch.cat([torch.arange(len(s) - 1 - len(c), len(s) - 1)
@@ -88,7 +89,7 @@ def lm_eval_adapter(model, *, batch_size: int = 8, max_gen_toks: int = 256):
             out = []
             for r in requests:
                 windows = [make_disjoint_window(w) for w in get_rolling_token_windows(
-                    token_list=enc.encode_ordinary(r.args[0]), prefix_token=EOT, max_seq_len=n_ctx, context_len=1)]
+                    token_list=enc.encode_ordinary(r.args[0]), prefix_token=eot, max_seq_len=n_ctx, context_len=1)]
                 out.append(sum(lp for lp, _ in score(windows)) if windows else 0.0)
             return out
 
@@ -104,7 +105,7 @@ def lm_eval_adapter(model, *, batch_size: int = 8, max_gen_toks: int = 256):
                 new = int(kwargs.get("max_gen_toks", max_gen_toks))
                 if new >= n_ctx:
                     raise MomError(f"max_gen_toks {new} leaves no room for a prompt in n_ctx={n_ctx}")
-                prompt = (enc.encode_ordinary(context) or [EOT])[-(n_ctx - new):]
+                prompt = (enc.encode_ordinary(context) or [eot])[-(n_ctx - new):]
                 text = decode_generated(enc, greedy(model, [prompt], new)[0])
                 cuts = [text.index(s) for s in until if s and s in text]
                 out.append(text[:min(cuts)] if cuts else text)

@@ -1,5 +1,14 @@
-"""Sliding-window perplexity with exact counting (every token scored once, by the first window that holds it and its
-left context)."""
+"""Perplexity (``mom eval ppl``).
+
+Sliding windows of the model's context n_ctx, advanced by ``stride`` (default n_ctx/2, at most n_ctx - 1),
+the method of HF's "perplexity of fixed-length models" guide, with exact counting: every token after the
+first is scored once, by the first window that holds it and the token before it, so it sees between
+``n_ctx - stride`` and ``n_ctx - 1`` tokens of left context (all of them near the start).
+ppl = exp(total NLL / scored tokens). Routing is causal (``causal_routing=True``): a token's probability
+never depends on later tokens, which matters only for expert-choice (MoD) models, whose training-time
+selection looks at the whole sequence. Bits per byte: the summed NLL over the UTF-8 bytes the scored tokens stand
+for (see :mod:`mom.data.yardstick`).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +22,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mom.data.tokenizer import Tokenizer, check_data_tokenizer
 from mom.data.tokens import load_tokens
+from mom.data.yardstick import bits_per_byte
 from mom.errors import DataError, MomError
 from mom.eval.finetune import Log, forward_at, quiet, text_tokenizer
 
@@ -28,6 +39,8 @@ class PerplexityResult:
     n_ctx: int
     stride: int
     windows: int
+    bytes: int | None = None  # UTF-8 bytes the scored tokens stand for (with byte_lengths)
+    bpb: float | None = None  # bits per byte: Σ NLL / ln 2 / bytes
 
 
 def check_stride(stride: int, n_ctx: int) -> None:
@@ -59,8 +72,10 @@ def sliding_windows(n_tokens: int, n_ctx: int, stride: int) -> list[tuple[int, i
 
 @torch.no_grad()
 def perplexity(model, tokens: np.ndarray | Sequence[int], *, stride: int | None = None, batch_size: int = 8,
-               causal_routing: bool = True, log: Log = quiet) -> PerplexityResult:
-    """Sliding-window perplexity of ``tokens`` (see the module docstring)."""
+               causal_routing: bool = True, log: Log = quiet,
+               byte_lengths: np.ndarray | None = None) -> PerplexityResult:
+    """Sliding-window perplexity of ``tokens`` (see the module docstring); with ``byte_lengths`` (the bytes each
+    token id stands for, :meth:`mom.data.tokenizer.Tokenizer.byte_lengths`) also bits per byte."""
     n_ctx = model.config.n_ctx
     # ``is None``, not ``or``: a stride of 0 is a mistake to report, not a request for the default
     stride = max(1, n_ctx // 2) if stride is None else stride
@@ -94,17 +109,23 @@ def perplexity(model, tokens: np.ndarray | Sequence[int], *, stride: int | None 
             if done == len(windows) or (done // batch_size) % 50 == 0:
                 log(f"  windows {done}/{len(windows)}: nll {total_nll / scored:.4f}")
     nll = total_nll / scored
-    return PerplexityResult(int(toks.numel()), scored, nll, math.exp(nll), n_ctx, stride, len(windows))
+    n_bytes = bpb = None
+    if byte_lengths is not None:
+        n_bytes = int(np.asarray(byte_lengths)[toks[1:].numpy()].sum())  # every token but the first is scored once
+        bpb = bits_per_byte(total_nll, n_bytes)
+    return PerplexityResult(int(toks.numel()), scored, nll, math.exp(nll), n_ctx, stride, len(windows), n_bytes, bpb)
 
 
-def read_eval_tokens(data: str | os.PathLike, split: str, model) -> tuple[np.ndarray, str]:
-    """Tokens to score: a prepared dataset directory or ``.bin`` file (``load_tokens``), or a UTF-8 text file
-    (any other suffix), tokenised whole with the GPT-2 BPE."""
+def read_eval_tokens(data: str | os.PathLike, split: str, model) -> tuple[np.ndarray, str, Tokenizer]:
+    """Tokens to score and the tokenizer that made them: a prepared dataset directory or ``.bin`` file
+    (``load_tokens``; its tokenizer must be the model's when the dataset names one), or a UTF-8 text file (any
+    other suffix), tokenised whole with the model's tokenizer."""
     p = Path(data)
     if not p.exists():
         raise DataError(f"{p}: no such dataset directory or text file")
     if p.is_dir() or p.suffix == ".bin":
-        return np.asarray(load_tokens(p, split, vocab_size=model.config.vocab_size)), f"{p} ({split})"
+        tok = check_data_tokenizer(p, getattr(model, "tokenizer", None))  # (set by mom.runs.load_model)
+        return np.asarray(load_tokens(p, split, vocab_size=model.config.vocab_size)), f"{p} ({split})", tok
     try:
         text = p.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
@@ -112,5 +133,6 @@ def read_eval_tokens(data: str | os.PathLike, split: str, model) -> tuple[np.nda
                         ".txt file") from None
     except OSError as e:
         raise DataError(f"{p}: cannot read ({e.strerror or e})") from None
-    ids = text_tokenizer(model).encode_ordinary(text.replace("\r\n", "\n"))
-    return np.asarray(ids, dtype=np.int64), str(p)
+    tok = text_tokenizer(model)
+    ids = tok.encode_ordinary(text.replace("\r\n", "\n"))
+    return np.asarray(ids, dtype=np.int64), str(p), tok

@@ -1,4 +1,14 @@
-"""XSUM-format summarisation: fine-tuning on document → summary, greedy or beam decoding, ROUGE."""
+"""XSUM-format summarisation (``mom eval xsum``).
+
+Prompt ``document + "\nTL;DR:"``, target ``" " + summary + <|endoftext|>``; the loss covers the target tokens
+only. The document is cut from the *end* to fit (news puts what matters first): n_ctx - |separator| -
+max_new_tokens tokens at most (or ``--max-doc-tokens``); training summaries are cut to max_new_tokens - 1
+tokens plus the end token. Decoding: greedy through :class:`mom.inference.engine.Engine` (KV-cached, batched) or beam
+search (:func:`mom.inference.beam.beam_search`, on the same KV cache, reordered per beam). ROUGE-1/2/L/Lsum F1 from
+``rouge-score`` with the Porter stemmer; for ROUGE-Lsum both texts are split into sentences by
+:func:`mom.data.tasks.split_sentences` and joined with newlines (rouge-score's own splitter needs nltk's punkt
+download).
+"""
 
 from __future__ import annotations
 
@@ -25,9 +35,11 @@ SUMMARY_SEPARATOR = "\nTL;DR:"
 
 # ============================================================================================== summarisation
 def summary_example(doc_ids: list[int], summary_ids: list[int] | None, sep_ids: list[int], n_ctx: int,
-                    max_new_tokens: int, max_doc_tokens: int | None = None) -> tuple[list[int], list[int]]:
+                    max_new_tokens: int, max_doc_tokens: int | None = None,
+                    eot: int = EOT) -> tuple[list[int], list[int]]:
     """(prompt, target) token ids: prompt = document cut from the end to fit, + separator; target = summary
-    cut to ``max_new_tokens - 1`` tokens + EOT (empty when ``summary_ids`` is None, for generation)."""
+    cut to ``max_new_tokens - 1`` tokens + ``eot`` (the tokenizer's end of text; empty when ``summary_ids`` is
+    None, for generation)."""
     budget = n_ctx - len(sep_ids) - max_new_tokens
     if max_doc_tokens is not None:
         budget = min(budget, max_doc_tokens)
@@ -35,14 +47,14 @@ def summary_example(doc_ids: list[int], summary_ids: list[int] | None, sep_ids: 
         raise MomError(f"no room for the document: n_ctx {n_ctx} - separator {len(sep_ids)} - "
                        f"--max-new-tokens {max_new_tokens} leaves {budget} tokens")
     prompt = doc_ids[:budget] + sep_ids
-    target = [] if summary_ids is None else summary_ids[:max_new_tokens - 1] + [EOT]
+    target = [] if summary_ids is None else summary_ids[:max_new_tokens - 1] + [eot]
     return prompt, target
 
 
-def _lm_batch_loss(model, seqs: list[tuple[list[int], list[int]]], device) -> Tensor:
+def _lm_batch_loss(model, seqs: list[tuple[list[int], list[int]]], device, pad: int) -> Tensor:
     """Mean cross-entropy of the target tokens (the prompt is context only) plus the aux loss."""
     rows = [prompt + target[:-1] for prompt, target in seqs]  # the last target token is never an input
-    idx_BT, _ = pad_right(rows, device)
+    idx_BT, _ = pad_right(rows, device, pad)
     b_N = torch.cat([torch.full((len(t),), b) for b, (_, t) in enumerate(seqs)]).to(device)
     t_N = torch.cat([torch.arange(len(pr) - 1, len(pr) - 1 + len(t)) for pr, t in seqs]).to(device)
     y_N = torch.cat([torch.as_tensor(t) for _, t in seqs]).to(device)
@@ -91,7 +103,8 @@ def run_xsum(ckpt: str | os.PathLike, data: SummaryData, *, params: SummaryParam
         docs = enc.encode_ordinary_batch([r.document for r in rows])
         sums = ([None] * len(rows) if not with_summary
                 else enc.encode_ordinary_batch([" " + r.summary.strip() for r in rows]))
-        return [summary_example(d, s, sep, n_ctx, p.max_new_tokens, p.max_doc_tokens) for d, s in zip(docs, sums)]
+        return [summary_example(d, s, sep, n_ctx, p.max_new_tokens, p.max_doc_tokens, enc.eot_token)
+                for d, s in zip(docs, sums)]
 
     train_seqs = encode(train, True)
     test_prompts = [prompt for prompt, _ in encode(test, False)]
@@ -101,15 +114,15 @@ def run_xsum(ckpt: str | os.PathLike, data: SummaryData, *, params: SummaryParam
         torch.manual_seed(seed)
         lm = load_model(ckpt, device)
         def batch_loss(rows: list[int], lm=lm) -> Tensor:
-            return _lm_batch_loss(lm, [train_seqs[r] for r in rows], device)
+            return _lm_batch_loss(lm, [train_seqs[r] for r in rows], device, enc.eot_token)
 
         info = train_loop(lm, len(train_seqs), batch_loss, p, seed, log, f"xsum seed {seed}")
         t0 = time.perf_counter()
         if p.beams == 1:
             outs = greedy(lm, test_prompts, p.max_new_tokens, p.eval_batch_size)
         else:
-            outs = [beam_search(lm, pr, p.beams, p.max_new_tokens, length_penalty=p.length_penalty)
-                    for pr in test_prompts]
+            outs = [beam_search(lm, pr, p.beams, p.max_new_tokens, length_penalty=p.length_penalty,
+                                eot=enc.eot_token) for pr in test_prompts]
         texts = [decode_generated(enc, o).strip() for o in outs]
         scores = rouge(texts, [r.summary for r in test])
         log(f"xsum seed {seed}: " + ", ".join(f"{k} {100 * v:.2f}" for k, v in scores.items())

@@ -20,8 +20,9 @@ def _strip_eot(tokens: Sequence[int], eot: int = EOT) -> list[int]:
 
 @torch.no_grad()
 def greedy(model, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 16) -> list[list[int]]:
-    """Greedy continuations (without the end token) through the KV-cached :class:`~mom.engine.Engine`, in
-    batches of similar prompt lengths (left-padded; each row decodes as it would alone)."""
+    """Greedy continuations (without the end token: the model's tokenizer's, see :attr:`Engine.tok`) through the
+    KV-cached :class:`~mom.inference.engine.Engine`, in batches of similar prompt lengths (left-padded; each row
+    decodes as it would alone)."""
     engine = Engine(model)
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -29,14 +30,16 @@ def greedy(model, prompts: list[list[int]], max_new_tokens: int, batch_size: int
     for i in range(0, len(order), batch_size):
         rows = order[i:i + batch_size]
         for r, g in zip(rows, engine.generate([prompts[r] for r in rows], params)):
-            out[r] = _strip_eot(g.tokens)
+            out[r] = _strip_eot(g.tokens, engine.eot)
     return out
 
 
 @torch.no_grad()
 def beam_search(model, prompt: list[int], beams: int, max_new_tokens: int, *, length_penalty: float = 1.0,
-                eot: int = EOT) -> list[int]:
-    """Beam search over one prompt on the KV cache; returns the best continuation without the end token.
+                eot: int | None = None) -> list[int]:
+    """Beam search over one prompt on the KV cache; returns the best continuation without the end token (``eot``;
+    default: the end-of-text id of the model's tokenizer, ``model.tokenizer`` when loaded by
+    ``mom.runs.load_model``, else GPT-2's).
 
     HF's algorithm (``early_stopping=False``): each step ranks the top 2·beams expansions of the live beams by
     total log-probability; an expansion ending in EOT among the top ``beams`` becomes a finished hypothesis,
@@ -46,6 +49,9 @@ def beam_search(model, prompt: list[int], beams: int, max_new_tokens: int, *, le
     finished). With ``beams=1`` this is exactly greedy decoding."""
     if beams < 1:
         raise MomError(f"--beams must be ≥ 1, got {beams}")
+    if eot is None:
+        tok = getattr(model, "tokenizer", None)
+        eot = EOT if tok is None else tok.eot_token
     model.eval()
     device = next(model.parameters()).device
     cache = KVCache(model, 1, len(prompt) + max_new_tokens)

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from mom.config.train import cuda_graphs
-from mom.data.tokenizer import decode_generated, tokenizer
+from mom.data.tokenizer import decode_generated, gpt2_tokenizer
 from mom.errors import MomError
 from mom.model.kv_cache import KVCache
 
@@ -210,8 +210,10 @@ class Engine:
 
     @property
     def tok(self):
+        """The :class:`mom.data.tokenizer.Tokenizer` given, else the one the model was loaded with
+        (``mom.runs.load_model`` sets ``model.tokenizer``), else GPT-2."""
         if self._tok is None:
-            self._tok = tokenizer()
+            self._tok = getattr(self.model, "tokenizer", None) or gpt2_tokenizer()
         return self._tok
 
     @property

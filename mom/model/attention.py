@@ -22,7 +22,7 @@ def causal_attention(qkv_BT3D: Tensor, n_head: int, key_valid_BT: Tensor | None 
     ``pack``: hide the invalid keys by packing instead of masking (:func:`packed_causal_attention`); the outputs
     of valid tokens are the same, those of invalid ones (never used) differ.
 
-    ``slot`` is a KV-cache slot (:class:`mom.engine.CacheSlot`) during incremental decoding: the new keys and
+    ``slot`` is a KV-cache slot (:class:`mom.model.kv_cache.CacheSlot`) during incremental decoding: the new keys and
     values are written into it and the queries attend over everything cached so far, with the same rule.
     """
     B, T, threeD = qkv_BT3D.shape

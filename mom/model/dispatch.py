@@ -1,8 +1,22 @@
-"""Dispatch strategies: how the tokens a router sent to each module reach it and come back weighted.
+"""Dispatch strategies: apply routed modules to the tokens that chose them.
 
-:class:`LoopDispatcher` is the plain reference (a Python loop over modules); :class:`GroupedDispatcher` sorts the
-picks by module once per route (a *plan*) and runs grouped projections (:mod:`mom.model.ops`), un-sorting and
-summing each token's K weighted picks in one step. Both give the same numbers (tested)."""
+A *route* for one half of one assembly step is a pair of tensors over the T flattened tokens:
+
+    idx_TK  long  module index of each of the token's K picks; N (one past the last module) means SKIP
+    w_TK    float the weight of each pick (0 for SKIP picks)
+
+A dispatcher computes ``y_t = Σ_k w_tk · f_{idx_tk}(x_t)`` for a per-module function f given by the module
+pool in two forms: ``single(x_tD, m)`` (module m on some tokens, plain PyTorch) and
+``grouped(xs_AD, mod_A, offs_N, real_A1)`` (every assignment at once, rows sorted by module, group ends in
+``offs``, SKIP rows marked).
+
+* :class:`LoopDispatcher` — the reference: for each module, find its tokens with ``nonzero`` and run
+  ``single``. Obviously correct; syncs with the host and cannot be compiled with ``fullgraph=True``.
+* :class:`GroupedDispatcher` — the default: sort the T·K assignments by module once per route (a *plan*, reused
+  by every dispatch of that route and by autograd), gather, run ``grouped`` (grouped GEMMs, :mod:`mom.model.ops`),
+  un-sort with the inverse permutation and sum the K weighted picks. Static shapes, no host syncs, and no atomic
+  scatter-adds (forward or backward): compiles with ``torch.compile(fullgraph=True)``.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,19 @@
-"""Analytic parameter, active-parameter and FLOP counts of a config (nanoGPT/PaLM convention: 2 FLOPs per matmul weight
-per token, 4·d·T per attention core, training = 3 × forward), peak device FLOP/s for MFU, and the vanilla models a
-MoM is compared with."""
+"""Analytic parameter, active-parameter and FLOP counts of a config (nanoGPT / PaLM convention), peak device FLOP/s
+for MFU, and the vanilla models a MoM is compared with.
+
+Conventions, stated once:
+
+* A matmul with a (m × n) weight costs 2·m·n FLOPs per token forward (multiply + add); the backward costs twice
+  the forward, so training = 3 × forward = 6·N_active per token (Kaplan et al.; PaLM appendix B).
+* Attention scores and the weighted sum of values cost 2·2·D·T per token for each attention core, with T the
+  sequence length counted in full (not halved for causality), as nanoGPT's ``estimate_mfu`` and PaLM do.
+* LayerNorms, biases, GELU, softmax and embedding lookups are not counted (they are < 1% at GPT-2 scale).
+* *Active* parameters are those a token's forward pass touches. For token choice we count K modules per router
+  per step, i.e. the upper bound where no pick is SKIP (pass measured ``modules_per_step`` for the real figure);
+  for expert choice each of the step's candidate modules takes a ``capacity`` fraction of the tokens.
+* An assembled step runs one attention core, whatever K is: the picked modules' q, k, v are combined first.
+* The tied LM head counts as a V × D matmul; ``wpe`` and the input embedding lookup are parameters but not FLOPs.
+"""
 
 from __future__ import annotations
 

@@ -86,7 +86,7 @@ def attention_half(mods: ModuleSlices, x_TD: Tensor, route: Route, B: int, T: in
                    slot=None, pack_keys: bool = False) -> Tensor:
     """The attention half of a step: returns the residual update (T, D). ``mods``: the pool's single forms for
     this forward pass (``mods.pool`` has the grouped ones). ``slot``: KV-cache slot when decoding. ``pack_keys``:
-    hide all-SKIP keys by packing (``key_mask='pack'``, see :func:`mom.modules.causal_attention`)."""
+    hide all-SKIP keys by packing (``key_mask='pack'``, see :func:`mom.model.attention.causal_attention`)."""
     D, pool = x_TD.shape[-1], mods.pool
     if route.static_module is not None:
         m = route.static_module
@@ -262,7 +262,7 @@ class MoM(nn.Module):
                 return_hidden: bool = False) -> MoMOutput:
         """Run the model.
 
-        ``cache``: a :class:`mom.engine.KVCache`; the tokens are appended after those already cached (their
+        ``cache``: a :class:`mom.model.kv_cache.KVCache`; the tokens are appended after those already cached (their
         positions and padding come from the cache). ``causal_routing``: use the causal decode rule for expert
         choice (always on with a cache); token-choice routing is causal already. ``rows = (b_N, t_N)``: apply
         ln_f and the LM head only at those N (sequence, position) pairs — logits and hidden are (1, N, ·) — for
@@ -327,18 +327,23 @@ class MoM(nn.Module):
 
     # ------------------------------------------------------------------ our checkpoint format
     def save_pretrained(self, directory: str | os.PathLike, *, manifest: bool = True,
-                        state_dict: dict[str, Tensor] | None = None) -> None:
+                        state_dict: dict[str, Tensor] | None = None, tokenizer=None) -> list[str]:
         """Write ``model.safetensors`` + ``config.json`` (each atomically: temporary file, fsync, rename), then
         ``manifest.json`` with their sizes and sha256 (``manifest=False``: the caller writes a larger one).
-        ``state_dict``: the tensors to write instead of this module's own (e.g. gathered from FSDP shards)."""
+        ``state_dict``: the tensors to write instead of this module's own (e.g. gathered from FSDP shards).
+        ``tokenizer``: the model's :class:`mom.data.tokenizer.Tokenizer`, written beside it (a corpus BPE as
+        ``tokenizer.json``, listed in the manifest; GPT-2, the default, is a directory without one) so that the
+        tokenizer travels with the model. Returns the names of the files written."""
         directory = Path(directory)
         if directory.exists() and not directory.is_dir():
             raise CheckpointError(f"{directory}: exists and is not a directory")
         meta = {"format": MODEL_FORMAT, "config": json.dumps(self.config.to_dict())}
         save_safetensors(self.state_dict() if state_dict is None else state_dict, directory / "model.safetensors", meta)
         self.config.save(directory / "config.json")
+        names = ["model.safetensors", "config.json", *(tokenizer.save(directory) if tokenizer is not None else [])]
         if manifest:
-            write_manifest(directory, ["model.safetensors", "config.json"])
+            write_manifest(directory, names)
+        return names
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, *, map_location: str | torch.device = "cpu",

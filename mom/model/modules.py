@@ -10,7 +10,7 @@ so GPT-2 layer l maps onto module m by indexing (``pool.attn.c_attn.weight[m] = 
 HF's ``Conv1D`` stores weights as (in, out), as we do). A vanilla layer is a pool with one module of each kind.
 Stacking is what lets the grouped dispatcher run all modules in one grouped GEMM.
 
-Each half of the pool has the two forms the dispatchers need (see :mod:`mom.dispatch`): the single forms of
+Each half of the pool has the two forms the dispatchers need (see :mod:`mom.model.dispatch`): the single forms of
 :class:`ModuleSlices` (module m on some tokens; ``pool.slices()``, one per forward pass) and the pool's
 ``*_grouped`` methods (all assignments at once, sorted by module).
 """

@@ -1,21 +1,6 @@
-"""Dispatch backends: apply routed modules to the tokens that chose them.
-
-A *route* for one half of one assembly step is a pair of tensors over the T flattened tokens:
-
-    idx_TK  long  module index of each of the token's K picks; N (one past the last module) means SKIP
-    w_TK    float the weight of each pick (0 for SKIP picks)
-
-A dispatcher computes ``y_t = Σ_k w_tk · f_{idx_tk}(x_t)`` for a per-module function f given by the module
-pool in two forms: ``single(x_tD, m)`` (module m on some tokens, plain PyTorch) and
-``grouped(xs_AD, mod_A, offs_N, real_A1)`` (every assignment at once, rows sorted by module, group ends in
-``offs``, SKIP rows marked).
-
-* :class:`LoopDispatcher` — the reference: for each module, find its tokens with ``nonzero`` and run
-  ``single``. Obviously correct; syncs with the host and cannot be compiled with ``fullgraph=True``.
-* :class:`GroupedDispatcher` — the default: sort the T·K assignments by module once per route (a *plan*, reused
-  by every dispatch of that route and by autograd), gather, run ``grouped`` (grouped GEMMs), un-sort with the
-  inverse permutation and sum the K weighted picks. Static shapes, no host syncs, and no atomic scatter-adds
-  (forward or backward): compiles with ``torch.compile(fullgraph=True)``.
+"""The operations under the grouped dispatcher (:mod:`mom.model.dispatch`): grouped GEMMs and per-group sums as custom
+ops with their own autograd, atomic-free row gathers, ``combine_picks`` (un-sort and sum a token's K weighted
+picks) and the counting sort that makes a plan.
 
 The grouped GEMM is the custom op ``mom::grouped_mm``: ``torch._grouped_mm`` on CUDA in bf16 when the
 16-byte alignment rules hold, otherwise a loop of ``mm`` over the groups (on CPU that loop runs as fast as
@@ -51,7 +36,7 @@ def _use_native_grouped_mm(a: Tensor, b: Tensor) -> bool:
 
 
 def bias_outside_gemm(x: Tensor, w: Tensor) -> bool:
-    """Whether :func:`mom.modules.routed_linear` uses :func:`grouped_mm` and adds bias and SKIP mask itself (the
+    """Whether :func:`mom.model.modules.routed_linear` uses :func:`grouped_mm` and adds bias and SKIP mask itself (the
     native CUDA kernel; a module-level function so tests can take that path on the CPU)."""
     return _use_native_grouped_mm(x, w)
 
@@ -105,8 +90,8 @@ def grouped_mm(x: Tensor, w: Tensor, offs: Tensor) -> Tensor:
 
     x: (A, D), w: (N, D, O), offs: (N,) int32 cumulative group ends. Returns (A, O). The backward leaves the
     input-gradient rows past offs[-1] unspecified too, and ignores those rows of the output gradient. Callers mask
-    the tail themselves (see :func:`mom.modules.routed_linear`): outside this opaque op the compiler fuses the mask
-    into the next elementwise op instead of spending a pass over (A, O) on it.
+    the tail themselves (see :func:`mom.model.modules.routed_linear`): outside this opaque op the compiler fuses the
+    mask into the next elementwise op instead of spending a pass over (A, O) on it.
     """
     if _use_native_grouped_mm(x, w):
         return torch._grouped_mm(x, w, offs=offs)

@@ -1,8 +1,9 @@
-"""Training batches as a pure function of (seed, step, micro-step, rank), validation windows, and the validation
-loss."""
+"""Training batches as a pure function of (seed, step, micro-step, rank), validation windows, the validation
+loss, and what sets it on a scale that compares across tokenizers (bits per byte, the unigram yardstick)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from torch import Tensor, nn
 
 from mom.data.prepare import prepare
 from mom.data.tokens import DEFAULT_DATA_DIR
+from mom.data.yardstick import Yardstick, bits_per_byte, token_counts, unigram_yardstick, window_target_counts
 from mom.errors import DataError
 from mom.train.distributed import Dist, autocast
 
@@ -77,6 +79,31 @@ class Batches:
         if max_tokens:
             starts = starts[:max(1, max_tokens // self.T)]
         return starts
+
+
+@dataclass(frozen=True)
+class ValScale:
+    """The validation windows' targets (``tokens``, standing for ``bytes`` UTF-8 bytes) and their unigram yardstick:
+    what turns a validation loss (mean nats per target) into bits per byte and sets it beside a model that knows
+    only the train split's token frequencies (:mod:`mom.data.yardstick`)."""
+
+    tokens: int
+    bytes: int
+    unigram: Yardstick
+
+    def bpb(self, loss: float) -> float | None:
+        return bits_per_byte(loss * self.tokens, self.bytes)
+
+    def to_dict(self) -> dict:
+        return {"unigram_loss": self.unigram.loss, "unigram_bpb": self.unigram.bpb, "val_targets": self.tokens,
+                "val_target_bytes": self.bytes}
+
+
+def val_scale(batches: Batches, max_tokens: int, byte_lengths: np.ndarray, vocab: int) -> ValScale:
+    """:class:`ValScale` of exactly the windows :func:`evaluate` scores (train-split counts by ``np.bincount``)."""
+    targets = window_target_counts(batches.val, batches.val_windows(max_tokens), batches.T, vocab)
+    yard = unigram_yardstick(token_counts(batches.train, vocab), targets, byte_lengths, vocab)
+    return ValScale(yard.tokens, yard.bytes, yard)
 
 
 @torch.no_grad()

@@ -33,7 +33,8 @@ STATE_FORMAT_VERSION = 1
 TRAIN_STATE_FORMAT = "mom-train-state"
 
 
-# A checkpoint directory's files, all listed in its manifest (written last, just before the directory's rename).
+# A checkpoint directory's files, all listed in its manifest (written last, just before the directory's rename); with
+# a corpus BPE also its tokenizer.json (the tokenizer travels with every checkpoint).
 CHECKPOINT_FILES = ("model.safetensors", "config.json", "train_config.json", "train_state.safetensors", "state.json")
 
 
@@ -68,8 +69,9 @@ def full_state(model: nn.Module, optimizer: torch.optim.Optimizer, names: list[s
 
 
 def save_checkpoint(run_dir: Path, step: int, model: nn.Module, full: FullState, tcfg: TrainConfig,
-                    state: dict[str, Any]) -> Path:
-    """Write checkpoint ``step`` atomically and make it the latest; raise CheckpointError (previous one intact)."""
+                    state: dict[str, Any], tokenizer=None) -> Path:
+    """Write checkpoint ``step`` atomically and make it the latest; raise CheckpointError (previous one intact).
+    ``tokenizer``: the data's :class:`mom.data.tokenizer.Tokenizer`, written into the checkpoint."""
     root = run_dir / CHECKPOINTS
     name = f"step-{step:08d}"
     final = root / name
@@ -81,6 +83,7 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, full: FullState,
         tmp.mkdir()
         # model.safetensors + config.json, each fsynced
         model.save_pretrained(tmp, manifest=False, state_dict=full.model)
+        tok_files = tokenizer.save(tmp) if tokenizer is not None else []
         tcfg.save(tmp / "train_config.json")
         tensors: dict[str, Tensor] = {"rng/cpu": torch.get_rng_state(), **full.moments}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -88,7 +91,7 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, full: FullState,
         save_safetensors(tensors, tmp / "train_state.safetensors", {"format": TRAIN_STATE_FORMAT})
         write_json_atomic(tmp / "state.json", {"format_version": STATE_FORMAT_VERSION, **state, "step": step,
                                                "optimizer_step": full.optimizer_step})
-        write_manifest(tmp, list(CHECKPOINT_FILES))  # last: a directory with a manifest is complete
+        write_manifest(tmp, [*CHECKPOINT_FILES, *tok_files])  # last: a directory with a manifest is complete
         fsync_dir(tmp)
         if final.exists():  # left by a crash between this rename and the pointer update: never the latest
             _remove_checkpoint(final)

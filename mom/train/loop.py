@@ -5,13 +5,18 @@ What a run does, in order (every user mistake is found before anything is writte
 
 1. resolve the model config (preset/JSON + ``--model.X``) and the train config (preset/JSON + ``--train.X``);
 2. open the data (``train.bin``/``val.bin``, nanoGPT's uint16 layout; the built-in corpus is prepared into
-   ``data/builtin`` on first use) and check every token id against the model's vocabulary;
+   ``data/builtin`` on first use) with its tokenizer (``tokenizer.json`` of a corpus BPE, else GPT-2): the model's
+   ``vocab_size`` is taken from it (``vocab_from_data``, what ``mom train`` does unless ``--model.vocab_size`` is
+   given) or checked against it, as is the tokenizer of an ``--init-from`` model or of the run being resumed; every
+   token id is checked against the model's vocabulary; the train split's token counts give the unigram yardstick
+   of the validation windows;
 3. build the model from ``seed``; with ``--init-from`` copy weights from a run/model directory or an HF GPT-2
    (same layout: loaded as is; a vanilla source and a MoM target: decomposed per the layer map, routers fresh);
    with ``--resume`` load the latest checkpoint (model, optimiser moments, RNG, step) instead;
 4. train: AdamW, linear warm-up + cosine, gradient accumulation up to ``tokens_per_step``, grad-norm clipping,
    bf16 autocast on CUDA, DDP under ``torchrun``; validation at step 0, every ``eval_interval`` and at the end;
-   ``metrics.jsonl`` rows with losses, lr, grad norm, throughput and routing statistics;
+   ``metrics.jsonl`` rows with losses, lr, grad norm, throughput and routing statistics; validation rows add bits
+   per byte and the unigram yardstick (``val_bpb``, ``unigram_loss``, ``unigram_bpb``);
 5. checkpoint every ``ckpt_interval`` steps and at the end, then write the final model (``model.safetensors`` +
    ``config.json`` at the top of the run directory, so ``--init-from RUN_DIR`` and ``MoM.from_pretrained`` read
    it).
@@ -23,7 +28,9 @@ same steps N+1, N+2, … bit for bit on CPU as a run that was never interrupted 
 
 Run directory layout::
 
-    config.json  train_config.json  run.json   model config, train config, provenance (command, data, init)
+    config.json  train_config.json  run.json   model config, train config, provenance (command, data, init,
+                                               tokenizer, the unigram yardstick)
+    tokenizer.json                             the data's corpus BPE (none for GPT-2), also in every checkpoint
     metrics.jsonl                              one JSON object per log step ("train") and per evaluation ("val")
     checkpoints/step-00000500/                 model.safetensors, config.json, train_config.json,
                                                train_state.safetensors (AdamW moments, RNG), state.json (scalars)
@@ -51,17 +58,18 @@ from torch import nn
 
 from mom.config.model import MoMConfig
 from mom.config.train import TrainConfig
+from mom.data.tokenizer import Tokenizer
 from mom.data.tokens import load_tokens
 from mom.errors import CheckpointError, ConfigError, MomError
 from mom.model.model import MoM
 from mom.runs import continue_run_dir, read_latest, read_metrics, start_run_dir
-from mom.train.batches import Batches, evaluate, resolve_data
+from mom.train.batches import Batches, ValScale, evaluate, resolve_data, val_scale
 from mom.train.checkpoint import full_model_state, full_state, load_checkpoint, load_optimizer_state, save_checkpoint
 from mom.train.distributed import Runtime, setup_runtime, shard_model
 from mom.train.init import init_from
-from mom.train.monitor import Monitor, tensorboard_wanted
+from mom.train.monitor import Monitor, describe_val, tensorboard_wanted
 from mom.train.optim import lr_at, make_optimizer
-from mom.train.resume import RunPlan, check_resumed_data, elastic_job, plan_run
+from mom.train.resume import RunPlan, check_resumed_data, elastic_job, fit_vocabulary, plan_run
 from mom.train.step import Stepper
 
 
@@ -74,40 +82,49 @@ class TrainResult:
     seconds: float
     finished: bool
     main_process: bool = True  # False on the other ranks of a torchrun job (they write nothing)
+    val_bpb: float | None = None  # bits per byte of val_loss
+    unigram_loss: float | None = None  # the unigram yardstick of the same validation windows (nats per token)
 
 
 def train(mcfg: MoMConfig | None, tcfg: TrainConfig | None, *, out: str | os.PathLike, data: str | None = None,
           init: str | None = None, resume: bool = False, force: bool = False, progress: bool = True,
-          command: list[str] | None = None, stop_at: int | None = None,
+          command: list[str] | None = None, stop_at: int | None = None, vocab_from_data: bool = False,
           on_eval: Callable[[int], None] | None = None) -> TrainResult:
     """Train a model; see the module docstring. ``mcfg``/``tcfg`` may be None with ``resume`` (taken from the run).
 
     ``stop_at``: return right after step ``stop_at`` and its checkpoint, as if the process were killed there (for
     tests and for splitting a long run into sessions; the run continues with ``resume=True``).
+    ``vocab_from_data``: a new run's ``vocab_size`` is the data's tokenizer's (when the data names one).
     ``on_eval(step)``: called on the main process after each validation row is written (``mom train`` redraws the
     run's plots there; its time is not counted as training throughput)."""
     plan = plan_run(mcfg, tcfg, Path(out), data, init, resume, force)
     tensorboard_wanted(plan.tcfg)  # asked for without the package: one error line before anything is written
     rt = setup_runtime(plan.mcfg, plan.tcfg)
     data_dir = resolve_data(plan.data, rt.dist, progress=progress)
+    plan, tok, tok_known, vocab_note = fit_vocabulary(plan, data_dir, vocab_from_data)
     train_tok = load_tokens(data_dir, "train", vocab_size=plan.mcfg.vocab_size)
     val_tok = load_tokens(data_dir, "val", vocab_size=plan.mcfg.vocab_size)
     check_resumed_data(plan, data_dir, train_tok, val_tok)
     batches = Batches(train_tok, val_tok, rt.seq_len, plan.tcfg.batch_size, rt.accum, plan.tcfg.seed, rt.dist,
                       rt.device)
+    # The unigram smoothing runs over the tokenizer's vocabulary when the data names it, else the model's.
+    vocab = tok.n_vocab if tok_known else plan.mcfg.vocab_size
+    scale = val_scale(batches, plan.tcfg.eval_tokens, tok.byte_lengths(plan.mcfg.vocab_size), vocab)
     model, optimizer, names, state, init_note = build_model(plan, rt)
     # The run directory: only now, when every input has been checked on every process.
     rt.dist.barrier()
     if rt.dist.is_main:
         if plan.resuming:
+            plan.run_info.update(scale.to_dict())
             continue_run_dir(plan.out, int(state["step"]), plan.run_info,
                              plan.tcfg if plan.extend_from is not None else None)
         else:
-            start_run_dir(plan.out, force, plan.mcfg, plan.tcfg,
-                          run_info(plan, rt, model, command, init_note, data_dir, train_tok, val_tok))
+            info = run_info(plan, rt, model, command, init_note, data_dir, train_tok, val_tok)
+            start_run_dir(plan.out, plan.force, plan.mcfg, plan.tcfg, {**info, **tok.describe(), **scale.to_dict()},
+                          tok)
     rt.dist.barrier()
-    run = Run(plan, rt, model, optimizer, names, batches, state, progress, on_eval)
-    run.announce(init_note)
+    run = Run(plan, rt, model, optimizer, names, batches, state, progress, tok, scale, on_eval)
+    run.announce(init_note, vocab_note)
     try:
         run.loop(stop_at)
     finally:
@@ -165,10 +182,10 @@ class Run:
     """A run in progress: its counters, evaluation and checkpoints around the :class:`Stepper`."""
 
     def __init__(self, plan: RunPlan, rt: Runtime, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 names: list[str], batches: Batches, state: dict[str, Any], progress: bool,
-                 on_eval: Callable[[int], None] | None = None):
+                 names: list[str], batches: Batches, state: dict[str, Any], progress: bool, tok: Tokenizer,
+                 scale: ValScale, on_eval: Callable[[int], None] | None = None):
         self.plan, self.rt, self.model, self.optimizer = plan, rt, model, optimizer
-        self.names, self.batches, self.on_eval = names, batches, on_eval
+        self.names, self.batches, self.tok, self.scale, self.on_eval = names, batches, tok, scale, on_eval
         self.mcfg, self.tcfg, self.out = plan.mcfg, plan.tcfg, plan.out
         self.start = self.done = int(state.get("step", 0))  # optimiser steps completed
         self.tokens = int(state.get("tokens", 0))
@@ -179,12 +196,12 @@ class Run:
         if plan.extend_from is not None:
             self.horizons.append([self.start, plan.extend_from])
         self.monitor = Monitor(self.out, rt, self.mcfg, self.tcfg, self.start, progress,
-                               state.get("collapse_streak"))
+                               state.get("collapse_streak"), scale)
         self.stepper = Stepper(model, wrap_model(model, self.mcfg, self.tcfg, rt), optimizer, batches, self.tcfg, rt,
                                self.monitor.window, self.horizons)
         self.t_start = time.perf_counter()
 
-    def announce(self, init_note: str | None) -> None:
+    def announce(self, init_note: str | None, vocab_note: str | None = None) -> None:
         rt, tcfg, mcfg, say = self.rt, self.tcfg, self.mcfg, self.monitor.say
         amp = f" with {str(rt.amp).removeprefix('torch.')} autocast" if rt.amp else ""
         procs = f" × {rt.dist.world} processes" if rt.dist.enabled else ""
@@ -192,6 +209,8 @@ class Run:
         say(f"{'resuming' if self.plan.resuming else 'training'} {mcfg.name} ({self.model.num_params() / 1e6:.2f}M "
             f"params, depth {mcfg.depth}) on {rt.device}{amp}{procs}: {tcfg.max_steps} steps of "
             f"{rt.tokens_per_step:,} tokens ({tcfg.batch_size}×{rt.seq_len}{accum}) → {self.out}")
+        say(f"tokenizer: {self.tok.name}" + (f" ({vocab_note})" if vocab_note else "")
+            + f"; knowing only token frequencies scores {self.scale.unigram.loss:.3f} nats on the validation windows")
         if init_note:
             say(f"init: {init_note}")
         if self.plan.note:
@@ -292,7 +311,7 @@ class Run:
             state = {"tokens": self.tokens, "elapsed_s": self.elapsed(), "tokens_per_step": self.rt.tokens_per_step,
                      "world_size": self.rt.dist.world, "val_loss": self.val_loss,
                      "collapse_streak": self.monitor.collapse.state(), "lr_horizons": self.horizons}
-            save_checkpoint(self.out, step, self.model, full, self.tcfg, state)
+            save_checkpoint(self.out, step, self.model, full, self.tcfg, state, self.tok)
         self.rt.dist.barrier()
 
     def elapsed(self) -> float:
@@ -310,17 +329,20 @@ class Run:
         if finished and dist.is_main:
             if not (out / "model.safetensors").is_file() or self.start < self.tcfg.max_steps:
                 try:
-                    self.model.save_pretrained(out, state_dict=final_sd)
+                    self.model.save_pretrained(out, state_dict=final_sd, tokenizer=self.tok)
                 except OSError as e:
                     raise CheckpointError(f"{out}: cannot write the final model ({e.strerror or e}); the last "
                                           "checkpoint is intact") from None
             if self.val_loss is None:
                 self.val_loss = next((r["val_loss"] for r in reversed(read_metrics(out)) if r["type"] == "val"), None)
-            val = self.val_loss if self.val_loss is None else round(self.val_loss, 4)
-            print(f"done: {self.done} steps, {self.tokens:,} tokens in {self.elapsed():.0f}s; final val loss {val}; "
+            val = "none" if self.val_loss is None else describe_val(self.val_loss, self.scale.bpb(self.val_loss),
+                                                                      self.scale.unigram.loss)
+            print(f"done: {self.done} steps, {self.tokens:,} tokens in {self.elapsed():.0f}s; final {val}; "
                   f"model in {out}", flush=True)
         dist.barrier()
-        return TrainResult(out, self.done, self.val_loss, self.tokens, self.elapsed(), finished, dist.is_main)
+        bpb = None if self.val_loss is None else self.scale.bpb(self.val_loss)
+        return TrainResult(out, self.done, self.val_loss, self.tokens, self.elapsed(), finished, dist.is_main, bpb,
+                           self.scale.unigram.loss)
 
 
 def _is_host_oom(e: BaseException) -> bool:

@@ -119,6 +119,15 @@ def describe_fault(loss: float, grad_norm: float, where: list[str], limit: int =
     return "; ".join(p for p in parts if p)
 
 
+def describe_val(loss: float, bpb: float | None, unigram: float | None) -> str:
+    """``val loss 5.2100 nats (1.980 bpb), 1.71 nats below knowing only token frequencies``."""
+    text = f"val loss {loss:.4f} nats" + (f" ({bpb:.3f} bpb)" if bpb is not None else "")
+    if unigram is not None and math.isfinite(loss):
+        gap = unigram - loss
+        text += f", {abs(gap):.2f} nats {'below' if gap >= 0 else 'above'} knowing only token frequencies"
+    return text
+
+
 class Window:
     """Sums over the steps since the last metrics row (device tensors: no host sync until the row is written)."""
 
@@ -175,10 +184,10 @@ class Window:
 class Speed:
     """Achieved training FLOP/s of a metrics row, and its MFU where the device's peak is known.
 
-    FLOPs are :func:`mom.flops.count`'s analytic training FLOPs per token (6 × active matmul parameters +
+    FLOPs are :func:`mom.model.flops.count`'s analytic training FLOPs per token (6 × active matmul parameters +
     attention; every one of the K picks counted as a module run, SKIP picks included, so for a MoM this is an
     upper bound on the work done), as in ``mom bench``. MFU only under bf16 autocast on a CUDA device of
-    :data:`mom.flops.PEAK_FLOPS`, whose figures are bf16 tensor-core peaks; against all processes' peaks."""
+    :data:`mom.model.flops.PEAK_FLOPS`, whose figures are bf16 tensor-core peaks; against all processes' peaks."""
 
     def __init__(self, mcfg: MoMConfig, seq_len: int, device: torch.device, amp: torch.dtype | None, world: int):
         self.flops_per_token = count(mcfg, seq_len).train_flops_per_token
@@ -326,8 +335,9 @@ class Monitor:
     throughput window and router-collapse warnings."""
 
     def __init__(self, run_dir: Path, rt: Runtime, mcfg: MoMConfig, tcfg: TrainConfig, start: int,
-                 progress: bool, collapse_state: list | None = None):
+                 progress: bool, collapse_state: list | None = None, scale=None):
         self.rt, self.main, self.max_steps = rt, rt.dist.is_main, tcfg.max_steps
+        self.scale = scale  # mom.train.batches.ValScale of the validation windows (bits per byte, the yardstick)
         self.file = open(run_dir / METRICS, "a", encoding="utf-8") if self.main else None
         self.csv = CsvLog(run_dir / METRICS_CSV, read_metrics(run_dir)) if self.main and tcfg.csv else None
         # Every writer marks a session start (TensorBoard ignores the first it sees, and on each later one drops the
@@ -379,10 +389,17 @@ class Monitor:
         else:
             self.say(console_line(row, self.max_steps, self.rt.tokens_per_step))
 
-    def val_row(self, step: int, tokens: int, loss: float, seconds: float) -> None:
-        self.log({"type": "val", "step": step, "tokens": tokens, "val_loss": loss, "val_ppl": math.exp(min(loss, 50)),
-                  "seconds": round(seconds, 3)})
-        self.say(f"step {step}: val loss {loss:.4f} (ppl {math.exp(min(loss, 50)):.1f})")
+    def val_row(self, step: int, tokens: int, loss: float, seconds: float) -> float | None:
+        """Log a validation loss (nats per token) with its bits per byte and the unigram yardstick of the same
+        windows; returns the bits per byte."""
+        row = {"type": "val", "step": step, "tokens": tokens, "val_loss": loss, "val_ppl": math.exp(min(loss, 50))}
+        bpb = None
+        if self.scale is not None:
+            bpb = self.scale.bpb(loss)
+            row.update(val_bpb=bpb, unigram_loss=self.scale.unigram.loss, unigram_bpb=self.scale.unigram.bpb)
+        self.log({**row, "seconds": round(seconds, 3)})
+        self.say(f"step {step}: {describe_val(loss, bpb, self.scale.unigram.loss if self.scale else None)}")
+        return bpb
 
     def fault(self, step: int, in_a_row: int, what: str) -> None:
         self.log({"type": "fault", "step": step, "skipped": True, "in_a_row": in_a_row, "what": what})

@@ -4,7 +4,7 @@ one from its latest checkpoint (with the configs, data and init source the run w
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +12,11 @@ import numpy as np
 
 from mom.config.model import MoMConfig
 from mom.config.train import TrainConfig
+from mom.data.tokenizer import Tokenizer, data_tokenizer, load_tokenizer
 from mom.errors import CheckpointError, ConfigError, DataError, MomError
 from mom.fileio import read_json
 from mom.runs import check_fresh_out, read_latest
+from mom.train.init import check_init_tokens
 
 
 @dataclass
@@ -30,6 +32,7 @@ class RunPlan:
     run_info: dict[str, Any] = field(default_factory=dict)  # the run's run.json when resuming
     extend_from: int | None = None  # the run's max_steps when this resume changes it (extends or shortens the run)
     note: str | None = None  # what an elastic restart decided, for the console
+    force: bool = False  # a new run may clear what a previous run wrote in ``out`` (--force, or an elastic restart)
 
     @property
     def resuming(self) -> bool:
@@ -89,7 +92,7 @@ def plan_run(mcfg: MoMConfig | None, tcfg: TrainConfig | None, out: Path, data: 
         if mcfg is None or tcfg is None:
             raise ConfigError("a new run needs a model config (--config) and a train config")
         check_fresh_out(out, force)
-        return RunPlan(mcfg, tcfg, out, data, init, note=note)
+        return RunPlan(mcfg, tcfg, out, data, init, note=note, force=force)
     if not out.is_dir():
         raise CheckpointError(f"{out}: no such run directory to resume")
     resume_from = read_latest(out)
@@ -134,3 +137,33 @@ def check_resumed_data(plan: RunPlan, data_dir: Path, train: np.ndarray, val: np
         if had is not None and had != len(arr):
             raise DataError(f"--resume: {data_dir} is not the run's data ({split} split: {len(arr):,} tokens, "
                             f"the run had {had:,})")
+
+
+def fit_vocabulary(plan: RunPlan, data_dir: Path,
+                   vocab_from_data: bool) -> tuple[RunPlan, Tokenizer, bool, str | None]:
+    """The model's vocabulary against the data's tokenizer, before anything is built or written: with
+    ``vocab_from_data`` a new run takes ``vocab_size`` from the data (``mom train`` without ``--model.vocab_size``);
+    a model smaller than the data's vocabulary, a resumed run or an ``--init-from`` source with another tokenizer,
+    or a source of another vocabulary size is one error line. A larger model vocabulary (padded, as nanoGPT's
+    50304) is allowed. Returns the plan (its model config updated), the data's tokenizer, whether the data names it
+    and a note for the log."""
+    tok, known = data_tokenizer(data_dir)
+    mcfg, note = plan.mcfg, None
+    if known and vocab_from_data and not plan.resuming and mcfg.vocab_size != tok.n_vocab:
+        mcfg = mcfg.replace(vocab_size=tok.n_vocab)
+        note = f"vocab_size {tok.n_vocab:,} from the data"
+    if known and mcfg.vocab_size < tok.n_vocab:
+        if plan.resuming:
+            raise DataError(f"--resume: {data_dir} uses the tokenizer {tok.name} ({tok.n_vocab:,} tokens), more "
+                            f"than the run's vocab_size {mcfg.vocab_size:,}")
+        raise ConfigError(f"{data_dir}: its tokenizer {tok.name} has {tok.n_vocab:,} tokens but the model's "
+                          f"vocab_size is {mcfg.vocab_size:,}: set it to at least {tok.n_vocab:,} (mom train takes "
+                          "it from the data unless --model.vocab_size is given)")
+    if plan.resuming and known:
+        ran = load_tokenizer(plan.resume_from[1])
+        if ran.sha256 != tok.sha256:
+            raise DataError(f"--resume: {data_dir} uses the tokenizer {tok.name} (sha256 {tok.sha256[:12]}…), the "
+                            f"run was trained with {ran.name} ({ran.sha256[:12]}…)")
+    elif plan.init is not None and not plan.resuming:
+        check_init_tokens(plan.init, mcfg.vocab_size, tok, known)
+    return replace(plan, mcfg=mcfg), tok, known, note

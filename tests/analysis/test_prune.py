@@ -9,7 +9,7 @@ import torch
 from mom.analysis.prune import choose_kept, keep_count, prune, pruned_config
 from mom.cli.main import main
 from mom.model.model import MoM
-from tests.conftest import tiny_config
+from tests.conftest import cli_error, tiny_config
 
 NEVER = -1e9  # a router logit bias that gives a module probability exactly 0
 
@@ -139,13 +139,6 @@ def test_cli_writes_a_loadable_checkpoint_that_trains_further(ckpt, tmp_path, ca
     assert trained.config.n_attn == 2 and not torch.equal(trained.wte.weight, pruned.wte.weight)
 
 
-def _error(args, capsys) -> str:
-    assert main(args) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("mom: error: ") and err.count("\n") == 1 and "Traceback" not in err
-    return err
-
-
 @pytest.mark.parametrize("keep, message", [
     ("0", "--attn-keep must be a fraction in (0, 1], got 0 (0 would remove every module)"),
     ("1.5", "--attn-keep must be a fraction in (0, 1], got 1.5"),
@@ -153,29 +146,27 @@ def _error(args, capsys) -> str:
 ])
 def test_cli_bad_fractions(ckpt, tmp_path, capsys, keep, message):
     _, ck, data = ckpt
-    assert message in _error(["prune", "--ckpt", str(ck), "--attn-keep", keep, "--data", str(data),
-                              "--out", str(tmp_path / "o")], capsys)
+    assert message in cli_error(capsys, ["prune", "--ckpt", str(ck), "--attn-keep", keep, "--data", str(data),
+                              "--out", str(tmp_path / "o")])
     assert not (tmp_path / "o").exists()
 
 
 def test_cli_errors(ckpt, tmp_path, capsys):
     model, ck, data = ckpt
     out = str(tmp_path / "o")
-    assert "/nonexistent: checkpoint directory not found" in _error(
-        ["prune", "--ckpt", "/nonexistent", "--attn-keep", "0.5", "--out", out], capsys)
-    assert "--data applies only to --by usage" in _error(
-        ["prune", "--ckpt", str(ck), "--by", "norm", "--data", str(data), "--out", out], capsys)
-    assert "--out must differ" in _error(["prune", "--ckpt", str(ck), "--by", "norm", "--out", str(ck)], capsys)
+    assert "/nonexistent: checkpoint directory not found" in cli_error(capsys,
+        ["prune", "--ckpt", "/nonexistent", "--attn-keep", "0.5", "--out", out])
+    assert "--data applies only to --by usage" in cli_error(capsys, ["prune", "--ckpt", str(ck), "--by", "norm", "--data", str(data), "--out", out])
+    assert "--out must differ" in cli_error(capsys, ["prune", "--ckpt", str(ck), "--by", "norm", "--out", str(ck)])
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("x")
-    assert "exists and is not empty; pass --force" in _error(
-        ["prune", "--ckpt", str(ck), "--by", "norm", "--attn-keep", "0.5", "--out", str(tmp_path / "full")], capsys)
+    assert "exists and is not empty; pass --force" in cli_error(capsys, ["prune", "--ckpt", str(ck), "--by", "norm", "--attn-keep", "0.5", "--out", str(tmp_path / "full")])
     for fields, message in ((dict(chunks=0, bottom=2, top=0), "vanilla model"),
                             (dict(attn_candidates="diagonal", n_attn=2), "pruning needs candidates 'all'"),
                             (dict(router="fixed", skip=False, top_k=1), "pruning needs a learned router")):
         MoM(tiny_config(**fields)).save_pretrained(tmp_path / "other")
-        assert message in _error(["prune", "--ckpt", str(tmp_path / "other"), "--by", "norm", "--attn-keep", "0.5",
-                                  "--out", out], capsys)
+        assert message in cli_error(capsys, ["prune", "--ckpt", str(tmp_path / "other"), "--by", "norm", "--attn-keep", "0.5",
+                                  "--out", out])
     assert not (tmp_path / "o").exists()
     assert (tmp_path / "full" / "keep.txt").read_text() == "x"
 
@@ -192,9 +183,8 @@ def test_cli_force_replaces_an_earlier_pruned_checkpoint_and_nothing_else(ckpt, 
     # A directory holding anything else is never replaced, --force or not: a user's files, or the source
     # checkpoint itself when --out is its parent.
     (out / "notes.txt").write_text("mine")
-    assert "holds more than a pruned checkpoint (notes.txt)" in _error(args + ["--ffn-keep", "0.5"], capsys)
+    assert "holds more than a pruned checkpoint (notes.txt)" in cli_error(capsys, args + ["--ffn-keep", "0.5"])
     assert (out / "notes.txt").read_text() == "mine" and MoM.from_pretrained(out).config.n_ffn == 2
     before = sorted(p.name for p in tmp_path.iterdir())
-    assert "holds more than a pruned checkpoint (" in _error(
-        ["prune", "--ckpt", str(ck), "--by", "norm", "--ffn-keep", "0.5", "--out", str(tmp_path), "--force"], capsys)
+    assert "holds more than a pruned checkpoint (" in cli_error(capsys, ["prune", "--ckpt", str(ck), "--by", "norm", "--ffn-keep", "0.5", "--out", str(tmp_path), "--force"])
     assert sorted(p.name for p in tmp_path.iterdir()) == before and (ck / "model.safetensors").is_file()

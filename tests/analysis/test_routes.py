@@ -10,7 +10,7 @@ import torch
 from mom.analysis.routes import RouteStats, route_grid, token_depths, usage_from_routes
 from mom.cli.main import main
 from mom.model.model import MoM, RouteRecord
-from tests.conftest import tiny_config
+from tests.conftest import cli_error, tiny_config
 
 S_A, S_F = 3, 2  # SKIP index of the attention pool (N = 3) and of the FFN pool (N = 2)
 
@@ -169,33 +169,17 @@ def test_cli_text_input(tmp_path, capsys):
     _Checker().feed(page)
 
 
-def _error(args, capsys) -> str:
-    assert main(args) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("mom: error: ") and err.count("\n") == 1 and "Traceback" not in err
-    return err
-
-
 def test_cli_errors(ckpt, tmp_path, capsys):
     ck, data = ckpt
-    assert "unsupported extension '.gif'" in _error(
-        ["routes", "--ckpt", str(ck), "--data", str(data), "--out", str(tmp_path / "r.gif")], capsys)
-    assert "does not exist" in _error(
-        ["routes", "--ckpt", str(ck), "--data", str(data), "--out", str(tmp_path / "no" / "r.png")], capsys)
-    assert "checkpoint directory not found" in _error(
-        ["routes", "--ckpt", str(tmp_path / "none"), "--text", "hi", "--out", str(tmp_path / "r.png")], capsys)
-    assert "outside this model's vocabulary (97)" in _error(
-        ["routes", "--ckpt", str(ck), "--text", "Hello world", "--out", str(tmp_path / "r.png")], capsys)
-    assert "--text is empty" in _error(["routes", "--ckpt", str(ck), "--text", "  ", "--out", str(tmp_path / "r.png")],
-                                       capsys)
-    assert "exceeds the model's context length" in _error(
-        ["routes", "--ckpt", str(ck), "--data", str(data), "--seq-len", "65", "--out", str(tmp_path / "r.png")], capsys)
-    assert "one of the arguments --text --data is required" in _error(
-        ["routes", "--ckpt", str(ck), "--out", str(tmp_path / "r.png")], capsys)
+    assert "unsupported extension '.gif'" in cli_error(capsys, ["routes", "--ckpt", str(ck), "--data", str(data), "--out", str(tmp_path / "r.gif")])
+    assert "does not exist" in cli_error(capsys, ["routes", "--ckpt", str(ck), "--data", str(data), "--out", str(tmp_path / "no" / "r.png")])
+    assert "checkpoint directory not found" in cli_error(capsys, ["routes", "--ckpt", str(tmp_path / "none"), "--text", "hi", "--out", str(tmp_path / "r.png")])
+    assert "outside this model's vocabulary (97)" in cli_error(capsys, ["routes", "--ckpt", str(ck), "--text", "Hello world", "--out", str(tmp_path / "r.png")])
+    assert "--text is empty" in cli_error(capsys, ["routes", "--ckpt", str(ck), "--text", "  ", "--out", str(tmp_path / "r.png")])
+    assert "exceeds the model's context length" in cli_error(capsys, ["routes", "--ckpt", str(ck), "--data", str(data), "--seq-len", "65", "--out", str(tmp_path / "r.png")])
+    assert "one of the arguments --text --data is required" in cli_error(capsys, ["routes", "--ckpt", str(ck), "--out", str(tmp_path / "r.png")])
     (tmp_path / "dir.png").mkdir()
-    assert "is a directory" in _error(
-        ["routes", "--ckpt", str(ck), "--data", str(data), "--windows", "1", "--out", str(tmp_path / "dir.png")], capsys)
+    assert "is a directory" in cli_error(capsys, ["routes", "--ckpt", str(ck), "--data", str(data), "--windows", "1", "--out", str(tmp_path / "dir.png")])
     MoM(tiny_config(chunks=0, bottom=2, top=0)).save_pretrained(tmp_path / "vanilla")
-    assert "nothing is routed" in _error(
-        ["routes", "--ckpt", str(tmp_path / "vanilla"), "--data", str(data), "--out", str(tmp_path / "r.png")], capsys)
+    assert "nothing is routed" in cli_error(capsys, ["routes", "--ckpt", str(tmp_path / "vanilla"), "--data", str(data), "--out", str(tmp_path / "r.png")])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "data", "dir.png", "vanilla"]

@@ -72,10 +72,16 @@ def test_convert_from_and_to_hf(tmp_path):
     # A non-empty output directory is never overwritten without --force.
     r = run_cli("convert", "--from-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "mom"))
     assert r.returncode == 2 and "exists and is not empty" in r.stderr
-    # A MoM layout cannot be exported as GPT-2, and the refused export leaves no directory behind.
+    # A MoM layout exports as remote code that transformers loads (tests/convert/test_hf_export.py checks the logits).
+    assert main(["convert", "--to-hf", str(tmp_path / "mom2"), "--out", str(tmp_path / "x")]) == 0
+    written = {f.name for f in (tmp_path / "x").iterdir()}
+    assert {"config.json", "modeling_mom.py", "model.safetensors"} <= written
+    assert "tokenizer.json" not in written  # a 97-token toy model: no known tokenizer fits it
+    # Exporting what is not a model, or into a non-empty directory: one line, and nothing written.
+    r = run_cli("convert", "--to-hf", str(tmp_path / "hf" / "nothing"), "--out", str(tmp_path / "y"))
+    assert r.returncode == 2 and "checkpoint directory not found" in r.stderr and not (tmp_path / "y").exists()
     r = run_cli("convert", "--to-hf", str(tmp_path / "mom2"), "--out", str(tmp_path / "x"))
-    assert r.returncode == 2 and "only a vanilla (chunks=0) model" in r.stderr
-    assert not (tmp_path / "x").exists()
+    assert r.returncode == 2 and "exists and is not empty" in r.stderr
     # Converting a model onto itself would overwrite its own files, --force or not.
     before = (tmp_path / "hf" / "config.json").read_text()
     r = run_cli("convert", "--from-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "hf"), "--force")

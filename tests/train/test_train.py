@@ -8,6 +8,7 @@ import errno
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -510,3 +511,16 @@ def test_an_out_below_a_file_is_one_error_and_an_early_interrupt_points_to_force
         train(vanilla_cfg(), tcfg(max_steps=4, ckpt_interval=0, eval_interval=0), out=tmp_path / "run",
               data=str(data_dir), progress=False)
     assert "interrupted after step 0; no checkpoint yet: start over with --force" in capsys.readouterr().out
+
+
+def test_a_run_checkpointed_before_the_package_moved_resumes_bit_exact(tmp_path):
+    """tests/fixtures/pre_house: a tiny-mom run stopped at step 2 of 4 by the flat-layout package (ed57a95), and what
+    that package computed when it resumed it to step 4. The subpackage layout reads the same checkpoint and ends on
+    the same weights, bit for bit."""
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "pre_house"
+    shutil.copytree(fixture / "run", tmp_path / "run")
+    expected = json.loads((fixture / "expected.json").read_text())
+    res = train(None, None, out=tmp_path / "run", data=str(fixture / "data"), resume=True, progress=False)
+    assert res.step == expected["step"] and res.val_loss == expected["val_loss"]
+    sums = {k: float(v.double().sum()) for k, v in MoM.from_pretrained(tmp_path / "run").state_dict().items()}
+    assert sums == expected["param_sums"]

@@ -1,0 +1,1 @@
+"""Hugging Face transformers export: see :func:`mom.convert.hf.export.export_hf`."""
