@@ -8,6 +8,7 @@ extra          packages                                                        w
 ``plots``      matplotlib                                                      run plots, ``mom plot``, reports
 ``tensorboard`` tensorboard                                                     event files of ``mom train``
 ``lmeval``     lm-eval                                                         ``mom eval lm-eval``
+``hf``         transformers                                                    ``mom convert --to-hf``
 =============  ==============================================================  =====================================
 """
 
