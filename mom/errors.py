@@ -20,3 +20,12 @@ class CheckpointError(MomError):
 
 class DataError(MomError):
     """A corpus, token file or dataset that cannot be used."""
+
+
+class MissingExtraError(MomError, ImportError):
+    """A feature whose package is an optional extra that is not installed: the message names the pip command."""
+
+    def __init__(self, what: str, package: str, extra: str):
+        self.what, self.package, self.extra = what, package, extra
+        super().__init__(f"{what} needs the '{package}' package (the '{extra}' extra), which is not installed: "
+                         f"pip install 'mixture-of-modules[{extra}]'")

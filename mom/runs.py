@@ -27,9 +27,15 @@ LATEST = "latest.json"
 METRICS = "metrics.jsonl"
 
 
+METRICS_CSV = "metrics.csv"  # the train and val rows of metrics.jsonl as a table (--train.csv)
+
+
+TENSORBOARD = "tensorboard"  # TensorBoard event files (--train.tensorboard)
+
+
 # Everything a run writes into its directory (``--force`` removes these and nothing else).
-RUN_FILES = ("config.json", "train_config.json", "run.json", METRICS, LATEST, CHECKPOINTS, "model.safetensors",
-             MANIFEST, TOKENIZER_FILE, "loss.png", "routing.png")
+RUN_FILES = ("config.json", "train_config.json", "run.json", METRICS, METRICS_CSV, TENSORBOARD, LATEST, CHECKPOINTS,
+             "model.safetensors", MANIFEST, TOKENIZER_FILE, "loss.png", "routing.png")
 
 
 def _complete(ckpt: Path) -> bool:
@@ -191,9 +197,12 @@ def start_run_dir(out: Path, force: bool, mcfg: MoMConfig, tcfg: TrainConfig, ru
     write_json_atomic(out / "run.json", run_info)
 
 
-def continue_run_dir(out: Path, step: int, run_info: dict[str, Any]) -> None:
-    """Resuming at ``step``: drop the metrics rows logged after it and record the resumption in run.json."""
+def continue_run_dir(out: Path, step: int, run_info: dict[str, Any], tcfg: TrainConfig | None = None) -> None:
+    """Resuming at ``step``: drop the metrics rows logged after it and record the resumption in run.json; ``tcfg``:
+    the run's train config when this resume changes it (another ``max_steps``)."""
     truncate_metrics(out / METRICS, step)
+    if tcfg is not None:
+        tcfg.save(out / "train_config.json")
     run_info.setdefault("resumed_at", []).append(step)
     write_json_atomic(out / "run.json", run_info)
 

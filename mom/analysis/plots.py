@@ -20,8 +20,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from mom.config.model import MoMConfig  # noqa: E402
+from mom.config.train import TrainConfig  # noqa: E402
+from mom.errors import MomError  # noqa: E402
 from mom.fileio import atomic_write  # noqa: E402
-from mom.runs import read_metrics  # noqa: E402
+from mom.model.flops import count  # noqa: E402
+from mom.runs import METRICS, read_metrics  # noqa: E402
 
 SMOOTH_ABOVE = 100  # rows: shorter training curves are drawn as logged (each row already averages its steps)
 
@@ -167,4 +171,102 @@ def plot_comparison(runs: Sequence[tuple[str, str | os.PathLike, int]], path: st
         ax.set_title(sub_title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    return _save(fig, Path(path))
+
+
+# ================================================================================================ mom plot
+class RunCurves:
+    """What ``mom plot`` draws of one run: its metrics rows and its training FLOPs per token (analytic, see
+    :func:`mom.model.flops.count`; None when the run's configs are not there)."""
+    def __init__(self, run_dir: str | os.PathLike, label: str):
+
+        self.dir, self.label = Path(run_dir), label
+        if not self.dir.is_dir():
+            raise MomError(f"{self.dir}: no such run directory")
+        if not (self.dir / METRICS).is_file():
+            raise MomError(f"{self.dir}: not a training run (no {METRICS}; give the --out directory of mom train)")
+        self.rows = read_metrics(self.dir)
+        self.train = [r for r in self.rows if r.get("type") == "train"]
+        self.val = [r for r in self.rows if r.get("type") == "val"]
+        if not self.train and not self.val:
+            raise MomError(f"{self.dir}: no metrics rows yet (the run has not logged a step or an evaluation)")
+        self.flops_per_token = None
+        if (self.dir / "config.json").is_file() and (self.dir / "train_config.json").is_file():
+            mcfg = MoMConfig.load(self.dir / "config.json")
+            seq_len = TrainConfig.load(self.dir / "train_config.json").seq_len or mcfg.n_ctx
+            self.flops_per_token = count(mcfg, seq_len).train_flops_per_token
+
+    def routing(self) -> tuple[list[int], list[float], list[float]]:
+        """Tokens, mean real modules per token and mean SKIP share over the routed (chunk, step, half)s, per row."""
+        rows = _routing_rows(self.train)
+        return ([r["tokens"] for r in rows],
+                [sum(e["modules_per_token"] for e in r["routing"]) / len(r["routing"]) for r in rows],
+                [sum(e["skip"] for e in r["routing"]) / len(r["routing"]) for r in rows])
+
+
+def run_labels(run_dirs: Sequence[str | os.PathLike]) -> list[str]:
+    """Each run's directory name, or its path where two runs share a name."""
+    names = [Path(d).name or str(d) for d in run_dirs]
+    return [str(d) if names.count(n) > 1 else n for n, d in zip(names, run_dirs)]
+
+
+def _curves(ax, runs: list[RunCurves], x_of, key: str, with_train: bool) -> bool:
+    """Validation ``key`` (and the smoothed training loss) of each run against ``x_of(run, row)``; False when no
+    run has the values."""
+    drew = False
+    for i, run in enumerate(runs):
+        val = [r for r in run.val if key in r and x_of(run, r) is not None]
+        if val:
+            ax.plot([x_of(run, r) for r in val], [r[key] for r in val], "o-", ms=3.5, lw=1.5, color=f"C{i}",
+                    label=f"{run.label} (val)")
+            drew = True
+        train = [r for r in run.train if x_of(run, r) is not None]
+        if with_train and train:
+            ax.plot([x_of(run, r) for r in train], _smooth([r["loss"] for r in train]), lw=1.0, alpha=0.45,
+                    color=f"C{i}", label=f"{run.label} (train)")
+            drew = True
+    ax.grid(alpha=0.3)
+    if drew:
+        ax.legend(fontsize=7)
+    return drew
+
+
+def _no_data(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=9, color="gray")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot_runs(run_dirs: Sequence[str | os.PathLike], path: str | os.PathLike) -> Path:
+    """``mom plot``: runs compared on one figure: loss against tokens and against training FLOPs, validation bits
+    per byte (rows with ``val_bpb``), and routing (real modules per token and SKIP share) of routed runs."""
+    runs = [RunCurves(d, label) for d, label in zip(run_dirs, run_labels(run_dirs))]
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9), layout="constrained")
+    (ax_tok, ax_flops), (ax_bpb, ax_route) = axes
+    _curves(ax_tok, runs, lambda run, r: r["tokens"], "val_loss", with_train=True)
+    ax_tok.set(xlabel="tokens seen", ylabel="LM cross-entropy (nats)", title="loss against tokens")
+    flops = lambda run, r: r["tokens"] * run.flops_per_token if run.flops_per_token else None  # noqa: E731
+    if _curves(ax_flops, runs, flops, "val_loss", with_train=True):
+        ax_flops.set(xlabel="training FLOPs (analytic: tokens × train FLOPs per token)",
+                     ylabel="LM cross-entropy (nats)", title="loss against training compute")
+        ax_flops.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
+    else:
+        _no_data(ax_flops, "no run has its config.json and train_config.json")
+    if _curves(ax_bpb, runs, lambda run, r: r["tokens"], "val_bpb", with_train=False):
+        ax_bpb.set(xlabel="tokens seen", ylabel="bits per byte", title="validation bits per byte")
+    else:
+        _no_data(ax_bpb, "no val_bpb in these runs' metrics")
+    routed = [(i, run) for i, run in enumerate(runs) if _routing_rows(run.train)]
+    for i, run in routed:
+        x, modules, skip = run.routing()
+        ax_route.plot(x, modules, lw=1.5, color=f"C{i}", label=f"{run.label}: modules per token")
+        ax_route.plot(x, skip, lw=1.0, ls="--", color=f"C{i}", label=f"{run.label}: SKIP share")
+    if routed:
+        ax_route.set(xlabel="tokens seen", ylabel="mean over routed steps",
+                     title="routing: real modules per token (solid), SKIP share of picks (dashed)")
+        ax_route.grid(alpha=0.3)
+        ax_route.legend(fontsize=7)
+    else:
+        _no_data(ax_route, "no routed run (vanilla models route nothing)")
+    fig.suptitle(", ".join(run.label for run in runs), fontsize=11)
     return _save(fig, Path(path))

@@ -36,7 +36,7 @@ def add_routes_arguments(p: argparse.ArgumentParser) -> None:
                                                                 "page with tables and the figure) or .json (numbers)")
     p.add_argument("--seq-len", type=int, default=None, help="tokens per window with --data (default: n_ctx, ≤ 256)")
     p.add_argument("--windows", type=int, default=16, help="validation windows with --data (default 16)")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=4, help="windows per forward with --data")
     p.add_argument("--max-tokens", type=int, default=64, help="tokens shown in the route heatmap (default 64)")
     p.add_argument("--device", default="auto", help="cpu, cuda (default: cuda if available)")
     p.set_defaults(func=run_routes, overrides=("model",))
@@ -183,18 +183,18 @@ def add_bench_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("--config", default=None,
                    help="preset or JSON config, random weights (default: K2H2S; tiny-mom for decode)")
     b.add_argument("--batch", type=int, default=None, help="sequences per step (default: 4; decode: 1)")
-    b.add_argument("--seq-len", type=int, default=128)
-    b.add_argument("--new-tokens", type=int, default=256)
-    b.add_argument("--prompt-len", type=int, default=16)
-    b.add_argument("--rounds", type=int, default=3)
-    b.add_argument("--device", default="cpu")
+    b.add_argument("--seq-len", type=int, default=128, help="train/forward: tokens per sequence")
+    b.add_argument("--new-tokens", type=int, default=256, help="decode: tokens generated per round")
+    b.add_argument("--prompt-len", type=int, default=16, help="decode: prompt tokens")
+    b.add_argument("--rounds", type=int, default=3, help="alternating timed rounds (the best is reported)")
+    b.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     b.add_argument("--compile", action="store_true", help="torch.compile the models (decode: the cached decode steps)")
     b.add_argument("--compile-mode", default=None, choices=COMPILE_MODES,
                    help="torch.compile mode with --compile (reduce-overhead: CUDA graphs; decode: of the decode steps)")
     b.add_argument("--only", default=None, help="train/forward: comma-separated subset of mom_grouped,mom_loop,dense")
     b.add_argument("--profile", default=None, metavar="DIR",
                    help="profile one extra step (decode: run) per contender, operator tables in DIR/<contender>.txt")
-    b.add_argument("--json", action="store_true")
+    b.add_argument("--json", action="store_true", help="print the results as JSON")
     b.set_defaults(func=run_bench, overrides=("model",))
 
 
@@ -232,7 +232,7 @@ def add_prune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seq-len", type=int, default=None,
                    help="with --by usage: tokens per window (default: n_ctx, ≤ 256)")
     p.add_argument("--windows", type=int, default=None, help="with --by usage: validation windows (default 32)")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=4, help="windows per forward when measuring usage")
     p.add_argument("--device", default="auto", help="cpu, cuda (default: cuda if available)")
     p.add_argument("--force", action="store_true",
                    help="replace an earlier pruned checkpoint in --out (a directory holding other files is refused)")

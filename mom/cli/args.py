@@ -8,6 +8,20 @@ import argparse
 from mom.errors import MomError
 
 
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with each option's default, where there is one to show: not for flags (their default is off), not
+    for ``None`` (no value: the help says what happens then), and not where the help already says its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        nothing = action.default is None or action.default is False or action.default == [] \
+            or action.default is argparse.SUPPRESS  # (identity: a default of 0 is shown)
+        if (nothing or "default" in text.lower()
+                or "%(default)" in text or not (action.option_strings or action.nargs in ("?", "*"))):
+            return text
+        return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, but errors are one line (no usage dump) with a pointer to --help."""
 

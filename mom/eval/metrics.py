@@ -9,28 +9,31 @@ from typing import Sequence
 import numpy as np
 
 from mom.data.tasks import TaskSpec, split_sentences
+from mom.extras import import_extra
+
+
+def _sklearn_metrics():
+    return import_extra("sklearn.metrics", "eval", "GLUE-format evaluation", "scikit-learn")
+
+
+def _scipy_stats():
+    return import_extra("scipy.stats", "eval", "GLUE-format evaluation (STS-B correlations)", "scipy")
 
 
 # ============================================================================================== metrics
 def accuracy(pred: Sequence[int], gold: Sequence[int]) -> float:
     """Fraction of predictions equal to the gold label."""
-    from sklearn.metrics import accuracy_score
-
-    return float(accuracy_score(gold, pred))
+    return float(_sklearn_metrics().accuracy_score(gold, pred))
 
 
 def f1_binary(pred: Sequence[int], gold: Sequence[int]) -> float:
     """F1 of the positive class (label 1), as GLUE scores MRPC and QQP; 0 when there is no true positive."""
-    from sklearn.metrics import f1_score
-
-    return float(f1_score(gold, pred, pos_label=1, average="binary", zero_division=0.0))
+    return float(_sklearn_metrics().f1_score(gold, pred, pos_label=1, average="binary", zero_division=0.0))
 
 
 def matthews(pred: Sequence[int], gold: Sequence[int]) -> float:
     """Matthews correlation coefficient (CoLA); 0 when either side is constant."""
-    from sklearn.metrics import matthews_corrcoef
-
-    return float(matthews_corrcoef(gold, pred))
+    return float(_sklearn_metrics().matthews_corrcoef(gold, pred))
 
 
 def _correlation(fn, pred: Sequence[float], gold: Sequence[float]) -> float:
@@ -40,15 +43,11 @@ def _correlation(fn, pred: Sequence[float], gold: Sequence[float]) -> float:
 
 
 def pearson(pred: Sequence[float], gold: Sequence[float]) -> float:
-    from scipy.stats import pearsonr
-
-    return _correlation(pearsonr, pred, gold)
+    return _correlation(_scipy_stats().pearsonr, pred, gold)
 
 
 def spearman(pred: Sequence[float], gold: Sequence[float]) -> float:
-    from scipy.stats import spearmanr
-
-    return _correlation(spearmanr, pred, gold)
+    return _correlation(_scipy_stats().spearmanr, pred, gold)
 
 
 _METRICS = {"accuracy": accuracy, "f1": f1_binary, "mcc": matthews, "pearson": pearson, "spearman": spearman}
@@ -76,8 +75,7 @@ ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
     """Mean ROUGE F1 over the pairs (rouge-score, Porter stemmer). Texts are split into sentences and joined
     with newlines, which only ROUGE-Lsum looks at (the others tokenise newlines away)."""
-    from rouge_score import rouge_scorer
-
+    rouge_scorer = import_extra("rouge_score.rouge_scorer", "eval", "ROUGE (XSUM-format evaluation)", "rouge-score")
 
     if len(predictions) != len(references) or not references:
         raise ValueError("rouge needs as many predictions as references, at least one")

@@ -19,8 +19,9 @@ forward exactly.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -32,16 +33,85 @@ from mom.errors import MomError
 from mom.model.kv_cache import KVCache
 
 
+# ---------------------------------------------------------------------------------------------- helpers
+@dataclass
+class _Clock:
+    """A generate call's start, and the seconds its decode steps spent compiling."""
+
+    t0: float = field(default_factory=time.perf_counter)
+    compile_s: float = 0.0
+
+
+def _left_padded(rows: list[list[int]], device) -> tuple[Tensor, list[int]]:
+    """Rows left-padded to the longest (pads: any id, never keys) and the pad count of each."""
+    longest = max(len(x) for x in rows)
+    pads = [longest - len(x) for x in rows]
+    return torch.tensor([[0] * pad + x for pad, x in zip(pads, rows)], device=device), pads
+
+
+def _cut_at_stop(text: str, stops: Sequence[str]) -> str:
+    """The text up to the first stop string it contains (each stop string in turn, as generation checks them)."""
+    for s in stops:
+        if s in text:
+            text = text[: text.index(s)]
+    return text
+
+
+class StreamTexts:
+    """Per row, the decoded text of the tokens so far and how much of it was given out: a piece is given once
+    final (not a partial multi-byte character, not possibly the start of a stop string), so that the pieces join
+    to exactly what :meth:`Engine.generate` returns as ``text``."""
+
+    def __init__(self, engine: "Engine", p: SamplingParams):
+        self.engine, self.stops = engine, p.stop
+        self.hold = max((len(s) for s in p.stop), default=1) - 1
+        self.tokens: dict[int, list[int]] = {}
+        self.given: dict[int, int] = {}
+
+    def _text(self, b: int) -> str:
+        eot = self.engine.eot
+        return _cut_at_stop(self.engine.decode([t for t in self.tokens[b] if t != eot]), self.stops)
+
+    def add(self, b: int, token: int) -> str:
+        self.tokens.setdefault(b, []).append(token)
+        text = self._text(b)
+        end = len(text.rstrip("\ufffd"))  # an unfinished multi-byte character decodes to U+FFFD for now
+        end = max(min(end, len(text) - self.hold), self.given.get(b, 0))
+        piece, self.given[b] = text[self.given.get(b, 0):end], end
+        return piece
+
+    def flush(self) -> Iterator[tuple[int, str]]:
+        """What was held back, once the rows are finished."""
+        for b in sorted(self.tokens):
+            piece = self._text(b)[self.given.get(b, 0):]
+            if piece:
+                yield b, piece
+
+
 # ---------------------------------------------------------------------------------------------- sampling
+# One default for the API and ``mom generate``: sample from the model's own distribution, as HF ``generate`` and
+# vLLM do (lower it, e.g. 0.8, for safer text from small models; 0 is greedy).
+DEFAULT_TEMPERATURE = 1.0
+
+
 @dataclass
 class SamplingParams:
+    """How :meth:`Engine.generate` picks tokens and when a row stops.
+
+    ``temperature`` 0 is greedy; ``top_k`` / ``top_p`` filter before sampling; ``seed`` makes sampling repeatable;
+    a row stops at the end-of-text token (unless ``ignore_eos``), at a ``stop`` string (cut from the text) or after
+    ``max_new_tokens``. ``slide``: generate past the model's context ``n_ctx``: when the context is full, keep the
+    last ``slide`` tokens (prompt and generated) and go on from them (a fresh prefill, positions from 0); it must be
+    below ``n_ctx``. Without it, prompt + new tokens must fit in ``n_ctx``."""
+
     max_new_tokens: int = 64
-    temperature: float = 1.0  # 0 = greedy
+    temperature: float = DEFAULT_TEMPERATURE  # 0 = greedy
     top_k: int | None = None
     top_p: float | None = None
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False  # decode exactly max_new_tokens (benchmarks), past the end-of-text token
+    slide: int | None = None  # sliding-window generation: tokens kept when the context is full
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):  # one stop string, not a set of one-character ones
@@ -50,9 +120,9 @@ class SamplingParams:
     def validate(self) -> None:
         # Types first: a float count or a string would otherwise fail deep inside torch with an unrelated message.
         for name, integer in (("max_new_tokens", True), ("top_k", True), ("seed", True), ("temperature", False),
-                              ("top_p", False)):
+                              ("top_p", False), ("slide", True)):
             v = getattr(self, name)
-            if v is None and name in ("top_k", "seed", "top_p"):
+            if v is None and name in ("top_k", "seed", "top_p", "slide"):
                 continue
             kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
             if isinstance(v, bool) or not isinstance(v, kinds):
@@ -69,6 +139,8 @@ class SamplingParams:
             raise MomError(f"seed must be between -2**63 and 2**64 - 1, got {self.seed}")
         if any(not s for s in self.stop):
             raise MomError("stop strings must be non-empty (an empty one would stop before the first token)")
+        if self.slide is not None and self.slide < 1:
+            raise MomError(f"slide must be ≥ 1 (tokens kept when the context is full), got {self.slide}")
 
 
 def sample_next(logits_BV: Tensor, p: SamplingParams, gen: torch.Generator | None) -> Tensor:
@@ -94,11 +166,19 @@ def sample_next(logits_BV: Tensor, p: SamplingParams, gen: torch.Generator | Non
 
 @dataclass
 class Generation:
+    """One prompt's result. ``finish_reason``: ``"length"`` (max_new_tokens reached), ``"eos"`` (the end-of-text
+    token) or ``"stop"`` (a stop string, cut from ``text``). ``seconds``: the call's wall time (prompt prefill and
+    decoding of the whole batch); ``compile_seconds``: the part of it spent compiling the decode step (0 when it was
+    already compiled); ``tokens_per_s``: this row's new tokens per second of the rest."""
+
     prompt: str | None
     prompt_tokens: list[int]
     tokens: list[int]  # generated tokens only
     text: str | None
     finish_reason: str  # "length" | "eos" | "stop"
+    seconds: float = 0.0
+    compile_seconds: float = 0.0
+    tokens_per_s: float = 0.0
 
 
 class Engine:
@@ -112,9 +192,12 @@ class Engine:
     one cache of the model's full context per batch size and reuses it, in place, for every call: a graph
     replays fixed addresses. Attention then reads all ``n_ctx`` cache positions at every step (masked), the
     price of one graph for every length; on the CPU, where there are no graphs, that is all these modes change.
-    A call holds its cache until it ends, so interleaved ``stream`` calls each get their own."""
+    A call holds its cache until it ends, so interleaved ``stream`` calls each get their own.
+
+    ``log``: where the engine says what takes time the caller did not ask for (``mom generate`` passes a printer
+    to stderr): "compiling the decode step…" before a compile."""
     def __init__(self, model, tokenizer=None, *, use_cache: bool = True, compile: bool = False,
-                 compile_mode: str | None = None):
+                 compile_mode: str | None = None, log: Callable[[str], None] | None = None):
         self.model = model.eval()
         self._tok = tokenizer
         self.use_cache = use_cache
@@ -122,6 +205,8 @@ class Engine:
         self._graphs = self._compiled and cuda_graphs(compile_mode)
         self._decode = torch.compile(self.model, mode=compile_mode) if self._compiled else self.model
         self._reused: dict[tuple, KVCache] = {}  # (batch size, device, dtype) -> a free cache for CUDA graphs
+        self._log = log
+        self._batch_sizes: set[int] = set()  # batch sizes the compiled decode step has run
 
     @property
     def tok(self):
@@ -172,71 +257,163 @@ class Engine:
         yield from self._run(prompts, params or SamplingParams(**kw), results=None)
 
     @torch.no_grad()
+    def stream_text(self, prompts, params: SamplingParams | None = None, *, results: list | None = None,
+                    **kw) -> Iterator[tuple[int, str]]:
+        """Yield ``(row, text)`` pieces as the rows' continuations grow; each row's pieces join to exactly its
+        :attr:`Generation.text`. A piece is only given once it is final: characters still waiting for the rest of a
+        multi-byte character, or that could be the start of a stop string, are held back until they are decided.
+        ``results``: a list that receives the :class:`Generation` of every row when the stream ends."""
+        p = params or SamplingParams(**kw)
+        texts = StreamTexts(self, p)
+        for step in self._run(prompts, p, results=results):
+            for b, t in enumerate(step):
+                if t is not None:
+                    piece = texts.add(b, t)
+                    if piece:
+                        yield b, piece
+        for b, piece in texts.flush():
+            yield b, piece
+
+    @torch.no_grad()
     def generate(self, prompts, params: SamplingParams | None = None, **kw) -> list[Generation]:
+        """Continue each prompt; returns one :class:`Generation` per prompt, in order.
+
+        ``prompts``: a string, a list of strings, a list of token-id lists, or a tensor / array of ids (1-D: one
+        prompt, 2-D: a batch). Prompts of different lengths are left-padded into one batch; each row generates what
+        it would alone. Sampling settings come as a :class:`SamplingParams` or as its fields by keyword
+        (``max_new_tokens=64, temperature=1.0, top_k=None, top_p=None, seed=None, stop=[], ignore_eos=False,
+        slide=None``). Errors a caller can make (an empty prompt, ids outside the vocabulary, a prompt that with
+        ``max_new_tokens`` does not fit in ``n_ctx`` without ``slide``, invalid settings) raise
+        :class:`~mom.errors.MomError`.
+
+        >>> engine = Engine(MoM.from_pretrained("runs/tiny"))
+        >>> g, = engine.generate("The history of", max_new_tokens=20, temperature=0.8, top_p=0.95, seed=0)
+        >>> g.text, g.finish_reason, g.tokens_per_s"""
         results: list[Generation] = []
         for _ in self._run(prompts, params or SamplingParams(**kw), results=results):
             pass
         return results
 
+    def _context_check(self, p: SamplingParams, longest: int) -> int:
+        """The positions the model will see (prompt + new tokens − 1, capped at n_ctx when sliding); one error line
+        when they do not fit, or when the sliding window leaves no room to generate."""
+        n_ctx = self.model.config.n_ctx
+        # The last new token is sampled, never fed back: the model sees at most longest + max_new_tokens - 1.
+        seen = longest + p.max_new_tokens - 1
+        if p.slide is not None:
+            if p.slide >= n_ctx:
+                raise MomError(f"slide window {p.slide} must be smaller than the context n_ctx={n_ctx} (tokens kept "
+                               "when the context is full, leaving room for new ones)")
+            return min(seen, n_ctx)
+        if seen > n_ctx:
+            raise MomError(f"prompt ({longest} tokens) + max_new_tokens ({p.max_new_tokens}) exceed the context "
+                           f"length n_ctx={n_ctx} by {seen - n_ctx} (--slide WINDOW generates past it)")
+        return seen
+
     def _run(self, prompts, p: SamplingParams, results: list | None):
         p.validate()
         texts, ids = self._encode(prompts)
-        cfg = self.model.config
+        n_ctx = self.model.config.n_ctx
+        if p.slide is not None:  # a prompt longer than the context keeps its last `slide` tokens
+            ids_in = [x[-p.slide:] if len(x) > n_ctx else x for x in ids]
+        else:
+            ids_in = ids
+        longest = max(len(x) for x in ids_in)
+        seen = self._context_check(p, longest)
         device = next(self.model.parameters()).device
-        longest = max(len(x) for x in ids)
-        # The last new token is sampled, never fed back: the model sees at most longest + max_new_tokens - 1.
-        seen = longest + p.max_new_tokens - 1
-        if seen > cfg.n_ctx:
-            raise MomError(f"prompt ({longest} tokens) + max_new_tokens ({p.max_new_tokens}) exceed the context "
-                           f"length n_ctx={cfg.n_ctx} by {seen - cfg.n_ctx}")
         B = len(ids)
-        pads = [longest - len(x) for x in ids]
-        idx_BT = torch.tensor([[0] * pad + x for pad, x in zip(pads, ids)], device=device)  # pads: any id, never keys
-        gen = None
-        if p.seed is not None:
-            gen = torch.Generator(device=device).manual_seed(p.seed)
+        ctx = [list(x) for x in ids_in]  # what each row's context holds (for sliding)
+        idx_BT, pads = _left_padded(ctx, device)
+        gen = torch.Generator(device=device).manual_seed(p.seed) if p.seed is not None else None
         out_tokens: list[list[int]] = [[] for _ in range(B)]
-        finish = [None] * B
+        finish: list[str | None] = [None] * B
         eot = None if p.ignore_eos else self.eot
+        clock = _Clock()
         cache = self._take_cache(B, seen, pads) if self.use_cache else None
         try:
             logits_BV = self._logits(idx_BT, cache, pads)
+            used = longest  # positions of the context in use
             for i in range(p.max_new_tokens):
                 nxt_B = sample_next(logits_BV, p, gen)
-                step: list[int | None] = []
-                for b, t in enumerate(nxt_B.tolist()):
-                    if finish[b] is not None:
-                        step.append(None)
-                        continue
-                    out_tokens[b].append(t)
-                    step.append(t)
-                    if t == eot:
-                        finish[b] = "eos"
-                    elif p.stop and texts[b] is not None and any(s in self.decode(out_tokens[b]) for s in p.stop):
-                        finish[b] = "stop"
+                step = self._record(nxt_B.tolist(), out_tokens, finish, texts, p, eot)
                 yield step
                 if all(f is not None for f in finish) or i + 1 == p.max_new_tokens:
                     break  # (after the last token: no forward whose logits nothing would read)
+                for b, t in enumerate(nxt_B.tolist()):
+                    ctx[b].append(t)
+                if used == n_ctx:  # full (only when sliding): go on from the last `slide` tokens
+                    ctx = [c[-p.slide:] for c in ctx]
+                    idx_BT, pads = _left_padded(ctx, device)
+                    used = idx_BT.shape[1]
+                    cache = self._refill_cache(cache, B, min(n_ctx, used + p.max_new_tokens - i - 2), pads)
+                    logits_BV = self._logits(idx_BT, cache, pads)
+                    continue
+                used += 1
                 if cache is not None:
-                    if self._graphs:
-                        torch.compiler.cudagraph_mark_step_begin()  # the last replay's outputs are read: reuse them
-                    logits_BV = self._decode(nxt_B.unsqueeze(1), cache=cache).logits[:, -1]
-                else:  # the uncached reference recomputes the whole sequence
+                    logits_BV = self._decode_step(nxt_B, cache, clock)
+                else:  # the uncached reference recomputes the whole context
                     idx_BT = torch.cat([idx_BT, nxt_B.unsqueeze(1)], dim=1)
                     logits_BV = self._logits(idx_BT, cache, pads)
             if results is not None:
-                for b in range(B):
-                    toks = out_tokens[b]
-                    text = None
-                    if texts[b] is not None:
-                        text = self.decode([t for t in toks if t != self.eot])
-                        for s in p.stop:
-                            if s in text:
-                                text = text[: text.index(s)]
-                    results.append(Generation(texts[b], ids[b], toks, text, finish[b] or "length"))
+                results.extend(self._results(texts, ids, out_tokens, finish, p, clock))
         finally:  # also when a stream is abandoned or a step raises: the cache is free again
             if cache is not None and self._graphs:
                 self._reused.setdefault((B, cache.device, cache.dtype), cache)
+
+    def _record(self, new: list[int], out_tokens: list[list[int]], finish: list, texts: list, p: SamplingParams,
+                eot: int | None) -> list[int | None]:
+        """Append a decode step's tokens to the unfinished rows and mark the rows it finishes."""
+        step: list[int | None] = []
+        for b, t in enumerate(new):
+            if finish[b] is not None:
+                step.append(None)
+                continue
+            out_tokens[b].append(t)
+            step.append(t)
+            if t == eot:
+                finish[b] = "eos"
+            elif p.stop and texts[b] is not None and any(s in self.decode(out_tokens[b]) for s in p.stop):
+                finish[b] = "stop"
+        return step
+
+    def _decode_step(self, nxt_B: Tensor, cache: KVCache, clock: _Clock) -> Tensor:
+        """One cached decode step; the first one of a compiled engine at a new batch size compiles (said in the
+        log, and timed apart)."""
+        B = nxt_B.shape[0]
+        compiling = self._compiled and B not in self._batch_sizes and len(self._batch_sizes) < 2
+        if compiling and self._log is not None:
+            self._log(f"compiling the decode step (batch size {B}; once per engine, a second time for a second batch "
+                      "size)…")
+        t0 = time.perf_counter()
+        if self._graphs:
+            torch.compiler.cudagraph_mark_step_begin()  # the last replay's outputs are read: reuse them
+        logits_BV = self._decode(nxt_B.unsqueeze(1), cache=cache).logits[:, -1]
+        if self._compiled:
+            self._batch_sizes.add(B)
+        if compiling:
+            clock.compile_s += time.perf_counter() - t0
+        return logits_BV
+
+    def _results(self, texts, ids, out_tokens, finish, p: SamplingParams, clock: _Clock) -> list[Generation]:
+        seconds = time.perf_counter() - clock.t0
+        out = []
+        for b, toks in enumerate(out_tokens):
+            text = None
+            if texts[b] is not None:
+                text = _cut_at_stop(self.decode([t for t in toks if t != self.eot]), p.stop)
+            run_s = max(seconds - clock.compile_s, 1e-9)
+            out.append(Generation(texts[b], ids[b], toks, text, finish[b] or "length", seconds, clock.compile_s,
+                                  len(toks) / run_s))
+        return out
+
+    def _refill_cache(self, cache: KVCache | None, B: int, seen: int, pads: list[int]) -> KVCache | None:
+        """The cache for a context that slid: the CUDA-graph cache reset in place, else a fresh one."""
+        if cache is None:
+            return None
+        if self._graphs:
+            cache.reset(pads)
+            return cache
+        return self._take_cache(B, seen, pads)
 
     def cache_length(self, seen: int) -> int:
         """Positions of the cache a call allocates when the model sees ``seen`` tokens (prompt + new - 1)."""

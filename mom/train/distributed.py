@@ -52,8 +52,32 @@ def init_distributed(device_spec: str) -> Dist:
         use_cuda = device_spec.startswith("cuda") or (device_spec == "auto" and torch.cuda.is_available())
         if use_cuda:
             torch.cuda.set_device(local)
-        torch.distributed.init_process_group(backend="nccl" if use_cuda else "gloo")
+        backend = "nccl" if use_cuda else "gloo"
+        store = restarted_job_store(world)
+        if store is None:
+            torch.distributed.init_process_group(backend=backend)
+        else:
+            torch.distributed.init_process_group(backend=backend, store=store, rank=rank, world_size=world)
     return Dist(rank=rank, world=world, local_rank=local, enabled=True)
+
+
+def restarted_job_store(world: int):
+    """The key-value store of a job that torch elastic restarted (``torchrun --max-restarts``), or None.
+
+    torchrun's workers share the agent's store (``TORCHELASTIC_USE_AGENT_STORE``), and the keys the killed attempt
+    wrote are still in it: a restarted process can read a peer's address from the previous attempt and fail with
+    "Gloo connectFullMesh failed … Connection refused" (NCCL: a stale unique id; pytorch/pytorch#135712); seen here
+    on one node in 1 of 2 tries before this. The keys of each attempt get their own prefix, named by the restart
+    count (the same on every process of a one-node job; several nodes: launch torchrun with
+    ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``, which gives every attempt a new store)."""
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if restart in ("", "0") or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    from datetime import timedelta
+
+    store = torch.distributed.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                                       is_master=False, timeout=timedelta(minutes=10))
+    return torch.distributed.PrefixStore(f"mom/attempt-{restart}", store)
 
 
 def shard_model(model: nn.Module) -> None:

@@ -50,7 +50,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -62,14 +62,14 @@ from mom.data.tokenizer import Tokenizer
 from mom.data.tokens import load_tokens
 from mom.errors import CheckpointError, ConfigError, MomError
 from mom.model.model import MoM
-from mom.runs import METRICS, continue_run_dir, read_latest, read_metrics, start_run_dir
+from mom.runs import continue_run_dir, read_latest, read_metrics, start_run_dir
 from mom.train.batches import Batches, ValScale, evaluate, resolve_data, val_scale
 from mom.train.checkpoint import full_model_state, full_state, load_checkpoint, load_optimizer_state, save_checkpoint
 from mom.train.distributed import Runtime, setup_runtime, shard_model
 from mom.train.init import init_from
-from mom.train.monitor import Monitor, describe_val
-from mom.train.optim import make_optimizer
-from mom.train.resume import RunPlan, check_resumed_data, fit_vocabulary, plan_run
+from mom.train.monitor import Monitor, describe_val, tensorboard_wanted
+from mom.train.optim import lr_at, make_optimizer
+from mom.train.resume import RunPlan, check_resumed_data, elastic_job, fit_vocabulary, plan_run
 from mom.train.step import Stepper
 
 
@@ -88,13 +88,17 @@ class TrainResult:
 
 def train(mcfg: MoMConfig | None, tcfg: TrainConfig | None, *, out: str | os.PathLike, data: str | None = None,
           init: str | None = None, resume: bool = False, force: bool = False, progress: bool = True,
-          command: list[str] | None = None, stop_at: int | None = None, vocab_from_data: bool = False) -> TrainResult:
+          command: list[str] | None = None, stop_at: int | None = None, vocab_from_data: bool = False,
+          on_eval: Callable[[int], None] | None = None) -> TrainResult:
     """Train a model; see the module docstring. ``mcfg``/``tcfg`` may be None with ``resume`` (taken from the run).
 
     ``stop_at``: return right after step ``stop_at`` and its checkpoint, as if the process were killed there (for
     tests and for splitting a long run into sessions; the run continues with ``resume=True``).
-    ``vocab_from_data``: a new run's ``vocab_size`` is the data's tokenizer's (when the data names one)."""
+    ``vocab_from_data``: a new run's ``vocab_size`` is the data's tokenizer's (when the data names one).
+    ``on_eval(step)``: called on the main process after each validation row is written (``mom train`` redraws the
+    run's plots there; its time is not counted as training throughput)."""
     plan = plan_run(mcfg, tcfg, Path(out), data, init, resume, force)
+    tensorboard_wanted(plan.tcfg)  # asked for without the package: one error line before anything is written
     rt = setup_runtime(plan.mcfg, plan.tcfg)
     data_dir = resolve_data(plan.data, rt.dist, progress=progress)
     plan, tok, tok_known, vocab_note = fit_vocabulary(plan, data_dir, vocab_from_data)
@@ -112,12 +116,14 @@ def train(mcfg: MoMConfig | None, tcfg: TrainConfig | None, *, out: str | os.Pat
     if rt.dist.is_main:
         if plan.resuming:
             plan.run_info.update(scale.to_dict())
-            continue_run_dir(plan.out, int(state["step"]), plan.run_info)
+            continue_run_dir(plan.out, int(state["step"]), plan.run_info,
+                             plan.tcfg if plan.extend_from is not None else None)
         else:
             info = run_info(plan, rt, model, command, init_note, data_dir, train_tok, val_tok)
-            start_run_dir(plan.out, force, plan.mcfg, plan.tcfg, {**info, **tok.describe(), **scale.to_dict()}, tok)
+            start_run_dir(plan.out, plan.force, plan.mcfg, plan.tcfg, {**info, **tok.describe(), **scale.to_dict()},
+                          tok)
     rt.dist.barrier()
-    run = Run(plan, rt, model, optimizer, names, batches, state, progress, tok, scale)
+    run = Run(plan, rt, model, optimizer, names, batches, state, progress, tok, scale, on_eval)
     run.announce(init_note, vocab_note)
     try:
         run.loop(stop_at)
@@ -155,7 +161,8 @@ def run_info(plan: RunPlan, rt: Runtime, model: nn.Module, command: list[str] | 
             "train_tokens": len(train_tok), "val_tokens": len(val_tok), "world_size": rt.dist.world,
             "device": str(rt.device), "autocast": str(rt.amp) if rt.amp else None,
             "tokens_per_step": rt.tokens_per_step, "accum_steps": rt.accum, "seq_len": rt.seq_len,
-            "params": model.num_params(), "torch": torch.__version__, "resumed_at": []}
+            "params": model.num_params(), "torch": torch.__version__, "resumed_at": [],
+            "elastic_run_id": elastic_job()}
 
 
 def wrap_model(model: nn.Module, mcfg: MoMConfig, tcfg: TrainConfig, rt: Runtime) -> nn.Module:
@@ -176,18 +183,22 @@ class Run:
 
     def __init__(self, plan: RunPlan, rt: Runtime, model: nn.Module, optimizer: torch.optim.Optimizer,
                  names: list[str], batches: Batches, state: dict[str, Any], progress: bool, tok: Tokenizer,
-                 scale: ValScale):
+                 scale: ValScale, on_eval: Callable[[int], None] | None = None):
         self.plan, self.rt, self.model, self.optimizer = plan, rt, model, optimizer
-        self.names, self.batches, self.tok, self.scale = names, batches, tok, scale
+        self.names, self.batches, self.tok, self.scale, self.on_eval = names, batches, tok, scale, on_eval
         self.mcfg, self.tcfg, self.out = plan.mcfg, plan.tcfg, plan.out
         self.start = self.done = int(state.get("step", 0))  # optimiser steps completed
         self.tokens = int(state.get("tokens", 0))
         self.elapsed_before = float(state.get("elapsed_s", 0.0))
         self.val_loss: float | None = None
-        self.monitor = Monitor(self.out / METRICS, rt, self.mcfg, self.tcfg, self.start, progress,
+        # The run's changes of max_steps, for the learning-rate schedule (optim.lr_at); this launch may add one.
+        self.horizons = [list(h) for h in state.get("lr_horizons", [])]
+        if plan.extend_from is not None:
+            self.horizons.append([self.start, plan.extend_from])
+        self.monitor = Monitor(self.out, rt, self.mcfg, self.tcfg, self.start, progress,
                                state.get("collapse_streak"), scale)
         self.stepper = Stepper(model, wrap_model(model, self.mcfg, self.tcfg, rt), optimizer, batches, self.tcfg, rt,
-                               self.monitor.window)
+                               self.monitor.window, self.horizons)
         self.t_start = time.perf_counter()
 
     def announce(self, init_note: str | None, vocab_note: str | None = None) -> None:
@@ -202,8 +213,22 @@ class Run:
             + f"; knowing only token frequencies scores {self.scale.unigram.loss:.3f} nats on the validation windows")
         if init_note:
             say(f"init: {init_note}")
+        if self.plan.note:
+            say(self.plan.note)
         if self.plan.resuming:
             say(f"resumed from {self.plan.resume_from[1]} (step {self.start})")
+        if self.plan.extend_from is not None:
+            say(self.extension_note())
+
+    def extension_note(self) -> str:
+        """What changing max_steps on --resume does to the learning rate (optim.lr_at), in one line."""
+        tcfg, old = self.tcfg, self.plan.extend_from
+        verb = "extending" if tcfg.max_steps > old else "shortening"
+        if tcfg.schedule == "constant":
+            return f"{verb} the run from {old} to {tcfg.max_steps} steps (constant learning rate {tcfg.lr:.3g})"
+        now = lr_at(tcfg, self.start, self.horizons)
+        return (f"{verb} the run from {old} to {tcfg.max_steps} steps at step {self.start}: the cosine is re-stretched "
+                f"from the learning rate there ({now:.3g}) to min_lr ({tcfg.final_lr:.3g}) at step {tcfg.max_steps}")
 
     def loop(self, stop_at: int | None) -> None:
         """Steps from the start (or the resumed step) to ``max_steps``, with the errors a user can act on turned into
@@ -277,13 +302,15 @@ class Run:
         # third for a shorter last batch), which costs far more than one pass over eval_tokens saves.
         self.val_loss = evaluate(self.model, self.batches, self.tcfg.eval_tokens, self.rt.amp, lockstep=self.rt.fsdp)
         self.monitor.val_row(step, self.tokens, self.val_loss, time.perf_counter() - t0)
+        if self.on_eval is not None and self.rt.dist.is_main:
+            self.on_eval(step)
 
     def checkpoint(self, step: int) -> None:
         full = full_state(self.model, self.optimizer, self.names)  # on every process: FSDP shards are all-gathered
         if self.rt.dist.is_main:
             state = {"tokens": self.tokens, "elapsed_s": self.elapsed(), "tokens_per_step": self.rt.tokens_per_step,
                      "world_size": self.rt.dist.world, "val_loss": self.val_loss,
-                     "collapse_streak": self.monitor.collapse.state()}
+                     "collapse_streak": self.monitor.collapse.state(), "lr_horizons": self.horizons}
             save_checkpoint(self.out, step, self.model, full, self.tcfg, state, self.tok)
         self.rt.dist.barrier()
 

@@ -1,9 +1,12 @@
 """What a training run watches and reports: routing statistics, router collapse, non-finite gradients, the loss
-and throughput window between metrics rows, and the :class:`Monitor` that writes them to ``metrics.jsonl`` and
-the console."""
+and throughput window between metrics rows, and the :class:`Monitor` that writes them to ``metrics.jsonl``, to
+``metrics.csv`` and TensorBoard event files (the same numbers), and to the console."""
 
 from __future__ import annotations
 
+import csv
+import importlib.util
+import io
 import json
 import math
 import sys
@@ -16,7 +19,10 @@ from torch import Tensor, nn
 
 from mom.config.model import MoMConfig
 from mom.config.train import TrainConfig
+from mom.errors import MissingExtraError
+from mom.fileio import atomic_write
 from mom.model.flops import count, peak_flops
+from mom.runs import METRICS, METRICS_CSV, TENSORBOARD, read_metrics
 from mom.train.distributed import Dist, Runtime, full_tensor
 
 
@@ -205,25 +211,153 @@ def progress_bar(enabled: bool, total: int, initial: int):
                 disable=None if sys.stderr.isatty() else True)
 
 
-class Monitor:
-    """What a run reports, from the main process only: ``metrics.jsonl`` rows (train, val, fault, warning), console
-    lines (printed above the progress bar on a terminal), the throughput window and router-collapse warnings."""
+# ================================================================================================ TensorBoard, CSV
+ROUTING_SCALARS = ("entropy", "skip", "skip_all", "modules_per_token")  # per (chunk, step, half); usage stays in JSON
+TRACKED_ROWS = ("train", "val")  # fault and warning rows are events: metrics.jsonl and the console only
 
-    def __init__(self, metrics_path: Path, rt: Runtime, mcfg: MoMConfig, tcfg: TrainConfig, start: int,
+
+def flat_scalars(row: dict[str, Any]) -> dict[str, int | float]:
+    """A train or val row's numbers under their metrics.jsonl names (``step`` included), and the routing summary of
+    each routed (chunk, step, half) as ``routing.c{chunk}.h{step}.{half}.{stat}`` (stats: :data:`ROUTING_SCALARS`).
+    What the CSV columns and the TensorBoard tags hold: the very values of the JSON row."""
+    out: dict[str, int | float] = {k: v for k, v in row.items()
+                                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    for e in row.get("routing") or []:
+        for stat in ROUTING_SCALARS:
+            out[f"routing.c{e['chunk']}.h{e['step']}.{e['half']}.{stat}"] = e[stat]
+    return out
+
+
+def tensorboard_tag(kind: str, key: str) -> str:
+    """``train/loss``, ``val/loss`` (``val_`` dropped), ``routing/c0.h1.attn/entropy``."""
+    if key.startswith("routing."):
+        where, stat = key.removeprefix("routing.").rsplit(".", 1)
+        return f"routing/{where}/{stat}"
+    return f"{kind}/{key.removeprefix('val_') if kind == 'val' else key}"
+
+
+def tensorboard_wanted(tcfg: TrainConfig) -> bool:
+    """``--train.tensorboard``: on, off, or (None) on when the ``tensorboard`` package is installed. Asked for
+    explicitly without the package: one error line naming the install command (checked before a run writes)."""
+    installed = importlib.util.find_spec("tensorboard") is not None
+    if tcfg.tensorboard and not installed:
+        raise MissingExtraError("--train.tensorboard true", "tensorboard", "tensorboard")
+    return installed if tcfg.tensorboard is None else tcfg.tensorboard
+
+
+class TensorBoardLog:
+    """Event files in ``RUN/tensorboard``: every number of every train and val row at its step, as float64 tensors
+    (new-style scalar summaries; TensorBoard plots them as scalars) so they equal metrics.jsonl's exactly. A resumed
+    run first tells TensorBoard to drop what the killed run logged after its checkpoint (``purge_step``: a session
+    start at that step; a new run's is at step 0, since TensorBoard takes the first start it reads as no restart)."""
+
+    def __init__(self, log_dir: Path, purge_step: int):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step, flush_secs=30)
+
+    def write(self, row: dict[str, Any]) -> None:
+        for key, value in flat_scalars(row).items():
+            if key != "step":
+                self.writer.add_scalar(tensorboard_tag(row["type"], key), value, row["step"], new_style=True,
+                                       double_precision=True)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class CsvLog:
+    """``metrics.csv``: one line per train and val row of metrics.jsonl (column ``type``), columns named as in the
+    JSON (routing flattened, see :func:`flat_scalars`), floats written exactly (Python's shortest round-trip form).
+    Rebuilt from metrics.jsonl when a run starts or resumes, so it always matches it; a column that first appears
+    later (the first validation row's) rewrites the file once with the wider header."""
+
+    def __init__(self, path: Path, rows: list[dict[str, Any]]):
+        self.path, self.file = path, None
+        self.rows = [self._flat(r) for r in rows if r.get("type") in TRACKED_ROWS]
+        self.columns: list[str] = []
+        self._widen(self.rows)
+        self._rewrite()
+
+    @staticmethod
+    def _flat(row: dict[str, Any]) -> dict[str, Any]:
+        return {"type": row["type"], **flat_scalars(row)}
+
+    def _widen(self, rows: list[dict[str, Any]]) -> bool:
+        new = [k for r in rows for k in r if k not in self.columns]
+        self.columns += list(dict.fromkeys(new))
+        return bool(new)
+
+    def _line(self, rows: list[dict[str, Any]], header: bool = False) -> str:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, self.columns, lineterminator="\n")
+        if header:
+            w.writeheader()
+        w.writerows(rows)
+        return buf.getvalue()
+
+    def _rewrite(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        atomic_write(self.path, self._line(self.rows, header=True))
+        self.file = open(self.path, "a", encoding="utf-8", newline="")
+
+    def write(self, row: dict[str, Any]) -> None:
+        flat = self._flat(row)
+        self.rows.append(flat)
+        if self._widen([flat]):
+            self._rewrite()
+        else:
+            self.file.write(self._line([flat]))
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+def console_line(row: dict[str, Any], max_steps: int, tokens_per_step: int) -> str:
+    """A train row as one line, for logs without a progress bar (nohup, SLURM, pipes)."""
+    eta_s = (max_steps - row["step"]) * tokens_per_step / max(row["tokens_per_s"], 1e-9)
+    eta = f"{eta_s / 3600:.1f}h" if eta_s >= 3600 else f"{eta_s / 60:.1f}m" if eta_s >= 60 else f"{eta_s:.0f}s"
+    mfu = f", MFU {row['mfu']:.1%}" if "mfu" in row else ""
+    aux = f", aux {row['aux_loss']:.4f}" if "aux_loss" in row else ""
+    return (f"step {row['step']}/{max_steps}: loss {row['loss']:.4f}{aux}, lr {row['lr']:.2e}, grad norm "
+            f"{row['grad_norm']:.3f}, {row['tokens_per_s']:,.0f} tok/s{mfu}, ETA {eta}")
+
+
+class Monitor:
+    """What a run reports, from the main process only: ``metrics.jsonl`` rows (train, val, fault, warning), the same
+    train and val numbers in ``metrics.csv`` and TensorBoard (``--train.csv``, ``--train.tensorboard``), console
+    lines (printed above the progress bar on a terminal; without a visible bar, one line per metrics row), the
+    throughput window and router-collapse warnings."""
+
+    def __init__(self, run_dir: Path, rt: Runtime, mcfg: MoMConfig, tcfg: TrainConfig, start: int,
                  progress: bool, collapse_state: list | None = None, scale=None):
-        self.rt, self.main = rt, rt.dist.is_main
+        self.rt, self.main, self.max_steps = rt, rt.dist.is_main, tcfg.max_steps
         self.scale = scale  # mom.train.batches.ValScale of the validation windows (bits per byte, the yardstick)
-        self.file = open(metrics_path, "a", encoding="utf-8") if self.main else None
+        self.file = open(run_dir / METRICS, "a", encoding="utf-8") if self.main else None
+        self.csv = CsvLog(run_dir / METRICS_CSV, read_metrics(run_dir)) if self.main and tcfg.csv else None
+        # Every writer marks a session start (TensorBoard ignores the first it sees, and on each later one drops the
+        # events from that step on: those a killed run logged after the checkpoint this run resumes from).
+        self.tb = (TensorBoardLog(run_dir / TENSORBOARD, start + 1 if start else 0)
+                   if self.main and tensorboard_wanted(tcfg) else None)
         self.bar = progress_bar(progress and self.main, tcfg.max_steps, start)
         self.window = Window()
         self.speed = Speed(mcfg, rt.seq_len, rt.device, rt.amp, rt.dist.world)
         self.collapse = CollapseWatch(tcfg.collapse_share, tcfg.collapse_patience)
         self.collapse.load(collapse_state or [])
 
+    @property
+    def bar_visible(self) -> bool:
+        return self.bar is not None and not self.bar.disable
+
     def say(self, msg: str) -> None:
         if not self.main:
             return
-        if self.bar is not None and not self.bar.disable:
+        if self.bar_visible:
             self.bar.write(msg, file=sys.stdout)
         else:
             print(msg, flush=True)
@@ -232,6 +366,10 @@ class Monitor:
         if self.file is not None:
             self.file.write(json.dumps(row) + "\n")
             self.file.flush()
+            if row["type"] in TRACKED_ROWS:
+                for writer in (self.csv, self.tb):
+                    if writer is not None:
+                        writer.write(row)
 
     def train_row(self, step: int, lr: float, tokens: int, routes: list | None) -> None:
         """The metrics row of the steps since the last one (all processes: losses are averaged over them)."""
@@ -245,9 +383,11 @@ class Monitor:
                          f"{w['half']}: module {w['module']} took {w['token_share']:.0%} of the tokens "
                          f"at {w['rows']} metrics rows in a row")
         self.log(row)
-        if self.bar is not None:
+        if self.bar_visible:
             mfu = f", MFU {row['mfu']:.1%}" if "mfu" in row else ""
             self.bar.set_postfix_str(f"loss {row['loss']:.3f}, {row['tokens_per_s']:,.0f} tok/s{mfu}", refresh=False)
+        else:
+            self.say(console_line(row, self.max_steps, self.rt.tokens_per_step))
 
     def val_row(self, step: int, tokens: int, loss: float, seconds: float) -> float | None:
         """Log a validation loss (nats per token) with its bits per byte and the unigram yardstick of the same
@@ -273,6 +413,10 @@ class Monitor:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+        for writer in (self.csv, self.tb):
+            if writer is not None:
+                writer.close()
+        self.csv = self.tb = None
         if self.file is not None:
             self.file.close()
             self.file = None

@@ -4,6 +4,7 @@ it, and the warm-up + cosine learning rate as a pure function of the step."""
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -13,19 +14,42 @@ from mom.model.modules import StackedLinear
 
 
 # ================================================================================================ schedule
-def lr_at(tcfg: TrainConfig, step: int) -> float:
+def lr_at(tcfg: TrainConfig, step: int, horizons: Sequence[Sequence[int]] = ()) -> float:
     """Learning rate of the update that takes the model from ``step`` to ``step + 1`` completed steps.
 
     Linear warm-up over ``warmup`` updates (lr·(step+1)/warmup), then a cosine from ``lr`` at the end of the
     warm-up to ``min_lr`` at ``max_steps`` (or a constant ``lr`` with ``schedule='constant'``). A pure function
-    of the step: there is no scheduler object to save, and resuming reproduces it exactly."""
-    warm = tcfg.warmup
+    of the step: there is no scheduler object to save, and resuming reproduces it exactly.
+
+    ``horizons``: the run's changes of ``max_steps`` on ``--resume`` (extending or shortening it), as
+    ``[step, max_steps before]`` pairs in order; the checkpoint keeps them. From such a step on, the cosine is
+    re-stretched: it starts from the learning rate the previous schedule had there and reaches ``min_lr`` at the new
+    ``max_steps`` (so the rate is continuous; a finished run that is extended continues at ``min_lr``). A change
+    during the warm-up keeps the warm-up and decays from ``lr`` over the new horizon. The warm-up length is the
+    original run's (``warmup_steps``, or 5% of the first ``max_steps``)."""
+    first_max = horizons[0][1] if horizons else tcfg.max_steps
+    warm = round(0.05 * first_max) if tcfg.warmup_steps is None else tcfg.warmup_steps
     if step < warm:
         return tcfg.lr * (step + 1) / warm
-    if tcfg.schedule == "constant" or tcfg.max_steps <= warm:
+    if tcfg.schedule == "constant":
         return tcfg.lr
-    progress = min(1.0, (step - warm) / (tcfg.max_steps - warm))
-    return tcfg.final_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (tcfg.lr - tcfg.final_lr)
+    start, top, end = warm, tcfg.lr, first_max
+    ends = [h[1] for h in horizons[1:]] + [tcfg.max_steps]
+    for (changed_at, _), new_end in zip(horizons, ends):
+        if changed_at > step:
+            break
+        if changed_at > start:
+            top, start = _cosine(tcfg, start, top, end, changed_at), changed_at
+        end = new_end
+    return _cosine(tcfg, start, top, end, step)
+
+
+def _cosine(tcfg: TrainConfig, start: int, top: float, end: int, step: int) -> float:
+    """The cosine from ``top`` at ``start`` to ``min_lr`` at ``end``, at ``step``."""
+    if end <= start:
+        return top
+    progress = min(1.0, (step - start) / (end - start))
+    return tcfg.final_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (top - tcfg.final_lr)
 
 
 # ================================================================================================ optimiser

@@ -29,14 +29,15 @@ class Stepper:
     """Runs optimiser steps of ``model`` (``fwd``: the same model compiled and/or wrapped by DDP/FSDP)."""
 
     def __init__(self, model: nn.Module, fwd: nn.Module, optimizer: torch.optim.Optimizer, batches: Batches,
-                 tcfg: TrainConfig, rt: Runtime, window: Window):
+                 tcfg: TrainConfig, rt: Runtime, window: Window, horizons: list[list[int]] | None = None):
         self.model, self.fwd, self.optimizer, self.batches = model, fwd, optimizer, batches
         self.tcfg, self.rt, self.window = tcfg, rt, window
+        self.horizons = horizons or []  # the run's changes of max_steps (see lr_at)
         self.max_norm = tcfg.grad_clip if tcfg.grad_clip > 0 else float("inf")
 
     def run(self, step: int, want_routes: bool) -> StepResult:
         """Take the step that turns ``step`` completed steps into ``step + 1``."""
-        lr = lr_at(self.tcfg, step)
+        lr = lr_at(self.tcfg, step, self.horizons)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         routes = self._accumulate(step, want_routes)

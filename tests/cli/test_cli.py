@@ -181,3 +181,69 @@ def test_a_file_where_a_directory_belongs_is_named_as_such(tmp_path, capsys):
             MoM.from_pretrained(tmp_path / "m", map_location="cuda")
     with pytest.raises(MomError, match="afile: exists and is not a directory"):
         MoM(preset("tiny").replace(n_ctx=16, d_model=32, n_head=2, vocab_size=97)).save_pretrained(f)
+
+
+def _all_parsers():
+    import argparse
+
+    from mom.cli.main import build_parser
+
+    def walk(name, parser):
+        yield name, parser
+        for a in parser._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for sub_name, sub in a.choices.items():
+                    yield from walk(f"{name} {sub_name}".strip(), sub)
+
+    yield from walk("", build_parser())
+
+
+def test_help_shows_defaults_where_there_are_some_and_every_option_is_explained():
+    seen = 0
+    for name, parser in _all_parsers():
+        text = parser.format_help()
+        assert "(default: None)" not in text and "(default: False)" not in text, name
+        for a in parser._actions:
+            if a.option_strings and a.dest != "help" and a.dest != "version":
+                assert a.help, f"mom {name} {a.option_strings[0]} has no help"
+        seen += 1
+    assert seen > 15
+    gen = dict(_all_parsers())["generate"].format_help()
+    assert "(default: 64)" in gen and "(default: 1.0)" in gen  # shown: a real default
+    glue = dict(_all_parsers())["eval glue"].format_help()
+    assert "(default: 16)" in glue  # subcommands of eval too
+
+
+@pytest.mark.parametrize("module, call", [
+    ("sklearn", lambda: __import__("mom.eval.metrics", fromlist=["x"]).accuracy([1], [1])),
+    ("scipy", lambda: __import__("mom.eval.metrics", fromlist=["x"]).pearson([1.0, 2.0], [2.0, 1.0])),
+    ("rouge_score", lambda: __import__("mom.eval.metrics", fromlist=["x"]).rouge(["a"], ["a"])),
+])
+def test_a_missing_eval_extra_is_one_error_naming_the_pip_command(monkeypatch, module, call):
+    from mom.errors import MissingExtraError
+
+    for name in list(sys.modules):
+        if name == module or name.startswith(module + "."):
+            monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
+    with pytest.raises(MissingExtraError, match=r"pip install 'mixture-of-modules\[eval\]'"):
+        call()
+
+
+def test_a_missing_eval_extra_on_the_command_line(tmp_path, monkeypatch, capsys):
+    import mom.data.proxies as proxies
+
+    for name in [n for n in sys.modules if n == "pythonbible" or n.startswith("pythonbible.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "pythonbible", None)
+    proxies._bible_verses.cache_clear()
+    proxies.bible_para.cache_clear()
+    try:
+        assert main(["eval", "export-proxy", "--task", "bible-para", "--out", str(tmp_path / "b")]) == 2
+    finally:
+        proxies._bible_verses.cache_clear()
+        proxies.bible_para.cache_clear()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0] == ("mom: error: the bible-para proxy needs the 'pythonbible' package (the 'eval' "
+                                        "extra), which is not installed: pip install 'mixture-of-modules[eval]'")
+    assert not (tmp_path / "b").exists()
