@@ -38,8 +38,14 @@ Dispatch = Literal["grouped", "loop"]
 KeyMask = Literal["mask", "pack"]
 BalanceScope = Literal["step", "pooled"]
 BalanceSkip = Literal["exclude", "include"]
+RouteWeights = Literal["auto", "renorm", "probs"]
+RouterStep = Literal["none", "bias", "embed", "both"]
+RouterNorm = Literal["none", "layernorm", "rmsnorm"]
+RouterInit = Literal["random", "layer_map"]
 
-CONFIG_FORMAT_VERSION = 1
+# Version 2 added ``route_weights``, whose default changes what a K = 1 half computes: a version-1 file (written
+# before it existed) is read with the rule it was trained under, ``renorm`` (see MoMConfig._upgrade).
+CONFIG_FORMAT_VERSION = 2
 # The two halves of an assembly step, in order; field names carry them (n_attn, ffn_top_k, router_attn, …).
 HALVES = ("attn", "ffn")
 
@@ -49,6 +55,7 @@ class MoMConfig(JsonConfig):
     """Architecture of a Mixture-of-Modules model (and of a vanilla GPT-2: ``chunks = 0``)."""
 
     _FORMAT_VERSION: ClassVar[int] = CONFIG_FORMAT_VERSION
+    _READS_VERSIONS: ClassVar[tuple[int, ...]] = (1, CONFIG_FORMAT_VERSION)
     _LABEL: ClassVar[str] = ""
     _KIND: ClassVar[str] = "model"
 
@@ -80,6 +87,23 @@ class MoMConfig(JsonConfig):
     capacity: float = 0.5  # expert selection: fraction of a sequence's tokens each module takes
     attn_candidates: Candidates = "all"
     ffn_candidates: Candidates = "all"
+    # Routers that learn to assemble (issue #18; docs/training.md "Routers"). Kept token-choice weights: `auto` =
+    # the router probability when a half picks K = 1 (Switch Transformer's rule; renormalised, that one weight is
+    # always 1 and the LM loss gives the router no gradient) and renormalised over the K picks when K ≥ 2;
+    # `renorm` = always renormalised (the paper's code); `probs` = always the raw probabilities.
+    route_weights: RouteWeights = "auto"
+    # The step index reaching the router: a learned per-step logit bias (H × (N+1)), a learned step embedding added
+    # to the router's input (H × D), or both; zero-initialised. `none`: the paper's plain router.
+    router_step: RouterStep = "none"
+    # The router's input normalised by its own LayerNorm / RMSNorm (one per router); `none`: the raw residual stream.
+    router_norm: RouterNorm = "none"
+    # `layer_map`: the per-step bias starts so that step h prefers the module(s) the GPT-2 layer map gave it (the
+    # decomposed phase-1 network; see MoMConfig.layer_map_choices), by `router_init_bias` in scaled logits
+    # (logit / τ): a preferred choice starts e^router_init_bias times as probable as another. Needs router_step
+    # bias or both. Lead 4: tiny-mom decomposed from the demo's phase 1 starts +0.003 nats above it (random routers:
+    # +0.11) with routers keeping 0.16 of a random router's LM gradient (docs/log.md).
+    router_init: RouterInit = "random"
+    router_init_bias: float = 4.0
     # --- auxiliary losses ---
     balance_coef: float = 0.01  # Switch-style N·Σ f_i P_i
     balance_scope: BalanceScope = "step"  # per step, or pooled over a block's steps
@@ -126,6 +150,8 @@ class MoMConfig(JsonConfig):
         if self.layer_norm_eps <= 0 or not 0 < self.init_std <= 1:  # GPT-2's init_std is 0.02
             raise ConfigError(f"layer_norm_eps must be > 0 and init_std in (0, 1], got {self.layer_norm_eps} and "
                               f"{self.init_std}")
+        if not 0 < self.router_init_bias <= 50:  # past e^50 the preferred choice's softmax is saturated in float32
+            raise ConfigError(f"router_init_bias must be in (0, 50], got {self.router_init_bias}")
         for f in ("balance_coef", "z_coef"):
             if not 0 <= getattr(self, f) <= 1e6:
                 raise ConfigError(f"{f} must be a number in [0, 1e6], got {getattr(self, f)}")
@@ -169,6 +195,12 @@ class MoMConfig(JsonConfig):
                 raise ConfigError("router='fixed' uses module h at step h and cannot choose SKIP: set skip=false")
             if self.selection != "token" or self.k("attn") != 1 or self.k("ffn") != 1:
                 raise ConfigError("router='fixed' requires selection='token' and top_k=1")
+            if (self.router_step, self.router_norm, self.router_init) != ("none", "none", "random"):
+                raise ConfigError("router='fixed' has no learned router: router_step, router_norm and router_init "
+                                  "need router 'gru' or 'mlp'")
+        if self.router_init == "layer_map" and self.router_step not in ("bias", "both"):
+            raise ConfigError("router_init='layer_map' sets the per-step logit bias: it needs router_step 'bias' or "
+                              f"'both', got {self.router_step!r}")
         if self.selection == "expert":
             if not 0 < self.capacity <= 1:
                 raise ConfigError(f"capacity must be in (0, 1], got {self.capacity}")
@@ -227,11 +259,42 @@ class MoMConfig(JsonConfig):
         g = n // self.steps
         return list(range(step * g, (step + 1) * g))
 
+    def renormalises(self, half: str) -> bool:
+        """Whether a token-choice route of ``half`` renormalises its K kept weights to sum to 1 (``route_weights``)."""
+        return self.route_weights == "renorm" or (self.route_weights == "auto" and self.k(half) >= 2)
+
+    def layer_map_choices(self, half: str, step: int) -> list[int]:
+        """The choices step ``step`` prefers under ``router_init='layer_map'`` (index N = SKIP; [] = no preference).
+
+        The layer map (:mod:`mom.convert.gpt2`) puts GPT-2 layers 0 … N-1 of a chunk into modules 0 … N-1, so the
+        decomposed phase-1 network runs them in order. With H ≥ N (MoM_P), or ``diagonal`` candidates, step h
+        prefers module h; the steps after the last module prefer SKIP (without SKIP: no preference). With H < N
+        (MoM_E, MoE), the modules are split in order into H contiguous groups (module m to step ⌊m·H/N⌋) and step h
+        prefers its group equally: with K ≥ the group's size the whole group runs (a weighted sum of what were
+        consecutive layers), with fewer picks the router chooses among it; a ``grouped`` (MoE) step's group is its
+        own experts, so it prefers none of them over another. Only choices the step allows are preferred."""
+        n, mode = getattr(self, f"n_{half}"), getattr(self, f"{half}_candidates")
+        if mode == "diagonal" or self.steps >= n:
+            mine = [step] if step < n else []
+        else:
+            mine = [m for m in range(n) if m * self.steps // n == step]
+        allowed = set(self.candidates(half, step))
+        mine = [m for m in mine if m in allowed]
+        if mine:
+            return mine
+        return [n] if step >= n and self.skip else []
+
     def is_static(self, half: str) -> bool:
         """True when every token takes the same single module at each step with weight 1 (no router needed)."""
         if self.router == "fixed":
             return True
         return self.selection == "token" and not self.skip and self.n_candidates(half) == 1
+
+    @classmethod
+    def _upgrade(cls, d: dict[str, Any], version: int) -> dict[str, Any]:
+        if version < 2 and isinstance(d, dict):
+            d = {"route_weights": "renorm", **d}  # the rule version-1 models were trained under
+        return d
 
     def _adjust_replaced(self, d: dict[str, Any], changes: dict[str, Any]) -> None:
         if "d_model" in changes and "d_ff" not in changes:

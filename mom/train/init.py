@@ -8,7 +8,7 @@ from pathlib import Path
 
 from torch import nn
 
-from mom.convert.gpt2 import check_compatible, decompose, read_hf, vanilla_layers_of
+from mom.convert.gpt2 import check_compatible, decompose, read_hf, router_start, vanilla_layers_of
 from mom.errors import CheckpointError, ConfigError
 from mom.model.model import MoM
 from mom.runs import resolve_model_dir
@@ -30,8 +30,9 @@ def init_from(model: nn.Module, spec: str) -> str:
         src_cfg, layers, emb = read_hf(path)
         check_compatible(src_cfg, cfg, str(path))
         decompose(layers, emb, model)
-        how = "loaded" if cfg.is_vanilla else "decomposed"
-        return f"{how} HF GPT-2 {path} ({len(layers)} layers)"
+        if cfg.is_vanilla:
+            return f"loaded HF GPT-2 {path} ({len(layers)} layers)"
+        return f"decomposed HF GPT-2 {path} ({len(layers)} layers; {router_start(cfg)})"
     src = MoM.from_pretrained(resolve_model_dir(spec, "--init-from expects a run or model directory (or hf:DIR), "
                                                       "not found"))
     src_shapes = {k: tuple(v.shape) for k, v in src.state_dict().items()}
@@ -45,4 +46,4 @@ def init_from(model: nn.Module, spec: str) -> str:
     check_compatible(src.config, cfg, spec)
     layers, emb = vanilla_layers_of(src)
     decompose(layers, emb, model)
-    return f"decomposed the {len(layers)}-layer vanilla model {spec} per the layer map (routers fresh)"
+    return f"decomposed the {len(layers)}-layer vanilla model {spec} per the layer map ({router_start(cfg)})"
