@@ -2,9 +2,12 @@
 
 * ``loss.png`` — training loss (per logged window, with an exponential moving average) and validation loss
   against tokens seen, plus the learning rate;
-* ``routing.png`` — for a routed model: module usage per (chunk, step) as one heatmap per half (attention,
-  FFN), the columns being modules 0 … N-1 and SKIP, averaged over the last quarter of the logged rows; and the
-  usage entropy and SKIP share of each (chunk, step, half) over training;
+* ``routing.png`` — for a routed model: per (chunk, step), the share of tokens taking each choice as one heatmap
+  per half (attention, FFN), the columns being modules 0 … N-1 and SKIP, averaged over the last quarter of the
+  logged rows, on a fixed 0 … 1 scale where a module every token takes (a collapsed router) reads 1.0; and over
+  training, per half, the routing health (:mod:`mom.model.route_health`): usage entropy normalised to [0, 1] and
+  SKIP share of each (chunk, step), the share of tokens taking the same choices at every step, the mean divergence
+  between the steps' usage;
 * :func:`plot_comparison` — several runs' validation (and smoothed training) loss on one tokens axis, each run
   shifted by the tokens it started from (the demo's phase 1 → phase 2 picture).
 """
@@ -87,8 +90,13 @@ def _routing_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in rows if r["type"] == "train" and r.get("routing")]
 
 
+def _share(e: dict[str, Any]) -> list[float]:
+    """A step's share of tokens per choice (metrics written before ``token_share`` existed: the share of picks)."""
+    return e.get("token_share") or e["usage"]
+
+
 def plot_routing(run_dir: str | os.PathLike, rows: list[dict[str, Any]] | None = None) -> Path | None:
-    """The routing-usage figure; None for a model without learned routing."""
+    """The routing figure; None for a model without learned routing."""
     run_dir = Path(run_dir)
     rows = _routing_rows(read_metrics(run_dir) if rows is None else rows)
     if not rows:
@@ -105,38 +113,52 @@ def plot_routing(run_dir: str | os.PathLike, rows: list[dict[str, Any]] | None =
             for e in r["routing"]:
                 if e["half"] == half and (e["chunk"], e["step"]) in keys:
                     i = keys.index((e["chunk"], e["step"]))
-                    for j, u in enumerate(e["usage"]):
+                    for j, u in enumerate(_share(e)):
                         grid[i][j] += u / len(tail)
         ax = axes[0][col]
-        im = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0.0, vmax=max(0.5, max(map(max, grid))))
+        im = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0)
         for i, line in enumerate(grid):
             for j, u in enumerate(line):
-                ax.text(j, i, f"{u:.2f}", ha="center", va="center", fontsize=8,
-                        color="white" if u < 0.6 * im.get_clim()[1] else "black")
+                ax.text(j, i, f"{u:.2f}", ha="center", va="center", fontsize=8, color="white" if u < 0.6 else "black")
         ax.set_xticks(range(width), [f"m{j}" for j in range(width - 1)] + ["SKIP"])
         ax.set_yticks(range(len(keys)), [f"chunk {c} step {h}" for c, h in keys])
-        ax.set_title(f"{'attention' if half == 'attn' else 'FFN'}: share of picks "
-                     f"(last {len(tail)} log rows, step {tail[0]['step']}–{tail[-1]['step']})", fontsize=10)
+        ax.set_title(f"{'attention' if half == 'attn' else 'FFN'}: share of tokens taking each choice (1.0 = every "
+                     f"token)\nlast {len(tail)} log rows, step {tail[0]['step']}–{tail[-1]['step']}", fontsize=10)
         fig.colorbar(im, ax=ax, fraction=0.04)
-        # Over training: entropy (solid) and SKIP share (dashed) of each (chunk, step).
-        ax2 = axes[1][col]
-        x = [r["tokens"] for r in rows]
-        for c, h in keys:
-            ent = [next((e["entropy"] for e in r["routing"] if e["half"] == half and (e["chunk"], e["step"]) == (c, h)),
-                        float("nan")) for r in rows]
-            skip = [next((e["skip"] for e in r["routing"] if e["half"] == half and (e["chunk"], e["step"]) == (c, h)),
-                         float("nan")) for r in rows]
-            line, = ax2.plot(x, ent, lw=1.2, label=f"c{c} h{h}")
-            ax2.plot(x, skip, lw=1.0, ls="--", color=line.get_color())
-        ax2.set_xlabel("tokens seen")
-        ax2.set_ylabel("usage entropy (nats, solid) / SKIP share (dashed)")
-        ax2.grid(alpha=0.3)
-        ax2.legend(fontsize=7, ncol=2)
+        _plot_health(axes[1][col], rows, half, keys)
     for col in range(len(halves), axes.shape[1]):
         axes[0][col].axis("off")
         axes[1][col].axis("off")
     fig.suptitle(f"{run_dir.name}: routing", fontsize=12)
     return _save(fig, run_dir / "routing.png")
+
+
+def _plot_health(ax, rows: list[dict[str, Any]], half: str, keys: list[tuple[int, int]]) -> None:
+    """Over training: each (chunk, step)'s normalised usage entropy (solid) and SKIP share (dashed), and the half's
+    same-path share (black) and step divergence (grey), all on 0 … 1."""
+    x = [r["tokens"] for r in rows]
+
+    def series(c: int, h: int, field: str) -> list[float]:
+        out = []
+        for r in rows:
+            e = next((e for e in r["routing"] if e["half"] == half and (e["chunk"], e["step"]) == (c, h)), None)
+            v = None if e is None else e.get(field)
+            out.append(float("nan") if v is None else v)
+        return out
+
+    for c, h in keys:
+        line, = ax.plot(x, series(c, h, "entropy_norm"), lw=1.2, label=f"c{c} h{h}")
+        ax.plot(x, series(c, h, "skip"), lw=1.0, ls="--", color=line.get_color())
+    for field, colour, label in (("same_path", "black", "same path at every step"),
+                                 ("step_js_bits", "tab:gray", "step divergence (JS bits)")):
+        ys = [(r.get("routing_health") or {}).get(half, {}).get(field) for r in rows]
+        if any(y is not None for y in ys):
+            ax.plot(x, [float("nan") if y is None else y for y in ys], lw=2.0, color=colour, label=label)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("tokens seen")
+    ax.set_ylabel("usage entropy / ln(choices) (solid), SKIP share (dashed)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
 
 
 def plot_run(run_dir: str | os.PathLike) -> list[Path]:

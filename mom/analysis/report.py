@@ -176,6 +176,28 @@ def _matrix_table(mat: np.ndarray, names: list[str], caption: str) -> str:
     return f"<table><caption>{html.escape(caption)}</caption><tr><th></th>{head}</tr>{body}</table>"
 
 
+def _health_table(st: RouteStats) -> str:
+    """Routing health per (chunk, half) with a learned router (:meth:`RouteStats.health`)."""
+    def f(v):
+        return "–" if v is None else f"{v:.3f}"
+
+    trs = []
+    for c in st.chunks():
+        for half in HALVES:
+            if not any(k[0] == c and k[2] == half for k in st.steps):
+                continue
+            h = st.health(c, half)
+            if h["entropy"] is None and h["skip"] is None:
+                continue  # a static half: nothing was decided
+            trs.append(f"<tr><td>{c}</td><td>{HALF_NAMES[half]}</td><td>{f(h['entropy'])}</td><td>{f(h['skip'])}</td>"
+                       f"<td>{f(h['same_path'])}</td><td>{f(h['step_js_bits'])}</td></tr>")
+    return ("<table><caption>Routing health per chunk: usage entropy (0 = one choice takes every pick, 1 = all "
+            "allowed choices alike), SKIP share, tokens taking the same choices at every step, mean Jensen–Shannon "
+            "divergence between the steps' usage (bits; 0 = every step uses the modules alike)</caption><tr>"
+            "<th>chunk</th><th>half</th><th>entropy</th><th>SKIP</th><th>same path</th><th>step JS</th></tr>"
+            + "".join(trs) + "</table>")
+
+
 def render_html(rep: RouteReport, embed_png: bool = True) -> str:
     """A self-contained HTML page (inline CSS, no scripts, no external resources; the figure, when matplotlib is
     available, is embedded as a data: URI)."""
@@ -218,6 +240,7 @@ def render_html(rep: RouteReport, embed_png: bool = True) -> str:
                  "per token, and the fraction of picks per module (SKIP last)</caption><tr><th>chunk</th><th>step</th>"
                  "<th>half</th><th>SKIP rate</th><th>all-SKIP tokens</th><th>modules/token</th><th>usage</th></tr>"
                  + "".join(trs) + "</table>")
+    parts.append(_health_table(st))
     hist = st.depth_histogram()
     parts.append("<table><caption>Effective depth (layers) over the data</caption><tr><th>depth</th>"
                  + "".join(f"<th>{d:g}</th>" for d in hist) + "</tr><tr><th>tokens</th>"

@@ -13,6 +13,9 @@ over any number of forward passes and reduces them to plain numbers:
   divided by 2, plus the vanilla layers (bottom, anchors, top: always run). It is in layers, equal to
   ``config.depth`` for a token that never skips; ``module_applications`` counts every real module a token ran
   (K per routed half, 2 per vanilla layer), i.e. its width times depth;
+* **health** per (chunk, half) (:mod:`mom.model.route_health`): usage entropy normalised to [0, 1], SKIP share,
+  the share of tokens taking the same choices at every step, the mean Jensen–Shannon divergence between the steps'
+  usage (bits) — whether the routers assemble different paths or mix the same modules at every step;
 * **co-occurrence** per (chunk, half): ``same_step[i, j]`` = tokens that picked both module i and module j at the
   same step (i ≠ j; possible only with K > 1); ``next_step[i, j]`` = (token, consecutive-step) pairs where the
   token picked i at step h and j at step h+1, over N+1 choices (SKIP last): how modules chain along the path.
@@ -34,6 +37,7 @@ import torch
 from torch import Tensor
 
 from mom.config.model import HALVES
+from mom.model.route_health import mean_health, normalized_entropy, step_divergence_bits
 
 HALF_NAMES = {"attn": "attention", "ffn": "FFN"}
 
@@ -49,6 +53,7 @@ class _StepCounts:
     weight_N: np.ndarray  # (N,) summed router weight per module
     tokens: int = 0
     skip_all: int = 0  # tokens whose every pick was SKIP
+    choices: int = 1  # choices the step allows, SKIP included (1: a static route, nothing decided)
 
 
 class RouteStats:
@@ -63,6 +68,7 @@ class RouteStats:
         self.steps: dict[tuple[int, int, str], _StepCounts] = {}
         self.same_step: dict[tuple[int, str], np.ndarray] = {}  # (N, N)
         self.next_step: dict[tuple[int, str], np.ndarray] = {}  # (N+1, N+1)
+        self.same_path: dict[tuple[int, str], int] = {}  # tokens taking the same choices at every step of a chunk
         self.halves_hist = np.zeros(1, dtype=np.int64)  # tokens by number of routed halves they ran
         self.applications = 0.0  # Σ over tokens of real module picks in routed halves
         self.tokens = 0
@@ -84,6 +90,8 @@ class RouteStats:
             sc = self.steps.get(key)
             if sc is None:
                 sc = self.steps[key] = _StepCounts(n, idx_PK.shape[1], np.zeros(n + 1), np.zeros(n))
+                if r.probs_BTN is not None:  # disallowed choices get probability exactly 0
+                    sc.choices = int((r.probs_BTN.detach().reshape(-1, n + 1) > 0).any(0).sum())
             sc.picks_N += torch.bincount(idx_PK.flatten(), minlength=n + 1).double().numpy()
             sc.weight_N += torch.zeros(n + 1, dtype=torch.float64).index_add_(
                 0, idx_PK.flatten(), w_PK.flatten().double())[:n].numpy()
@@ -103,6 +111,8 @@ class RouteStats:
             for (h0, a_PN), (h1, b_PN) in zip(seq, seq[1:]):
                 if h1 == h0 + 1:
                     self.next_step[chain] = self.next_step.get(chain, 0) + (a_PN.T @ b_PN).numpy()
+            same_P = torch.stack([(m_PN == seq[0][1]).all(-1) for _, m_PN in seq]).all(0)
+            self.same_path[chain] = self.same_path.get(chain, 0) + int(same_P.sum())
         counts = torch.bincount(halves_run_P).numpy()
         if len(counts) > len(self.halves_hist):
             self.halves_hist = np.pad(self.halves_hist, (0, len(counts) - len(self.halves_hist)))
@@ -142,6 +152,24 @@ class RouteStats:
         w = sum(sc.weight_N for (c, _, h), sc in self.steps.items() if c == chunk and h == half)
         return w / max(self.tokens, 1)
 
+    def health(self, chunk: int, half: str) -> dict[str, float | None]:
+        """The :mod:`mom.model.route_health` measures of a chunk's half: usage entropy normalised to [0, 1] and SKIP
+        share (means over its steps), the share of tokens taking the same choices at every step, the mean pairwise
+        Jensen–Shannon divergence between its steps' usage (bits); None where undefined (one step; a static half)."""
+        steps = sorted(s for c, s, h in self.steps if c == chunk and h == half)
+        counts = [self.steps[(chunk, s, half)] for s in steps]
+        if all(sc.choices < 2 for sc in counts):
+            return {"entropy": None, "skip": None, "same_path": None, "step_js_bits": None}
+        usages = [self.usage(chunk, s, half).tolist() for s in steps]
+        ents = [normalized_entropy(u, sc.choices) for u, sc in zip(usages, counts)]
+        ents = [e for e in ents if e is not None]
+        return mean_health([{
+            "entropy": sum(ents) / len(ents) if ents else None,
+            "skip": sum(u[-1] for u in usages) / len(usages),
+            "same_path": self.same_path[(chunk, half)] / max(self.tokens, 1) if len(steps) > 1 else None,
+            "step_js_bits": step_divergence_bits(usages),
+        }])
+
     def depth_histogram(self) -> dict[float, int]:
         """{effective depth: tokens}; depths step by 0.5 (one half of a layer)."""
         return {self.vanilla_layers + k / 2: int(c) for k, c in enumerate(self.halves_hist) if c}
@@ -176,6 +204,7 @@ class RouteStats:
                 "usage": r(self.pooled_usage(c, h)),
                 "same_step": self.same_step[(c, h)].astype(int).tolist(),
                 "next_step": self.next_step[(c, h)].astype(int).tolist() if (c, h) in self.next_step else None,
+                "health": self.health(c, h),
             }
         return {
             "tokens": self.tokens,

@@ -15,12 +15,13 @@ from mom.analysis.prune import check_out, check_prunable, keep_count, prune, sav
 from mom.analysis.report import render_html, render_png, report_from
 from mom.analysis.routes import collect_stats
 from mom.cli.common import check_output_file, check_positive, iter_batches, resolve_data_dir, write_atomic
-from mom.config.model import resolve_config
+from mom.config.model import HALVES, resolve_config
 from mom.config.train import COMPILE_MODES
 from mom.data.tokens import val_windows
 from mom.device import pick_device
 from mom.errors import MomError
 from mom.model.flops import count, modules_per_step, vanilla_counterpart
+from mom.model.route_health import format_health
 from mom.runs import load_model, resolve_model_dir
 
 OUT_FORMATS = (".png", ".html", ".json")
@@ -83,6 +84,11 @@ def run_routes(args: argparse.Namespace, overrides: dict[str, dict[str, str]]) -
     write_atomic(out, payload)
     print(f"{stats.tokens:,} tokens: mean effective depth {stats.mean_depth():.2f} of {cfg.depth} layers, "
           f"{stats.mean_applications():.2f} module applications per token; wrote {out}")
+    for c in stats.chunks():
+        health = {h: stats.health(c, h) for h in HALVES if any(k[0] == c and k[2] == h for k in stats.steps)}
+        health = {h: v for h, v in health.items() if v["skip"] is not None}
+        if health:
+            print(f"chunk {c} routing: {format_health(health)}")
     return 0
 
 

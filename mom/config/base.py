@@ -24,6 +24,7 @@ class JsonConfig:
     change the wording of errors and the file-format version."""
 
     _FORMAT_VERSION: ClassVar[int]
+    _READS_VERSIONS: ClassVar[tuple[int, ...]] = ()  # older format versions load reads, through _upgrade
     _LABEL: ClassVar[str]  # "" or "train ": "unknown train field(s)", "train config file not found"
     _KIND: ClassVar[str]  # "model" or "train": "unknown model field 'x'" in overrides
 
@@ -55,10 +56,18 @@ class JsonConfig:
     def load(cls, path: str | os.PathLike):
         path, what = Path(path), f"{cls._LABEL}config"
         d = read_json(path, what, ConfigError)
-        if isinstance(d, dict) and d.get("format_version", cls._FORMAT_VERSION) != cls._FORMAT_VERSION:
+        version = d.get("format_version", cls._FORMAT_VERSION) if isinstance(d, dict) else cls._FORMAT_VERSION
+        readable = (cls._FORMAT_VERSION, *cls._READS_VERSIONS)
+        if version not in readable or isinstance(version, bool):
             raise ConfigError(f"{path}: {what} format_version {d['format_version']} is not supported "
-                              f"(expected {cls._FORMAT_VERSION})")
-        return cls.from_dict(d, source=str(path))
+                              f"(expected {' or '.join(map(str, sorted(set(readable))))})")
+        return cls.from_dict(cls._upgrade(d, version), source=str(path))
+
+    @classmethod
+    def _upgrade(cls, d: Any, version: int) -> Any:
+        """Hook: a config read from a file of an older ``format_version`` (one of ``_READS_VERSIONS``), made current:
+        a field added later whose default changes what an older config computed gets that config's value."""
+        return d
 
     def replace(self, **changes: Any):
         """A validated copy with some fields changed (string values are parsed as the field's type)."""

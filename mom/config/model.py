@@ -45,8 +45,14 @@ RouteUnit = Literal["half", "block"]
 QkvCombine = Literal["weighted", "sum"]
 Balance = Literal["ours", "official"]
 AttentionImpl = Literal["sdpa", "eager"]
+RouteWeights = Literal["auto", "renorm", "probs"]
+RouterStep = Literal["none", "bias", "embed", "both"]
+RouterNorm = Literal["none", "layernorm", "rmsnorm"]
+RouterInit = Literal["random", "layer_map"]
 
-CONFIG_FORMAT_VERSION = 1
+# Version 2 added ``route_weights``, whose default changes what a K = 1 half computes: a version-1 file (written
+# before it existed) is read with the rule it was trained under, ``renorm`` (see MoMConfig._upgrade).
+CONFIG_FORMAT_VERSION = 2
 # The two halves of an assembly step, in order; field names carry them (n_attn, ffn_top_k, router_attn, …).
 HALVES = ("attn", "ffn")
 
@@ -56,6 +62,7 @@ class MoMConfig(JsonConfig):
     """Architecture of a Mixture-of-Modules model (and of a vanilla GPT-2: ``chunks = 0``)."""
 
     _FORMAT_VERSION: ClassVar[int] = CONFIG_FORMAT_VERSION
+    _READS_VERSIONS: ClassVar[tuple[int, ...]] = (1, CONFIG_FORMAT_VERSION)
     _LABEL: ClassVar[str] = ""
     _KIND: ClassVar[str] = "model"
 
@@ -102,6 +109,23 @@ class MoMConfig(JsonConfig):
     # Attention implementation: `sdpa` (scaled_dot_product_attention) or `eager`, the plain softmax(QKᵀ/√d)V that
     # keeps the T×T scores for backward like the official code (for measuring its training memory).
     attention: AttentionImpl = "sdpa"
+    # Routers that learn to assemble (issue #18; docs/training.md "Routers"). Kept token-choice weights: `auto` =
+    # the router probability when a half picks K = 1 (Switch Transformer's rule; renormalised, that one weight is
+    # always 1 and the LM loss gives the router no gradient) and renormalised over the K picks when K ≥ 2;
+    # `renorm` = always renormalised (the paper's code); `probs` = always the raw probabilities.
+    route_weights: RouteWeights = "auto"
+    # The step index reaching the router: a learned per-step logit bias (H × (N+1)), a learned step embedding added
+    # to the router's input (H × D), or both; zero-initialised. `none`: the paper's plain router.
+    router_step: RouterStep = "none"
+    # The router's input normalised by its own LayerNorm / RMSNorm (one per router); `none`: the raw residual stream.
+    router_norm: RouterNorm = "none"
+    # `layer_map`: the per-step bias starts so that step h prefers the module(s) the GPT-2 layer map gave it (the
+    # decomposed phase-1 network; see MoMConfig.layer_map_choices), by `router_init_bias` in scaled logits
+    # (logit / τ): a preferred choice starts e^router_init_bias times as probable as another. Needs router_step
+    # bias or both. Lead 4: tiny-mom decomposed from the demo's phase 1 starts +0.003 nats above it (random routers:
+    # +0.11) with routers keeping 0.16 of a random router's LM gradient (docs/log.md).
+    router_init: RouterInit = "random"
+    router_init_bias: float = 4.0
     # --- auxiliary losses ---
     balance_coef: float = 0.01  # Switch-style N·Σ f_i P_i
     balance_scope: BalanceScope = "step"  # per step, or pooled over a block's steps
@@ -148,6 +172,8 @@ class MoMConfig(JsonConfig):
         if self.layer_norm_eps <= 0 or not 0 < self.init_std <= 1:  # GPT-2's init_std is 0.02
             raise ConfigError(f"layer_norm_eps must be > 0 and init_std in (0, 1], got {self.layer_norm_eps} and "
                               f"{self.init_std}")
+        if not 0 < self.router_init_bias <= 50:  # past e^50 the preferred choice's softmax is saturated in float32
+            raise ConfigError(f"router_init_bias must be in (0, 50], got {self.router_init_bias}")
         for f in ("balance_coef", "z_coef"):
             if not 0 <= getattr(self, f) <= 1e6:
                 raise ConfigError(f"{f} must be a number in [0, 1e6], got {getattr(self, f)}")
@@ -193,6 +219,12 @@ class MoMConfig(JsonConfig):
                 raise ConfigError("router='fixed' uses module h at step h and cannot choose SKIP: set skip=false")
             if self.selection != "token" or self.k("attn") != 1 or self.k("ffn") != 1:
                 raise ConfigError("router='fixed' requires selection='token' and top_k=1")
+            if (self.router_step, self.router_norm, self.router_init) != ("none", "none", "random"):
+                raise ConfigError("router='fixed' has no learned router: router_step, router_norm and router_init "
+                                  "need router 'gru' or 'mlp'")
+        if self.router_init == "layer_map" and self.router_step not in ("bias", "both"):
+            raise ConfigError("router_init='layer_map' sets the per-step logit bias: it needs router_step 'bias' or "
+                              f"'both', got {self.router_step!r}")
         if self.selection == "expert":
             if not 0 < self.capacity <= 1:
                 raise ConfigError(f"capacity must be in (0, 1], got {self.capacity}")
@@ -276,6 +308,37 @@ class MoMConfig(JsonConfig):
         g = n // self.steps
         return list(range(step * g, (step + 1) * g))
 
+    def renormalises(self, half: str) -> bool:
+        """Whether a token-choice route of ``half`` renormalises its K kept weights to sum to 1 (``route_weights``)."""
+        return self.route_weights == "renorm" or (self.route_weights == "auto" and self.k(half) >= 2)
+
+    def layer_map_choices(self, half: str, step: int) -> list[int]:
+        """The choices step ``step`` prefers under ``router_init='layer_map'`` (index N = SKIP; [] = no preference).
+
+        The layer map (:mod:`mom.convert.gpt2`) puts GPT-2 layers 0 … N-1 of a chunk into modules 0 … N-1, so the
+        decomposed phase-1 network runs them in order. With H ≥ N (MoM_P), or ``diagonal`` candidates, step h
+        prefers module h; the steps after the last module prefer SKIP (without SKIP: no preference). With H < N
+        (MoM_E, MoE), the modules are split in order into H contiguous groups (module m to step ⌊m·H/N⌋) and step h
+        prefers its group equally: with K ≥ the group's size the whole group runs (a weighted sum of what were
+        consecutive layers), with fewer picks the router chooses among it; a ``grouped`` (MoE) step's group is its
+        own experts, so it prefers none of them over another. With smaller pools than layers (``chunk_layers``) and
+        H ≥ L_c, step h prefers the module decomposed from chunk layer h, or SKIP where that layer's half was dropped.
+        Only choices the step allows are preferred."""
+        n, mode = getattr(self, f"n_{half}"), getattr(self, f"{half}_candidates")
+        lc = self.layers_per_chunk
+        if mode == "all" and lc > n and self.steps >= lc:
+            mine = [m for m in range(n) if m * lc // n == step]
+            return mine or ([n] if self.skip else [])
+        if mode == "diagonal" or self.steps >= n:
+            mine = [step] if step < n else []
+        else:
+            mine = [m for m in range(n) if m * self.steps // n == step]
+        allowed = set(self.candidates(half, step))
+        mine = [m for m in mine if m in allowed]
+        if mine:
+            return mine
+        return [n] if step >= n and self.skip else []
+
     def is_static(self, half: str) -> bool:
         """True when every token takes the same single module at each step with weight 1 (no router needed)."""
         if self.router == "fixed":
@@ -288,6 +351,11 @@ class MoMConfig(JsonConfig):
         """Whether ``half`` has its own router: not when static, nor the FFN half of a block-routed step (it follows
         the attention router's decision)."""
         return not self.is_static(half) and not (half == "ffn" and self.route_unit == "block")
+    @classmethod
+    def _upgrade(cls, d: dict[str, Any], version: int) -> dict[str, Any]:
+        if version < 2 and isinstance(d, dict):
+            d = {"route_weights": "renorm", **d}  # the rule version-1 models were trained under
+        return d
 
     def _adjust_replaced(self, d: dict[str, Any], changes: dict[str, Any]) -> None:
         if "d_model" in changes and "d_ff" not in changes:

@@ -71,6 +71,7 @@ class TrainConfig(JsonConfig):
     eps: float = 1e-5
     weight_decay: float = 0.1  # on matmul weights and embeddings; never on LayerNorms or biases
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping (the norm is still logged)
+    router_lr_mult: float = 1.0  # the routers' learning rate is lr × this (warm-up and cosine alike); < 1 slows them
     eval_interval: int = 200  # steps between validation passes (also at step 0 and at the end); 0 = at those two only
     eval_tokens: int = 65536  # validation tokens per pass (consecutive windows from the start); 0 = the whole split
     log_interval: int = 10  # steps between metrics.jsonl rows with routing statistics
@@ -118,6 +119,8 @@ class TrainConfig(JsonConfig):
         for f in ("beta1", "beta2"):
             if not 0 <= getattr(self, f) < 1:
                 raise ConfigError(f"{f} must be in [0, 1), got {getattr(self, f)}")
+        if not 0 < self.router_lr_mult <= 1000:
+            raise ConfigError(f"router_lr_mult must be in (0, 1000], got {self.router_lr_mult}")
         if not self.eps > 0 or self.weight_decay < 0 or self.grad_clip < 0:
             raise ConfigError("eps must be > 0, weight_decay and grad_clip ≥ 0")
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):

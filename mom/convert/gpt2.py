@@ -14,8 +14,12 @@ Smaller pools than layers (``chunk_layers`` > max(N_A, N_F), :func:`smaller_pool
 ablation: phase 2 trains a MoM whose pools hold fewer modules than the GPT-2 had layers (e.g. 50% of the attention
 modules, 75% of the FFN modules), where ``mom prune`` removes modules from a trained MoM.
 
-Routers are not part of GPT-2 and keep their fresh initialisation. With no assembled block the result is the
-GPT-2 itself; with ``router='fixed'`` and N = H it computes exactly the same function (tested).
+
+Routers are not part of GPT-2 and keep the initialisation their config gives them: random (``router_init='random'``,
+the paper's), or, with ``router_init='layer_map'``, a per-step logit bias that makes step h prefer the module(s) this
+map gave it (:meth:`MoMConfig.layer_map_choices`), so that phase 2 starts as the decomposed phase-1 network (on the
+demo's tiny model: +0.003 nats at step 0 instead of +0.11 with random routers; docs/log.md). With no assembled block
+the result is the GPT-2 itself; with ``router='fixed'`` and N = H it computes exactly the same function (tested).
 
 HF directories are read from ``model.safetensors`` or ``pytorch_model.bin`` (``torch.load(weights_only=True)``,
 never a full unpickle). No network access: a directory is a directory.
@@ -76,7 +80,8 @@ def layer_map(cfg: MoMConfig) -> list[tuple[str, int, str]]:
 def decompose(layers: list[dict[str, Tensor]], embeddings: dict[str, Tensor], model) -> None:
     """Copy GPT-2 layers (each a dict keyed by :data:`LAYER_KEYS`) and embeddings into ``model`` per the layer map.
 
-    ``embeddings`` holds ``wte.weight``, ``wpe.weight``, ``ln_f.weight``, ``ln_f.bias``. Routers are untouched."""
+    ``embeddings`` holds ``wte.weight``, ``wpe.weight``, ``ln_f.weight``, ``ln_f.bias``. Routers are untouched: they
+    keep the initialisation ``router_init`` gave them when ``model`` was built (:func:`router_start` says which)."""
     cfg = model.config
     if len(layers) != cfg.gpt2_layers:
         raise CheckpointError(
@@ -96,6 +101,16 @@ def decompose(layers: list[dict[str, Tensor]], embeddings: dict[str, Tensor], mo
     for k, v in updates.items():
         state[k] = v
     model.load_state_dict(state)
+
+
+def router_start(cfg: MoMConfig) -> str:
+    """How a decomposed model's routers start, in words (for logs)."""
+    if cfg.is_vanilla or cfg.router == "fixed":
+        return "no learned routers"
+    if cfg.router_init == "layer_map":
+        return (f"routers start on the layer map's modules: router_init=layer_map, a lead of {cfg.router_init_bias:g} "
+                "in scaled logits")
+    return "routers fresh"
 
 
 def _put(updates: dict, state: dict, key: str, m: int | None, value: Tensor) -> None:

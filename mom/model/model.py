@@ -41,6 +41,7 @@ from mom.model.routers import (
     balance_stats,
     candidate_mask,
     official_balance,
+    router_options,
     score_cutoff,
     select,
     select_scores,
@@ -164,7 +165,8 @@ class Chunk(nn.Module):
         self.pool = ModulePool(cfg.n_attn, cfg.n_ffn, d, cfg.d_ff, cfg.n_head, cfg.layer_norm_eps, cfg.attention)
         for half in HALVES:
             n = getattr(cfg, f"n_{half}")
-            router = ROUTERS[cfg.router](d, cfg.router_hidden, n + 1, cfg.init_std) if cfg.has_router(half) else None
+            router = ROUTERS[cfg.router](d, cfg.router_hidden, n + 1, cfg.init_std,
+                                         **router_options(cfg, half)) if cfg.has_router(half) else None
             setattr(self, f"router_{half}", router)
             self.register_buffer(f"allowed_{half}", candidate_mask(cfg, half), persistent=False)
             cands = torch.tensor([cfg.candidates(half, h) for h in range(cfg.steps)], dtype=torch.long)
@@ -187,7 +189,7 @@ class Chunk(nn.Module):
         if router is None:
             m = step % n if cfg.router == "fixed" else cfg.candidates(half, step)[0]
             return static_route(x_TD.shape[0], m, n, x_TD.device), None
-        logits, state = router(x_TD, state)
+        logits, state = router(x_TD, state, step)
         cand = getattr(self, f"cand_{half}")[step]
         expert = cfg.selection == "expert"
         threshold = getattr(self, f"threshold_{half}")[step] if expert and causal else None

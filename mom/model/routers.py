@@ -9,11 +9,15 @@ A router maps the residual stream x_t (before LayerNorm) to N+1 logits (the last
 * ``fixed`` routing and any half whose step has a single candidate and no SKIP need no router at all: the
   route is static (every token takes module h with weight 1), see :meth:`MoMConfig.is_static`.
 
+Both learned routers take the options of :class:`Router`: a normalised input (``router_norm``) and the step
+index (``router_step``: a step embedding added to the input, a per-step logit bias, or both).
+
 :func:`select` turns logits into a :class:`Route`: candidates outside the step's set are masked,
-``g = softmax(logits / τ)``, then either token choice (top-K per token, kept weights renormalised to sum to
-1) or expert choice (each candidate module takes the ``capacity`` fraction of a sequence's tokens with the
-highest g; weight g, Mixture-of-Depths style). Both produce the same (T, K) index/weight layout, with index
-N meaning SKIP, so the dispatchers never see the difference.
+``g = softmax(logits / τ)``, then either token choice (top-K per token; the kept weights per ``route_weights``:
+renormalised to sum to 1 as in the paper's code, or the router probabilities themselves, which is what lets a
+K = 1 router learn) or expert choice (each candidate module takes the ``capacity`` fraction of a sequence's
+tokens with the highest g; weight g, Mixture-of-Depths style). Both produce the same (T, K) index/weight
+layout, with index N meaning SKIP, so the dispatchers never see the difference.
 """
 
 from __future__ import annotations
@@ -27,54 +31,102 @@ from torch import Tensor, nn
 from mom.config.model import MoMConfig
 
 
-class GRURouter(nn.Module):
+class Router(nn.Module):
+    """What every learned router shares around its own map: the options of ``router_norm`` and ``router_step``.
+
+    The router reads ``u = norm(x_t) + e_h`` (``norm``: its own LayerNorm or RMSNorm, or none; ``e_h``: the step
+    embedding, (H, D), zero-initialised, or none) and adds ``b_h`` to its logits, the per-step bias (H, N+1),
+    zero-initialised or set by ``router_init='layer_map'`` (:func:`layer_map_bias`). The keyword arguments are
+    :func:`router_options` of a config; without them the router is the paper's plain one."""
+
+    def __init__(self, d_model: int, n_out: int, *, steps: int = 1, step: str = "none", norm: str = "none",
+                 eps: float = 1e-5, bias_HN: Tensor | None = None):
+        super().__init__()
+        norms = {"layernorm": nn.LayerNorm, "rmsnorm": nn.RMSNorm}
+        self.norm = norms[norm](d_model, eps=eps) if norm in norms else None
+        embed = step in ("embed", "both")
+        self.step_embed = nn.Parameter(torch.zeros(steps, d_model)) if embed else None
+        if step in ("bias", "both"):
+            self.step_bias = nn.Parameter(torch.zeros(steps, n_out) if bias_HN is None else bias_HN.clone())
+        else:
+            self.step_bias = None
+
+    def router_input(self, x_TD: Tensor, step: int) -> Tensor:
+        if self.norm is not None:
+            x_TD = self.norm(x_TD)
+        return x_TD if self.step_embed is None else x_TD + self.step_embed[step]
+
+    def step_logits(self, logits_TN: Tensor, step: int) -> Tensor:
+        return logits_TN if self.step_bias is None else logits_TN + self.step_bias[step]
+
+
+class GRURouter(Router):
     recurrent = True
 
-    def __init__(self, d_model: int, hidden: int, n_out: int, std: float):
-        super().__init__()
+    def __init__(self, d_model: int, hidden: int, n_out: int, std: float, **options):
+        super().__init__(d_model, n_out, **options)
         self.gru = nn.GRUCell(d_model, hidden)
         self.out = nn.Linear(hidden, n_out)
         nn.init.normal_(self.out.weight, 0.0, std)
         nn.init.zeros_(self.out.bias)
         self.hidden = hidden
 
-    def forward(self, x_TD: Tensor, h_TR: Tensor | None) -> tuple[Tensor, Tensor]:
+    def forward(self, x_TD: Tensor, h_TR: Tensor | None, step: int = 0) -> tuple[Tensor, Tensor]:
+        u_TD = self.router_input(x_TD, step)
         if h_TR is None:
-            h_TR = x_TD.new_zeros(x_TD.shape[0], self.hidden)
-        h_TR = self.gru(x_TD, h_TR.to(x_TD.dtype))
-        return self.out(h_TR), h_TR
+            h_TR = u_TD.new_zeros(u_TD.shape[0], self.hidden)
+        h_TR = self.gru(u_TD, h_TR.to(u_TD.dtype))
+        return self.step_logits(self.out(h_TR), step), h_TR
 
 
-class MLPRouter(nn.Module):
+class MLPRouter(Router):
     recurrent = False
 
-    def __init__(self, d_model: int, hidden: int, n_out: int, std: float):
-        super().__init__()
+    def __init__(self, d_model: int, hidden: int, n_out: int, std: float, **options):
+        super().__init__(d_model, n_out, **options)
         self.fc = nn.Linear(d_model, hidden)
         self.out = nn.Linear(hidden, n_out)
         for lin in (self.fc, self.out):
             nn.init.normal_(lin.weight, 0.0, std)
             nn.init.zeros_(lin.bias)
 
-    def forward(self, x_TD: Tensor, h: Tensor | None) -> tuple[Tensor, None]:
-        return self.out(F.relu(self.fc(x_TD))), None
+    def forward(self, x_TD: Tensor, h: Tensor | None, step: int = 0) -> tuple[Tensor, None]:
+        return self.step_logits(self.out(F.relu(self.fc(self.router_input(x_TD, step)))), step), None
 
 
-class LinearRouter(nn.Module):
+def router_options(cfg: MoMConfig, half: str) -> dict:
+    """The keyword arguments of :class:`Router` for ``half``'s router under ``cfg``."""
+    return dict(steps=cfg.steps, step=cfg.router_step, norm=cfg.router_norm, eps=cfg.layer_norm_eps,
+                bias_HN=layer_map_bias(cfg, half))
+
+
+def layer_map_bias(cfg: MoMConfig, half: str) -> Tensor:
+    """(H, N+1) the initial per-step logit bias: zeros, or with ``router_init='layer_map'`` ``router_init_bias · τ``
+    on the choices :meth:`MoMConfig.layer_map_choices` gives each step (so their lead in the scaled logits that the
+    softmax sees is ``router_init_bias``)."""
+    n = getattr(cfg, f"n_{half}")
+    bias_HN = torch.zeros(cfg.steps, n + 1)
+    if cfg.router_init == "layer_map":
+        for h in range(cfg.steps):
+            bias_HN[h, cfg.layer_map_choices(half, h)] = cfg.router_init_bias * cfg.temperature
+    return bias_HN
+
+
+class LinearRouter(Router):
     """Mixture-of-Depths' router (Raposo et al. 2024): one linear map d → N+1, stateless; row m scores every token
     for module m, ``r = w_mᵀ x_t + b_m`` (with diagonal candidates, step h reads row h: one linear router per
     block). Its scores are used raw (:func:`select_scores`); ``hidden`` is unused."""
 
     recurrent = False
 
-    def __init__(self, d_model: int, hidden: int, n_out: int, std: float):
-        super().__init__()
+    def __init__(self, d_model: int, hidden: int, n_out: int, std: float, **options):
+        super().__init__(d_model, n_out, **options)
         self.out = nn.Linear(d_model, n_out)
         nn.init.normal_(self.out.weight, 0.0, std)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, x_TD: Tensor, h: Tensor | None) -> tuple[Tensor, None]:
-        return self.out(x_TD), None
+    def forward(self, x_TD: Tensor, h: Tensor | None, step: int = 0) -> tuple[Tensor, None]:
+        return self.step_logits(self.out(self.router_input(x_TD, step)), step), None
 
 
 ROUTERS = {"gru": GRURouter, "mlp": MLPRouter, "linear": LinearRouter}
@@ -156,7 +208,8 @@ def select(logits_TN: Tensor, allowed_N: Tensor, cand_c: Tensor, cfg: MoMConfig,
     probs_TN = scaled.softmax(-1)
     if cfg.selection == "token":
         w_TK, idx_TK = top_k(probs_TN, cfg.k(half))
-        w_TK = w_TK / w_TK.sum(-1, keepdim=True)
+        if cfg.renormalises(half):
+            w_TK = w_TK / w_TK.sum(-1, keepdim=True)
         w_TK = w_TK.masked_fill(idx_TK == n, 0.0)
     else:
         # Expert choice: each candidate module c takes the C tokens of each sequence with the highest g_c.

@@ -9,7 +9,7 @@ from pathlib import Path
 from torch import nn
 
 from mom.config.model import MoMConfig
-from mom.convert.gpt2 import check_compatible, decompose, read_hf, vanilla_layers_of
+from mom.convert.gpt2 import check_compatible, decompose, read_hf, router_start, vanilla_layers_of
 from mom.data.tokenizer import Tokenizer, load_tokenizer
 from mom.errors import CheckpointError, ConfigError
 from mom.fileio import read_json
@@ -63,8 +63,9 @@ def init_from(model: nn.Module, spec: str) -> str:
         src_cfg, layers, emb = read_hf(path)
         check_compatible(src_cfg, cfg, str(path))
         decompose(layers, emb, model)
-        how = "loaded" if cfg.is_vanilla else "decomposed"
-        return f"{how} HF GPT-2 {path} ({len(layers)} layers)"
+        if cfg.is_vanilla:
+            return f"loaded HF GPT-2 {path} ({len(layers)} layers)"
+        return f"decomposed HF GPT-2 {path} ({len(layers)} layers; {router_start(cfg)})"
     src = MoM.from_pretrained(resolve_model_dir(spec, _NOT_FOUND))
     src_shapes = {k: tuple(v.shape) for k, v in src.state_dict().items()}
     own_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -77,4 +78,4 @@ def init_from(model: nn.Module, spec: str) -> str:
     check_compatible(src.config, cfg, spec)
     layers, emb = vanilla_layers_of(src)
     decompose(layers, emb, model)
-    return f"decomposed the {len(layers)}-layer vanilla model {spec} per the layer map (routers fresh)"
+    return f"decomposed the {len(layers)}-layer vanilla model {spec} per the layer map ({router_start(cfg)})"

@@ -17,11 +17,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mom.config.model import MoMConfig
+from mom.config.model import HALVES, MoMConfig
 from mom.config.train import TrainConfig
 from mom.errors import MissingExtraError
 from mom.fileio import atomic_write
 from mom.model.flops import count, peak_flops
+from mom.model.route_health import format_health, mean_health, normalized_entropy, same_path, step_divergence_bits
 from mom.runs import METRICS, METRICS_CSV, TENSORBOARD, read_metrics
 from mom.train.distributed import Dist, Runtime, full_tensor
 
@@ -33,7 +34,9 @@ def routing_stats(routes) -> list[dict[str, Any]]:
     distribution, in nats (ln(N+1) when uniform); ``skip``: the SKIP share of picks (= usage[-1]); ``skip_all``:
     fraction of tokens whose every pick is SKIP (they bypass the half entirely); ``modules_per_token``: mean
     real modules a token runs (≤ K; what the compute actually is); ``token_share``: fraction of tokens that picked
-    each choice (a token's K picks are distinct); ``choices``: real modules the step allows; ``picks``: K."""
+    each choice (a token's K picks are distinct); ``choices``: real modules the step allows; ``picks``: K;
+    ``entropy_norm``: the entropy divided by ln(allowed choices, SKIP included), 0 … 1 (see
+    :mod:`mom.model.route_health`)."""
     out = []
     for r in routes or []:
         if r.probs_BTN is None:  # static route: nothing was decided
@@ -51,6 +54,7 @@ def routing_stats(routes) -> list[dict[str, Any]]:
             "token_share": [round(u, 5) for u in (counts_N / idx_PK.shape[0]).tolist()],
             "choices": int(allowed_N[:n].sum()), "picks": idx_PK.shape[-1],
             "entropy": round(entropy.item(), 5),
+            "entropy_norm": _round(normalized_entropy(usage_N.tolist(), int(allowed_N.sum()))),
             "skip": round(usage_N[n].item(), 5),
             "skip_all": round(skip_PK.all(-1).double().mean().item(), 5),
             "modules_per_token": round((~skip_PK).sum(-1).double().mean().item(), 5),
@@ -58,13 +62,68 @@ def routing_stats(routes) -> list[dict[str, Any]]:
     return out
 
 
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(v, 5)
+
+
+def routing_health(routes, stats: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """Per half with a learned router, the :mod:`mom.model.route_health` measures (usage entropy normalised to
+    [0, 1], SKIP share, the share of tokens taking the same choices at every step of a chunk, the mean pairwise
+    Jensen–Shannon divergence between steps' usage, in bits), each the mean over the chunks. ``stats``: the
+    :func:`routing_stats` of the same ``routes``."""
+    per_chunk: dict[tuple[int, str], list] = {}
+    for r in routes or []:
+        if r.probs_BTN is not None:
+            per_chunk.setdefault((r.chunk, r.half), []).append(r)
+    rows = {(e["chunk"], e["step"], e["half"]): e for e in stats}
+    halves: dict[str, list] = {}
+    for (c, half), recs in per_chunk.items():
+        recs.sort(key=lambda r: r.step)
+        steps = [rows[(c, r.step, half)] for r in recs]
+        same = None
+        if len(recs) > 1:
+            picks = [r.idx_BTK.reshape(-1, r.idx_BTK.shape[-1]) for r in recs]
+            same = same_path(picks).double().mean().item()
+        ents = [e["entropy_norm"] for e in steps if e["entropy_norm"] is not None]
+        halves.setdefault(half, []).append({
+            "entropy": sum(ents) / len(ents) if ents else None,
+            "skip": sum(e["skip"] for e in steps) / len(steps),
+            "same_path": same,
+            "step_js_bits": step_divergence_bits([e["usage"] for e in steps]),
+        })
+    return {half: mean_health(parts) for half, parts in halves.items()}
+
+
+# What to change against a collapsed router (the warning says it; docs/training.md "Router collapse").
+COLLAPSE_ADVICE = ("raise --model.balance_coef (now {balance_coef:g}) or --model.z_coef (now {z_coef:g}), lower "
+                   "--train.router_lr_mult (now {router_lr_mult:g}), raise --model.temperature (now {temperature:g})"
+                   "{norm}")
+
+
+def layer_map_starts(mcfg: MoMConfig) -> dict[tuple[int, str], set[int]]:
+    """Under ``router_init='layer_map'``, each (step, half)'s preferred real modules (the watch's ``expected``)."""
+    if mcfg.is_vanilla or mcfg.router_init != "layer_map":
+        return {}
+    return {(h, half): {m for m in mcfg.layer_map_choices(half, h) if m < getattr(mcfg, f"n_{half}")}
+            for h in range(mcfg.steps) for half in HALVES}
+
+
+def collapse_advice(mcfg: MoMConfig, tcfg: TrainConfig) -> str:
+    norm = ", or normalise the router input (--model.router_norm layernorm)" if mcfg.router_norm == "none" else ""
+    return COLLAPSE_ADVICE.format(balance_coef=mcfg.balance_coef, z_coef=mcfg.z_coef, temperature=mcfg.temperature,
+                                  router_lr_mult=tcfg.router_lr_mult, norm=norm)
+
+
 class CollapseWatch:
     """Router collapse: one module picked by more than ``share`` of the tokens at ``patience`` metrics rows in a
     row. Only steps that allow more real modules than picks count (a layer-skip step that may pick only its own
-    module, or K = N, has nothing to collapse). Each episode is reported once."""
+    module, or K = N, has nothing to collapse). Each episode is reported once. ``expected``: per (routing step,
+    half), modules that are the intended start rather than a collapse (``router_init='layer_map'``: the layer
+    map's own modules of the step; whether routers leave them shows in the routing health)."""
 
-    def __init__(self, share: float, patience: int) -> None:
+    def __init__(self, share: float, patience: int, expected: dict[tuple[int, str], set[int]] | None = None) -> None:
         self.share, self.patience = share, patience
+        self.expected = expected or {}
         self.streak: dict[tuple, int] = {}
 
     def update(self, stats: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -74,7 +133,7 @@ class CollapseWatch:
                 continue
             shares = row["token_share"][:-1]  # real modules (the last entry is SKIP)
             m = max(range(len(shares)), key=shares.__getitem__)
-            if shares[m] <= self.share:
+            if shares[m] <= self.share or m in self.expected.get((row["step"], row["half"]), ()):
                 continue
             key = (row["chunk"], row["step"], row["half"], m)
             seen.add(key)
@@ -347,8 +406,10 @@ class Monitor:
         self.bar = progress_bar(progress and self.main, tcfg.max_steps, start)
         self.window = Window()
         self.speed = Speed(mcfg, rt.seq_len, rt.device, rt.amp, rt.dist.world)
-        self.collapse = CollapseWatch(tcfg.collapse_share, tcfg.collapse_patience)
+        self.collapse = CollapseWatch(tcfg.collapse_share, tcfg.collapse_patience, layer_map_starts(mcfg))
         self.collapse.load(collapse_state or [])
+        self.advice = collapse_advice(mcfg, tcfg)
+        self.health: dict[str, dict] | None = None  # of the latest metrics row, for the console
 
     @property
     def bar_visible(self) -> bool:
@@ -377,28 +438,32 @@ class Monitor:
         row.update(self.speed.of(row["tokens_per_s"]))
         if routes is not None:
             row["routing"] = routing_stats(routes)
+            row["routing_health"] = self.health = routing_health(routes, row["routing"])
             for w in self.collapse.update(row["routing"]):
-                self.log({"type": "warning", "kind": "router_collapse", "step": step, **w})
+                self.log({"type": "warning", "kind": "router_collapse", "step": step, **w, "advice": self.advice})
                 self.say(f"warning: router collapse at step {step}: chunk {w['chunk']} step {w['routing_step']} "
                          f"{w['half']}: module {w['module']} took {w['token_share']:.0%} of the tokens "
-                         f"at {w['rows']} metrics rows in a row")
+                         f"at {w['rows']} metrics rows in a row; {self.advice}")
         self.log(row)
+        health = f" | {format_health(self.health)}" if self.health else ""
         if self.bar_visible:
             mfu = f", MFU {row['mfu']:.1%}" if "mfu" in row else ""
-            self.bar.set_postfix_str(f"loss {row['loss']:.3f}, {row['tokens_per_s']:,.0f} tok/s{mfu}", refresh=False)
+            self.bar.set_postfix_str(f"loss {row['loss']:.3f}, {row['tokens_per_s']:,.0f} tok/s{mfu}{health}",
+                                     refresh=False)
         else:
-            self.say(console_line(row, self.max_steps, self.rt.tokens_per_step))
+            self.say(console_line(row, self.max_steps, self.rt.tokens_per_step) + health)
 
     def val_row(self, step: int, tokens: int, loss: float, seconds: float) -> float | None:
         """Log a validation loss (nats per token) with its bits per byte and the unigram yardstick of the same
-        windows; returns the bits per byte."""
+        windows, and the latest routing health; returns the bits per byte."""
         row = {"type": "val", "step": step, "tokens": tokens, "val_loss": loss, "val_ppl": math.exp(min(loss, 50))}
         bpb = None
         if self.scale is not None:
             bpb = self.scale.bpb(loss)
             row.update(val_bpb=bpb, unigram_loss=self.scale.unigram.loss, unigram_bpb=self.scale.unigram.bpb)
         self.log({**row, "seconds": round(seconds, 3)})
-        self.say(f"step {step}: {describe_val(loss, bpb, self.scale.unigram.loss if self.scale else None)}")
+        health = f"; routing: {format_health(self.health)}" if self.health else ""
+        self.say(f"step {step}: {describe_val(loss, bpb, self.scale.unigram.loss if self.scale else None)}{health}")
         return bpb
 
     def fault(self, step: int, in_a_row: int, what: str) -> None:

@@ -14,7 +14,7 @@ from mom.config.train import TrainConfig
 from mom.train.batches import Batches
 from mom.train.distributed import Runtime, autocast, full_tensor, no_grad_sync
 from mom.train.monitor import Window, describe_fault, nonfinite_gradients
-from mom.train.optim import lr_at
+from mom.train.optim import lr_at, set_lr
 
 
 @dataclass
@@ -38,8 +38,7 @@ class Stepper:
     def run(self, step: int, want_routes: bool) -> StepResult:
         """Take the step that turns ``step`` completed steps into ``step + 1``."""
         lr = lr_at(self.tcfg, step, self.horizons)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(self.optimizer, lr)
         routes = self._accumulate(step, want_routes)
         applied, fault = self._update()
         self.optimizer.zero_grad(set_to_none=True)

@@ -66,6 +66,40 @@ def test_statistics_equal_hand_computed_values():
     assert np.array_equal(token_depths(hand_routes(), 1), [2.5, 1.5, 3.0])
 
 
+def _entropy_norm(u) -> float:
+    u = np.asarray(u, dtype=float)
+    return float(-(u[u > 0] * np.log(u[u > 0])).sum() / np.log(len(u)))
+
+
+def _js_bits(p, q) -> float:
+    p, q = np.asarray(p, dtype=float), np.asarray(q, dtype=float)
+    m = (p + q) / 2
+    kl = lambda a: float((a[a > 0] * np.log2(a[a > 0] / m[a > 0])).sum())  # noqa: E731
+    return (kl(p) + kl(q)) / 2
+
+
+def test_health_per_chunk_equals_hand_computed_values():
+    """The routes above, decided by learned routers allowing every choice (probabilities given)."""
+    routes = [RouteRecord(r.chunk, r.step, r.half, r.idx_BTK, r.w_BTK, torch.full((1, 3, r.n_modules + 1), 0.1),
+                          r.n_modules) for r in hand_routes()]
+    st = RouteStats(vanilla_layers=1)
+    st.add(routes)
+    attn, ffn = st.health(0, "attn"), st.health(0, "ffn")
+    ua = ([1 / 6, 2 / 6, 2 / 6, 1 / 6], [1 / 6, 1 / 6, 1 / 6, 3 / 6])
+    assert attn["entropy"] == pytest.approx((_entropy_norm(ua[0]) + _entropy_norm(ua[1])) / 2, abs=1e-5)
+    assert attn["skip"] == pytest.approx(1 / 3, abs=1e-5)
+    assert attn["same_path"] == pytest.approx(1 / 3, abs=1e-5)  # t0: {0, 1} twice; t1 and t2 change
+    assert attn["step_js_bits"] == pytest.approx(_js_bits(*ua), abs=1e-5)
+    uf = ([1 / 3, 1 / 3, 1 / 3], [1 / 3, 0, 2 / 3])
+    assert ffn["same_path"] == pytest.approx(1 / 3, abs=1e-5)  # t1: SKIP twice
+    assert ffn["step_js_bits"] == pytest.approx(_js_bits(*uf), abs=1e-5)
+    assert json.loads(json.dumps(st.summary()))["chunks"]["chunk0.ffn"]["health"] == ffn
+    # static routes (no probabilities: nothing was decided) have no health
+    static = RouteStats(1)
+    static.add(hand_routes())
+    assert set(static.health(0, "attn").values()) == {None}
+
+
 def test_accumulating_twice_doubles_counts_and_keeps_fractions():
     once, twice = RouteStats(1), RouteStats(1)
     once.add(hand_routes())
@@ -155,7 +189,12 @@ def test_cli_writes_png_html_and_json(ckpt, tmp_path, capsys):
     assert main([*common, "--out", str(tmp_path / "r.json")]) == 0
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["tokens"] == 3 * 32 and len(r["steps"]) == 2 * 2 and "chunk0.attn" in r["chunks"]
-    assert "mean effective depth" in capsys.readouterr().out
+    health = r["chunks"]["chunk0.attn"]["health"]
+    assert set(health) == {"entropy", "skip", "same_path", "step_js_bits"}
+    assert all(0 <= v <= 1 for v in health.values())
+    printed = capsys.readouterr().out
+    assert "mean effective depth" in printed and "chunk 0 routing: attn ent" in printed
+    assert "Routing health per chunk" in page
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "data", "r.html", "r.json", "r.png"]  # no temp files
 
 

@@ -44,6 +44,13 @@ from tests.conftest import tiny_config
         (dict(attention="flash"), "attention must be one of 'sdpa', 'eager'"),
         (dict(chunk_layers=2), r"chunk_layers \(2\) must be 0 or ≥ the larger pool"),
         (dict(chunk_layers=-1), "chunk_layers must be ≥ 0"),
+        (dict(router_init="layer_map"), "router_init='layer_map' sets the per-step logit bias: it needs router_step "
+                                        "'bias' or 'both', got 'none'"),
+        (dict(router_init="layer_map", router_step="embed"), "needs router_step 'bias' or 'both', got 'embed'"),
+        (dict(router="fixed", skip=False, top_k=1, router_norm="rmsnorm"), "router='fixed' has no learned router"),
+        (dict(router_init_bias=0.0), "router_init_bias must be in \\(0, 50\\]"),
+        (dict(route_weights="softmax"), "route_weights must be one of 'auto', 'renorm', 'probs'"),
+        (dict(router_step="steps"), "router_step must be one of 'none', 'bias', 'embed', 'both'"),
     ],
 )
 def test_invalid_configs_say_what_and_why(fields, message):
@@ -89,6 +96,25 @@ def test_json_round_trip_and_errors(tmp_path):
         MoMConfig.load(tmp_path / "broken.json")
     with pytest.raises(ConfigError, match="unknown preset 'tiny-mo' \\(did you mean 'tiny-mom'"):
         preset("tiny-mo")
+
+
+def test_version_1_configs_keep_the_kept_weight_rule_they_were_trained_with(tmp_path):
+    """``route_weights`` (format version 2) changes what a K = 1 half computes by default: a version-1 file, written
+    before the field existed, loads with the rule its model was trained under (the paper code's ``renorm``)."""
+    cfg = preset("layerskip")
+    old = {k: v for k, v in cfg.to_dict().items() if k != "route_weights"}
+    (tmp_path / "v1.json").write_text(json.dumps({"format_version": 1, **old}))
+    assert MoMConfig.load(tmp_path / "v1.json") == cfg.replace(route_weights="renorm")
+    (tmp_path / "v2.json").write_text(json.dumps({"format_version": 2, **old}))  # current: the default
+    assert MoMConfig.load(tmp_path / "v2.json").route_weights == "auto"
+    (tmp_path / "none.json").write_text(json.dumps(old))  # a hand-written file without a version: current
+    assert MoMConfig.load(tmp_path / "none.json").route_weights == "auto"
+    cfg.save(tmp_path / "saved.json")
+    assert json.loads((tmp_path / "saved.json").read_text())["format_version"] == 2
+    assert MoMConfig.load(tmp_path / "saved.json") == cfg
+    (tmp_path / "v9.json").write_text(json.dumps({"format_version": 9, **old}))
+    with pytest.raises(ConfigError, match="format_version 9 is not supported \\(expected 1 or 2\\)"):
+        MoMConfig.load(tmp_path / "v9.json")
 
 
 def test_replace_parses_strings_and_keeps_gpt2_ffn_ratio():

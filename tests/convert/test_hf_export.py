@@ -59,6 +59,12 @@ CASES = {
                                   attn_candidates="diagonal", ffn_candidates="diagonal", bottom=0, top=0,
                                   anchor=False), ("all-skip",)),
     "qkv-sum-block-k2": Case(dict(top_k=2, n_attn=3, n_ffn=3, qkv_combine="sum", route_unit="block"), ("mixed",)),
+    # the router options of issue #18 (K = 1 keeping the router probability; step bias and embedding; input norms)
+    "gru-k1-step-both-rmsnorm": Case(dict(top_k=1, router_step="both", router_norm="rmsnorm"), ("all-skip",)),
+    "mlp-k2-embed-layernorm-probs": Case(dict(router="mlp", top_k=2, router_step="embed", router_norm="layernorm",
+                                              route_weights="probs"), ("mixed",)),
+    "gru-k2-renorm-layer-map": Case(dict(top_k=2, route_weights="renorm", router_step="bias",
+                                         router_init="layer_map", router_init_bias=2.0), ("mixed",)),
     "vanilla": Case(dict(chunks=0, bottom=2, top=1)),
 }
 
@@ -75,6 +81,11 @@ def tiny_mom(**fields) -> MoM:
                     first = router.gru.weight_ih if hasattr(router, "gru") else getattr(router, "fc", router.out).weight
                     first.mul_(30)
                     router.out.weight.mul_(50)
+                    for p in (router.step_bias, router.step_embed):  # zero-initialised: make them count
+                        if p is not None:
+                            p.normal_(0, 1.0)
+                    if router.norm is not None:
+                        router.norm.weight.normal_(1.0, 0.5)
     return model
 
 
@@ -315,6 +326,26 @@ def test_every_momconfig_field_is_listed_and_round_trips():
     assert set(SUPPORTED_VALUES) == {f.name for f in dataclasses.fields(MoMConfig)}
     cfg = tiny_config(selection="expert", temperature=0.3, top_k=2, ffn_top_k=1, capacity=0.25, key_mask="pack")
     assert MoMConfig.from_dict(MoMHFConfig.from_mom(cfg.to_dict()).mom_fields()) == cfg
+
+
+@pytest.mark.parametrize("fields", [dict(router_step="both", router_init="layer_map", router_init_bias=3.0),
+                                    dict(router="mlp", router_step="bias", router_init="layer_map", steps=4, n_attn=2,
+                                         skip=False, attn_top_k=2, ffn_top_k=1, router_norm="rmsnorm")])
+def test_a_fresh_hf_model_initialises_its_routers_as_mom_does(fields):
+    """``router_init`` is an initialisation: a Hugging Face model built from the config (not loaded) starts its step
+    biases on the layer map's choices and its step embeddings and norms as mom does."""
+    from mom.convert.hf.modeling_mom import MoMForCausalLM
+
+    cfg = tiny_config(**fields)
+    torch.manual_seed(0)
+    hf = MoMForCausalLM(MoMHFConfig.from_mom(cfg.to_dict()))
+    ours = dict(MoM(cfg).named_parameters())
+    checked = 0
+    for name, p in hf.named_parameters():
+        if ".router_" in name and name.rsplit(".", 1)[-1] in ("step_bias", "step_embed") or ".norm." in name:
+            torch.testing.assert_close(p, ours[name], msg=name)
+            checked += 1
+    assert checked >= 2 * (1 + ("both" == cfg.router_step) + (cfg.router_norm != "none"))
 
 
 def test_remote_code_imports_only_torch_transformers_and_the_standard_library():

@@ -27,6 +27,13 @@ FAMILIES = {
     "moe-full-experts": preset("moe-full-experts").replace(**SMALL),
     "qkv-sum-eager": tiny_config(n_ctx=64, n_attn=3, n_ffn=2, top_k=2, steps=3, qkv_combine="sum", attention="eager"),
     "block-token-K2": tiny_config(n_ctx=64, n_attn=3, n_ffn=3, top_k=2, steps=3, route_unit="block"),
+    # the router options of issue #18
+    "gru-K1-step-both-rmsnorm": tiny_config(n_ctx=64, n_attn=3, n_ffn=2, top_k=1, steps=3, router_step="both",
+                                            router_norm="rmsnorm"),
+    "mlp-K2-embed-layernorm-probs": preset("tiny-mom").replace(**SMALL, router="mlp", steps=3, router_step="embed",
+                                                               router_norm="layernorm", route_weights="probs"),
+    "mod-step-bias-layer-map": preset("mod").replace(**SMALL, router_step="bias", router_init="layer_map",
+                                                     router_init_bias=1.0),
 }
 
 
@@ -34,8 +41,8 @@ def _model(cfg):
     model = MoM(cfg).eval()
     with torch.no_grad():  # sharp routers: tokens disagree, SKIP is taken sometimes
         for n, p in model.named_parameters():
-            if "router" in n and n.endswith("out.weight"):
-                p.normal_(0, 1.0)
+            if "router" in n and n.endswith(("out.weight", "step_bias", "step_embed")):
+                p.normal_(0, 1.0)  # (the step bias and embedding start at zero: make them count)
     return model
 
 

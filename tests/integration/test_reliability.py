@@ -262,15 +262,23 @@ def test_router_collapse_is_reported_once_per_episode():
     # A step that cannot spread its picks (layer-skip: one module or SKIP; K = N) is never a collapse.
     fixed = CollapseWatch(share=0.9, patience=1)
     assert fixed.update([{**row(1.0), "choices": 1}]) == []
+    # Under router_init=layer_map the step's own module of the layer map is where routing starts, not a collapse.
+    started = CollapseWatch(share=0.9, patience=1, expected={(1, "ffn"): {0}})
+    assert started.update([row(1.0)]) == []
+    assert len(started.update([{**row(0.0), "token_share": [0.0, 1.0, 0.0, 0.0]}])) == 1
 
 
 def test_router_collapse_warning_lands_in_the_metrics(tmp_path, data_dir):
     """A run whose routers send nearly every token to one module (here: an impossible threshold) logs it."""
-    train(mom_cfg(), tcfg(max_steps=6, eval_interval=0, collapse_share=0.01, collapse_patience=2),
+    train(mom_cfg(), tcfg(max_steps=6, eval_interval=0, collapse_share=0.01, collapse_patience=2, router_lr_mult=0.5),
           out=tmp_path / "run", data=str(data_dir), progress=False)
     warn = [r for r in read_metrics(tmp_path / "run") if r["type"] == "warning"]
     assert warn and all(r["kind"] == "router_collapse" for r in warn) and warn[0]["step"] >= 2
     assert {"chunk", "routing_step", "half", "module", "token_share"} <= set(warn[0])
+    # ... with what to change, naming the current values
+    assert warn[0]["advice"] == ("raise --model.balance_coef (now 0.01) or --model.z_coef (now 0.001), lower "
+                                 "--train.router_lr_mult (now 0.5), raise --model.temperature (now 1), or normalise "
+                                 "the router input (--model.router_norm layernorm)")
 
 
 # ---------------------------------------------------------------------------------------------- resources

@@ -39,3 +39,36 @@ def test_compile_fullgraph_forward_backward_matches_eager(option, grouped_path):
     for (n, pc), (_, pe) in zip(compiled_model.named_parameters(), eager.named_parameters()):
         assert pc.grad is not None, n
         assert torch.allclose(pc.grad, pe.grad, atol=1e-4), n
+
+
+ROUTER_OPTIONS = {
+    "k1-router-probability": dict(top_k=1, route_weights="auto"),
+    "step-bias-layer-map": dict(router_step="bias", router_init="layer_map", router_init_bias=2.0),
+    "step-embed-layernorm": dict(router_step="embed", router_norm="layernorm"),
+    "both-rmsnorm-mlp": dict(router="mlp", router_step="both", router_norm="rmsnorm", route_weights="probs"),
+    "expert-both": dict(selection="expert", router_step="both", router_norm="rmsnorm"),
+}
+
+
+@pytest.mark.parametrize("name", ROUTER_OPTIONS)
+def test_router_options_trace_as_one_graph(name):
+    """Each router option of issue #18 keeps forward and backward one graph (``fullgraph=True``: no host sync, no
+    graph break), traced by dynamo alone (no inductor, fast), with the eager values and gradients."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    cfg = tiny_config(z_coef=1e-3, **ROUTER_OPTIONS[name])
+    eager, traced = MoM(cfg), MoM(cfg)
+    traced.load_state_dict(eager.state_dict())
+    counter = CompileCounter()
+    step = torch.compile(traced, fullgraph=True, backend=counter)
+    idx = torch.randint(0, cfg.vocab_size, (2, 16))
+    outs = []
+    for fwd in (step, eager):
+        out = fwd(idx, idx)
+        (out.loss + out.aux_loss).backward()
+        outs.append(out)
+    assert counter.frame_count == 1
+    torch.testing.assert_close(outs[0].logits, outs[1].logits, rtol=0, atol=1e-5)
+    for (n, pc), (_, pe) in zip(traced.named_parameters(), eager.named_parameters()):
+        torch.testing.assert_close(pc.grad, pe.grad, rtol=0, atol=1e-5, msg=n)

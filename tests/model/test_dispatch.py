@@ -22,6 +22,13 @@ CONFIGS = {
     "block-token-K2": dict(route_unit="block", top_k=2, steps=2, n_attn=3, n_ffn=3, skip=True),
     "qkv-sum-official-balance": dict(qkv_combine="sum", balance="official", top_k=2, steps=2, n_attn=3, n_ffn=2),
     "eager-attention-pack": dict(attention="eager", key_mask="pack", top_k=2, steps=2, n_attn=3, n_ffn=2),
+    # the router options of issue #18: K = 1 keeping the router probability, step bias/embedding, input norms
+    "gru-K1-step-both-rmsnorm": dict(router="gru", top_k=1, steps=3, n_attn=3, n_ffn=2, router_step="both",
+                                     router_norm="rmsnorm"),
+    "mlp-K2-embed-layernorm-probs": dict(router="mlp", top_k=2, steps=2, n_attn=3, n_ffn=4, router_step="embed",
+                                         router_norm="layernorm", route_weights="probs"),
+    "expert-step-bias-layer-map": dict(selection="expert", capacity=0.5, steps=2, n_attn=3, n_ffn=2,
+                                       router_step="bias", router_init="layer_map", router_init_bias=2.0),
 }
 
 
@@ -32,8 +39,8 @@ def test_grouped_equals_loop(name, grouped_path):
     # Sharper routers than the default init, so that routes differ between tokens.
     with torch.no_grad():
         for n, p in fast.named_parameters():
-            if "router" in n and n.endswith("out.weight"):
-                p.normal_(0, 1.0)
+            if "router" in n and n.endswith(("out.weight", "step_bias", "step_embed")):
+                p.normal_(0, 1.0)  # (the step bias and embedding start at zero: make them count)
     ref = MoM(cfg.replace(dispatch="loop"))
     ref.load_state_dict(fast.state_dict())
     idx = torch.randint(0, cfg.vocab_size, (3, 19))

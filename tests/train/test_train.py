@@ -123,6 +123,50 @@ def test_weight_decay_only_on_matmul_weights_and_embeddings():
     assert sorted(decay + no_decay) == sorted(n for n, _ in model.named_parameters())
 
 
+def test_router_lr_mult_scales_the_routers_learning_rate_only():
+    from mom.train.optim import make_optimizer, set_lr
+
+    model = MoM(mom_cfg(bottom=1, anchor=True, router_step="both", router_norm="layernorm"))
+    routers = {n for n, _ in model.named_parameters() if ".router_" in n}
+    assert any(n.endswith(("step_bias", "step_embed", "norm.weight")) for n in routers)
+    plain, names = make_optimizer(model, tcfg(), torch.device("cpu"))
+    assert len(plain.param_groups) == 2  # as before the multiplier: decay and no decay
+    opt, names = make_optimizer(model, tcfg(router_lr_mult=0.25), torch.device("cpu"))
+    params = dict(model.named_parameters())
+    assert [id(p) for g in opt.param_groups for p in g["params"]] == [id(params[n]) for n in names]
+    assert sorted(names) == sorted(params)
+    set_lr(opt, 2e-3)
+    for g in opt.param_groups:
+        members = {n for n in names if any(params[n] is p for p in g["params"])}
+        in_router = {n in routers for n in members}
+        assert len(in_router) == 1  # a group holds routers only, or no router
+        assert g["lr"] == pytest.approx(2e-3 * (0.25 if in_router == {True} else 1.0))
+    assert {g["weight_decay"] for g in opt.param_groups} == {0.0, 0.1}
+    with pytest.raises(ConfigError, match="router_lr_mult must be in \\(0, 1000\\]"):
+        tcfg(router_lr_mult=0.0)
+
+
+def test_routing_health_of_hand_made_routes():
+    """Two steps of 4 tokens, 2 modules + SKIP (index 2), top-1."""
+    from mom.model.model import RouteRecord
+    from mom.train.monitor import routing_health
+
+    probs = torch.full((1, 4, 3), 1 / 3)
+    steps = [torch.tensor([0, 0, 1, 2]), torch.tensor([0, 1, 1, 2])]  # tokens 0, 2, 3 keep their choice
+    routes = [RouteRecord(0, h, "attn", idx.view(1, 4, 1), torch.ones(1, 4, 1), probs, 2) for h, idx in enumerate(steps)]
+    stats = routing_stats(routes)
+    h = routing_health(routes, stats)["attn"]
+    # usage: step 0 (1/2, 1/4, 1/4), step 1 (1/4, 1/2, 1/4); entropy 1.5 bits of log2(3) each
+    assert [e["entropy_norm"] for e in stats] == [pytest.approx(1.5 / math.log2(3), abs=1e-5)] * 2
+    assert h["entropy"] == pytest.approx(1.5 / math.log2(3), abs=1e-5)
+    assert h["skip"] == pytest.approx(0.25) and h["same_path"] == pytest.approx(0.75)
+    m = [3 / 8, 3 / 8, 1 / 4]
+    js = 0.5 * sum(p * math.log2(p / q) for p, q in zip([1 / 2, 1 / 4, 1 / 4], m)) * 2  # symmetric pair
+    assert h["step_js_bits"] == pytest.approx(js, abs=1e-5)
+    one_step = routing_health(routes[:1], stats[:1])["attn"]
+    assert one_step["same_path"] is None and one_step["step_js_bits"] is None
+
+
 # ---------------------------------------------------------------------------------------------- runs
 def test_loss_falls_and_the_run_directory_is_complete(tmp_path, data_dir):
     out = tmp_path / "run"
@@ -172,6 +216,11 @@ def test_metrics_have_routing_statistics(tmp_path, data_dir):
             assert e["skip"] == e["usage"][-1]
             assert 0.0 <= e["skip_all"] <= e["skip"] + 1e-9
             assert e["modules_per_token"] == pytest.approx(2 * (1 - e["skip"]), abs=1e-4)
+            assert 0.0 <= e["entropy_norm"] <= 1.0
+        assert set(r["routing_health"]) == {"attn", "ffn"}
+        for health in r["routing_health"].values():
+            assert set(health) == {"entropy", "skip", "same_path", "step_js_bits"}
+            assert all(0.0 <= v <= 1.0 for v in health.values()), health
     write_plots(out)
     assert (out / "routing.png").is_file()
 

@@ -57,6 +57,9 @@ SUPPORTED_VALUES: dict[str, tuple[Any, ...] | None] = {
     "qkv_combine": ("weighted", "sum"),
     # decomposition only: which GPT-2 layers a pool was initialised from
     "chunk_layers": ANY,
+    "route_weights": ("auto", "renorm", "probs"),
+    "router_step": ("none", "bias", "embed", "both"),
+    "router_norm": ("none", "layernorm", "rmsnorm"),
     # training only: auxiliary losses and initialisation do not change the function a trained model computes
     "balance_coef": ANY,
     "balance_scope": ANY,
@@ -64,6 +67,8 @@ SUPPORTED_VALUES: dict[str, tuple[Any, ...] | None] = {
     "z_coef": ANY,
     "balance": ANY,
     "init_std": ANY,
+    "router_init": ANY,
+    "router_init_bias": ANY,
     # implementation choices of mom with equal outputs (the dispatch kernels; packing or masking all-SKIP keys)
     "dispatch": ANY,
     "key_mask": ANY,
@@ -118,6 +123,11 @@ class MoMHFConfig(PretrainedConfig):
     balance: str = "ours"
     chunk_layers: int = 0
     attention: str = "sdpa"
+    route_weights: str = "renorm"  # (MoMConfig's default is "auto"; an export always writes the field)
+    router_step: str = "none"
+    router_norm: str = "none"
+    router_init: str = "random"
+    router_init_bias: float = 4.0
     balance_coef: float = 0.01
     balance_scope: str = "step"
     balance_skip: str = "exclude"
@@ -152,6 +162,34 @@ class MoMHFConfig(PretrainedConfig):
         """Modules a token picks per step for ``half`` ("attn" or "ffn"), token choice."""
         override = getattr(self, f"{half}_top_k")
         return self.router_top_k if override is None else override
+
+    def renormalises(self, half: str) -> bool:
+        """Whether a token's K kept weights are renormalised to sum to 1 (``route_weights``)."""
+        return self.route_weights == "renorm" or (self.route_weights == "auto" and self.k(half) >= 2)
+
+    def layer_map_choices(self, half: str, step: int) -> list[int]:
+        """The choices step ``step`` prefers under ``router_init='layer_map'`` (index N = SKIP), as MoMConfig's: module
+        h at step h (H ≥ N or diagonal candidates; SKIP after the last module), or with H < N the h-th of H contiguous
+        groups of modules; only choices the step allows."""
+        n, mode = self.n_modules(half), getattr(self, f"{half}_candidates")
+        if mode == "diagonal" or self.steps >= n:
+            mine = [step] if step < n else []
+        else:
+            mine = [m for m in range(n) if m * self.steps // n == step]
+        mine = [m for m in mine if m in self.candidates(half, step)]
+        if mine:
+            return mine
+        return [n] if step >= n and self.skip else []
+
+    def layer_map_bias(self, half: str) -> list[list[float]]:
+        """(H, N+1) a router's initial per-step logit bias: ``router_init_bias · τ`` on the layer map's choices with
+        ``router_init='layer_map'``, else zeros."""
+        rows = [[0.0] * (self.n_modules(half) + 1) for _ in range(self.steps)]
+        if self.router_init == "layer_map":
+            for h, row in enumerate(rows):
+                for c in self.layer_map_choices(half, h):
+                    row[c] = self.router_init_bias * self.router_temperature
+        return rows
 
     def n_modules(self, half: str) -> int:
         return getattr(self, f"n_{half}")

@@ -20,6 +20,11 @@ How a batch flows (B sequences of T tokens, width D; x_TD is the residual stream
 
 A vanilla layer is a pool of one module on the static route "every token takes module 0 with weight 1".
 
+A router reads the residual stream x_t, through its own LayerNorm or RMSNorm (``router_norm``) and plus a learned
+step embedding (``router_step`` embed/both) where configured, and adds a learned per-step bias to its logits
+(``router_step`` bias/both). A token's K picks are weighted by their router probabilities, renormalised over the K
+picks where ``route_weights`` says so (``renorm``; ``auto``: when K ≥ 2).
+
 Routing is always causal, as in mom with ``causal_routing=True``: token choice is causal by itself, and expert
 choice (Mixture-of-Depths) uses mom's causal rule, candidate c takes a token iff its router probability (the
 linear router's raw score) reaches the learned threshold ``threshold_*[step, c]``, instead of the sequence-wide
@@ -115,42 +120,65 @@ class ModulePool(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------- routing
-class GRURouter(nn.Module):
-    """The paper's router: ``h' = GRUCell(x_t, h)``, logits ``W_o h'``; h is carried over a chunk's steps."""
+class Router(nn.Module):
+    """What both learned routers share (``router_norm``, ``router_step``): they read ``u = norm(x_t) + e_h``, with
+    their own LayerNorm or RMSNorm and a learned step embedding e (H, D) where configured, and add the learned
+    per-step bias b_h (H, N+1) to their logits where configured."""
 
-    def __init__(self, d: int, hidden: int, n_out: int):
+    def __init__(self, cfg: MoMHFConfig, half: str, d: int, n_out: int):
         super().__init__()
+        self.initial_bias = cfg.layer_map_bias(half)  # (H, N+1) nested lists: what the step bias starts at
+        norms = {"layernorm": nn.LayerNorm, "rmsnorm": nn.RMSNorm}
+        self.norm = norms[cfg.router_norm](d, eps=cfg.layer_norm_eps) if cfg.router_norm in norms else None
+        self.step_embed = nn.Parameter(torch.zeros(cfg.steps, d)) if cfg.router_step in ("embed", "both") else None
+        self.step_bias = nn.Parameter(torch.zeros(cfg.steps, n_out)) if cfg.router_step in ("bias", "both") else None
+
+    def router_input(self, x_TD: Tensor, step: int) -> Tensor:
+        if self.norm is not None:
+            x_TD = self.norm(x_TD)
+        return x_TD if self.step_embed is None else x_TD + self.step_embed[step]
+
+    def step_logits(self, logits_TN: Tensor, step: int) -> Tensor:
+        return logits_TN if self.step_bias is None else logits_TN + self.step_bias[step]
+
+
+class GRURouter(Router):
+    """The paper's router: ``h' = GRUCell(u_t, h)``, logits ``W_o h'``; h is carried over a chunk's steps."""
+
+    def __init__(self, cfg: MoMHFConfig, half: str, d: int, hidden: int, n_out: int):
+        super().__init__(cfg, half, d, n_out)
         self.gru = nn.GRUCell(d, hidden)
         self.out = nn.Linear(hidden, n_out)
 
-    def forward(self, x_TD: Tensor, h_TR: Tensor | None) -> tuple[Tensor, Tensor]:
+    def forward(self, x_TD: Tensor, h_TR: Tensor | None, step: int) -> tuple[Tensor, Tensor]:
+        u_TD = self.router_input(x_TD, step)
         if h_TR is None:
-            h_TR = x_TD.new_zeros(x_TD.shape[0], self.gru.hidden_size)
-        h_TR = self.gru(x_TD, h_TR.to(x_TD.dtype))
-        return self.out(h_TR), h_TR
+            h_TR = u_TD.new_zeros(u_TD.shape[0], self.gru.hidden_size)
+        h_TR = self.gru(u_TD, h_TR.to(u_TD.dtype))
+        return self.step_logits(self.out(h_TR), step), h_TR
 
 
-class MLPRouter(nn.Module):
-    """The stateless baseline: ``W_2 ReLU(W_1 x_t)``."""
+class MLPRouter(Router):
+    """The stateless baseline: ``W_2 ReLU(W_1 u_t)``."""
 
-    def __init__(self, d: int, hidden: int, n_out: int):
-        super().__init__()
+    def __init__(self, cfg: MoMHFConfig, half: str, d: int, hidden: int, n_out: int):
+        super().__init__(cfg, half, d, n_out)
         self.fc = nn.Linear(d, hidden)
         self.out = nn.Linear(hidden, n_out)
 
-    def forward(self, x_TD: Tensor, h: None) -> tuple[Tensor, None]:
-        return self.out(F.relu(self.fc(x_TD))), None
+    def forward(self, x_TD: Tensor, h: None, step: int) -> tuple[Tensor, None]:
+        return self.step_logits(self.out(F.relu(self.fc(self.router_input(x_TD, step)))), step), None
 
 
-class LinearRouter(nn.Module):
+class LinearRouter(Router):
     """Mixture-of-Depths' router: scores ``r = W x_t + b``, one row per module, used raw (no softmax)."""
 
-    def __init__(self, d: int, hidden: int, n_out: int):
-        super().__init__()
+    def __init__(self, cfg: MoMHFConfig, half: str, d: int, hidden: int, n_out: int):
+        super().__init__(cfg, half, d, n_out)
         self.out = nn.Linear(d, n_out)
 
-    def forward(self, x_TD: Tensor, h: None) -> tuple[Tensor, None]:
-        return self.out(x_TD), None
+    def forward(self, x_TD: Tensor, h: None, step: int) -> tuple[Tensor, None]:
+        return self.step_logits(self.out(self.router_input(x_TD, step)), step), None
 
 
 ROUTERS = {"gru": GRURouter, "mlp": MLPRouter, "linear": LinearRouter}
@@ -190,12 +218,13 @@ def router_probs(logits_TN: Tensor, allowed_N: Tensor, temperature: float) -> Te
     return (logits_TN.float() / temperature).masked_fill(~allowed_N, float("-inf")).softmax(-1)
 
 
-def token_choice(probs_TN: Tensor, k: int) -> Route:
-    """Each token's k most probable choices (ties to the lower index), their weights renormalised to sum to 1 over
-    all k picks, SKIP included: with a SKIP pick the real picks' weights sum to less than 1."""
+def token_choice(probs_TN: Tensor, k: int, renormalise: bool) -> Route:
+    """Each token's k most probable choices (ties to the lower index) weighted by their probabilities, renormalised
+    to sum to 1 over all k picks if ``renormalise`` (SKIP included: with a SKIP pick the real picks' weights sum to
+    less than 1)."""
     w_TK, idx_TK = probs_TN.sort(dim=-1, descending=True, stable=True)
     w_TK, idx_TK = w_TK[:, :k], idx_TK[:, :k]
-    return Route(idx_TK, w_TK / w_TK.sum(-1, keepdim=True), probs_TN.shape[-1] - 1)
+    return Route(idx_TK, w_TK / w_TK.sum(-1, keepdim=True) if renormalise else w_TK, probs_TN.shape[-1] - 1)
 
 
 def causal_expert_choice(probs_TN: Tensor, cand_c: Tensor, threshold_c: Tensor) -> Route:
@@ -355,7 +384,7 @@ class Chunk(nn.Module):
         for half in HALVES:
             n = cfg.n_modules(half)
             routed = cfg.has_router(half)
-            router = ROUTERS[cfg.router](cfg.d_model, cfg.router_hidden, n + 1) if routed else None
+            router = ROUTERS[cfg.router](cfg, half, cfg.d_model, cfg.router_hidden, n + 1) if routed else None
             setattr(self, f"router_{half}", router)
             if cfg.selection == "expert" and routed:
                 # per (step, candidate): the router probability a token needs for the candidate to take it
@@ -367,7 +396,7 @@ class Chunk(nn.Module):
         router = getattr(self, f"router_{half}")
         if router is None:
             return static_route(x_TD.shape[0], cfg.static_module(half, step), n, x_TD.device), None
-        logits_TN, state = router(x_TD, state)
+        logits_TN, state = router(x_TD, state, step)
         cand_c = torch.tensor(cfg.candidates(half, step), device=x_TD.device)
         allowed_N = torch.zeros(n + 1, dtype=torch.bool, device=x_TD.device)
         allowed_N[cand_c] = True
@@ -376,7 +405,7 @@ class Chunk(nn.Module):
             return causal_expert_choice(logits_TN.float(), cand_c, getattr(self, f"threshold_{half}")[step]), state
         probs_TN = router_probs(logits_TN, allowed_N, cfg.router_temperature)
         if cfg.selection == "token":
-            return token_choice(probs_TN, cfg.k(half)), state
+            return token_choice(probs_TN, cfg.k(half), cfg.renormalises(half)), state
         return causal_expert_choice(probs_TN, cand_c, getattr(self, f"threshold_{half}")[step]), state
 
     def forward(self, x_TD: Tensor, B: int, attend_at: Callable[[int], Attend], first_core: int) -> Tensor:
@@ -406,18 +435,26 @@ class MoMPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         """mom's initialisation (GPT-2's): N(0, init_std), residual projections scaled by 1/sqrt(2·depth);
-        expert-choice thresholds start at a uniform router's probability."""
+        expert-choice thresholds start at a uniform router's probability; routers' step embeddings at zero and
+        their step biases as ``router_init`` says."""
         cfg, std = self.config, self.config.init_std
         if isinstance(module, StackedLinear):
             init.normal_(module.weight, 0.0, std / math.sqrt(2 * cfg.depth) if module.residual else std)
             init.zeros_(module.bias)
-        elif isinstance(module, (StackedLayerNorm, nn.LayerNorm)):
+        elif isinstance(module, (StackedLayerNorm, nn.LayerNorm, nn.RMSNorm)):
             init.ones_(module.weight)
-            init.zeros_(module.bias)
+            if getattr(module, "bias", None) is not None:
+                init.zeros_(module.bias)
         elif isinstance(module, (nn.Linear, nn.Embedding)):
             init.normal_(module.weight, 0.0, std)
             if getattr(module, "bias", None) is not None:
                 init.zeros_(module.bias)
+        elif isinstance(module, Router):  # (its GRU / linears / norm are modules of their own)
+            if module.step_embed is not None:
+                init.zeros_(module.step_embed)
+            if module.step_bias is not None:
+                bias = module.step_bias
+                init.copy_(bias, torch.tensor(module.initial_bias, dtype=bias.dtype, device=bias.device))
         elif isinstance(module, nn.GRUCell):  # torch's own GRU initialisation, as mom keeps it
             bound = 1.0 / math.sqrt(module.hidden_size)
             for p in module.parameters():
