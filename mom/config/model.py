@@ -48,7 +48,7 @@ AttentionImpl = Literal["sdpa", "eager"]
 RouteWeights = Literal["auto", "renorm", "probs"]
 RouterStep = Literal["none", "bias", "embed", "both"]
 RouterNorm = Literal["none", "layernorm", "rmsnorm"]
-RouterInit = Literal["random", "layer_map"]
+RouterInit = Literal["random", "layer_map", "auto"]
 
 # Version 2 added ``route_weights``, whose default changes what a K = 1 half computes: a version-1 file (written
 # before it existed) is read with the rule it was trained under, ``renorm`` (see MoMConfig._upgrade).
@@ -124,6 +124,9 @@ class MoMConfig(JsonConfig):
     # (logit / τ): a preferred choice starts e^router_init_bias times as probable as another. Needs router_step
     # bias or both. Lead 4: tiny-mom decomposed from the demo's phase 1 starts +0.003 nats above it (random routers:
     # +0.11) with routers keeping 0.16 of a random router's LM gradient (docs/log.md).
+    # `auto`: `layer_map` when the model is decomposed from a vanilla GPT-2 (phase 2: mom.convert.gpt2.decompose sets
+    # the bias), zero-initialised otherwise (from scratch a layer-map preference is not a function to preserve, and
+    # measured it invites collapse; docs/results-routers.md). Without a step bias `auto` is `random`.
     router_init: RouterInit = "random"
     router_init_bias: float = 4.0
     # --- auxiliary losses ---
@@ -219,7 +222,7 @@ class MoMConfig(JsonConfig):
                 raise ConfigError("router='fixed' uses module h at step h and cannot choose SKIP: set skip=false")
             if self.selection != "token" or self.k("attn") != 1 or self.k("ffn") != 1:
                 raise ConfigError("router='fixed' requires selection='token' and top_k=1")
-            if (self.router_step, self.router_norm, self.router_init) != ("none", "none", "random"):
+            if (self.router_step, self.router_norm) != ("none", "none") or self.router_init == "layer_map":
                 raise ConfigError("router='fixed' has no learned router: router_step, router_norm and router_init "
                                   "need router 'gru' or 'mlp'")
         if self.router_init == "layer_map" and self.router_step not in ("bias", "both"):
@@ -440,7 +443,25 @@ def _mod(name: str, capacity: float) -> MoMConfig:
                          selection="expert", capacity=capacity, router="linear", route_unit="block")
 
 
+# The router options of every MoM preset (mom-p-*, mom-e-*, tiny-mom*, grid points), chosen by the router
+# experiment of issue #18 (docs/results-routers.md). The paper's plain GRU router is reachable by flags:
+# --model.router_step none --model.router_init random.
+MOM_ROUTER_DEFAULTS: dict[str, Any] = dict(router_step="both", router_init="auto")
+
+
+def _with_router_defaults(make: Any) -> Any:
+    return lambda: make().replace(**MOM_ROUTER_DEFAULTS)
+
+
 def _build_presets() -> dict[str, Any]:
+    p = _layout_presets()
+    for name in p:
+        if name.startswith(("mom-", "tiny-mom")):
+            p[name] = _with_router_defaults(p[name])
+    return p
+
+
+def _layout_presets() -> dict[str, Any]:
     p: dict[str, Any] = {}
     for s, sc in _SCALES.items():
         shape = dict(d_model=sc["d_model"], n_head=sc["n_head"])

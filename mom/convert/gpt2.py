@@ -34,11 +34,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from mom.config.model import MoMConfig
+from mom.config.model import HALVES, MoMConfig
 from mom.errors import CheckpointError, ConfigError
 from mom.fileio import load_safetensors, read_json, save_safetensors, write_json_atomic
 from mom.model.model import MoM
 from mom.model.modules import HALF_TENSORS
+from mom.model.routers import layer_map_bias
 
 # A GPT-2 layer's tensor names: its attention half's, then its FFN half's.
 LAYER_KEYS = HALF_TENSORS["attn"] + HALF_TENSORS["ffn"]
@@ -81,7 +82,8 @@ def decompose(layers: list[dict[str, Tensor]], embeddings: dict[str, Tensor], mo
     """Copy GPT-2 layers (each a dict keyed by :data:`LAYER_KEYS`) and embeddings into ``model`` per the layer map.
 
     ``embeddings`` holds ``wte.weight``, ``wpe.weight``, ``ln_f.weight``, ``ln_f.bias``. Routers are untouched: they
-    keep the initialisation ``router_init`` gave them when ``model`` was built (:func:`router_start` says which)."""
+    keep the initialisation ``router_init`` gave them when ``model`` was built, except that ``router_init='auto'``
+    sets their step biases as ``layer_map`` would (:func:`router_start` says which)."""
     cfg = model.config
     if len(layers) != cfg.gpt2_layers:
         raise CheckpointError(
@@ -97,19 +99,35 @@ def decompose(layers: list[dict[str, Tensor]], embeddings: dict[str, Tensor], mo
             continue
         for key in HALF_TENSORS[half]:
             _put(updates, state, prefix + key, m, layers[i // 2][key])
+    if cfg.router_init == "auto":  # phase 2 starts as the decomposed network (router_init='auto')
+        updates.update(layer_map_step_biases(cfg, state))
     # load_state_dict(strict=False) with our own names: shapes were checked in _put.
     for k, v in updates.items():
         state[k] = v
     model.load_state_dict(state)
 
 
+def layer_map_step_biases(cfg: MoMConfig, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Every router's per-step logit bias as ``router_init='layer_map'`` starts it (for ``'auto'`` at decomposition)."""
+    if cfg.router_step not in ("bias", "both"):
+        return {}
+    lm = cfg.replace(router_init="layer_map")
+    out = {}
+    for c in range(cfg.chunks):
+        for half in HALVES:
+            key = f"chunks.{c}.router_{half}.step_bias"
+            if key in state:
+                out[key] = layer_map_bias(lm, half).to(state[key].dtype)
+    return out
+
+
 def router_start(cfg: MoMConfig) -> str:
     """How a decomposed model's routers start, in words (for logs)."""
     if cfg.is_vanilla or cfg.router == "fixed":
         return "no learned routers"
-    if cfg.router_init == "layer_map":
-        return (f"routers start on the layer map's modules: router_init=layer_map, a lead of {cfg.router_init_bias:g} "
-                "in scaled logits")
+    if cfg.router_init == "layer_map" or (cfg.router_init == "auto" and cfg.router_step in ("bias", "both")):
+        return (f"routers start on the layer map's modules: router_init={cfg.router_init}, a lead of "
+                f"{cfg.router_init_bias:g} in scaled logits")
     return "routers fresh"
 
 

@@ -53,12 +53,25 @@ def router_params(cfg: MoMConfig, half: str) -> int:
     if not cfg.has_router(half):
         return 0
     d, r, n1 = cfg.d_model, cfg.router_hidden, getattr(cfg, f"n_{half}") + 1
+    return _router_map_params(cfg, d, r, n1) + _router_option_params(cfg, d, n1)
+
+
+def _router_map_params(cfg: MoMConfig, d: int, r: int, n1: int) -> int:
     if cfg.router == "linear":
         return d * n1 + n1
     out = r * n1 + n1
     if cfg.router == "gru":
         return 3 * r * (d + r) + 6 * r + out
     return d * r + r + out
+
+
+def _router_option_params(cfg: MoMConfig, d: int, n1: int) -> int:
+    """The router options' own parameters: input norm (weight, and bias for LayerNorm), step embedding (H × d) and
+    per-step logit bias (H × (N+1))."""
+    norm = {"none": 0, "rmsnorm": d, "layernorm": 2 * d}[cfg.router_norm]
+    embed = cfg.steps * d if cfg.router_step in ("embed", "both") else 0
+    bias = cfg.steps * n1 if cfg.router_step in ("bias", "both") else 0
+    return norm + embed + bias
 
 
 def router_matmul_params(cfg: MoMConfig, half: str) -> int:

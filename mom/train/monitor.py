@@ -102,7 +102,7 @@ COLLAPSE_ADVICE = ("raise --model.balance_coef (now {balance_coef:g}) or --model
 
 def layer_map_starts(mcfg: MoMConfig) -> dict[tuple[int, str], set[int]]:
     """Under ``router_init='layer_map'``, each (step, half)'s preferred real modules (the watch's ``expected``)."""
-    if mcfg.is_vanilla or mcfg.router_init != "layer_map":
+    if mcfg.is_vanilla or mcfg.router_init not in ("layer_map", "auto"):
         return {}
     return {(h, half): {m for m in mcfg.layer_map_choices(half, h) if m < getattr(mcfg, f"n_{half}")}
             for h in range(mcfg.steps) for half in HALVES}

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mom.config.model import MoMConfig
+from mom.config.model import MoMConfig, preset
 from mom.convert.gpt2 import decompose, vanilla_layers_of
 from mom.model.model import MoM
 
@@ -86,3 +86,26 @@ def test_layer_map_init_reproduces_the_phase1_loss(phase1, layout):
     for name, p in mapped_model.named_parameters():
         if name.endswith("step_bias"):
             assert p.grad.abs().max() > 1e-6, name
+
+
+def test_auto_starts_on_the_layer_map_only_when_decomposed():
+    """router_init='auto' (the MoM presets' default): a model built from scratch has zero step biases; decomposing
+    a vanilla model gives exactly the biases router_init='layer_map' starts with, so both compute the same."""
+    torch.manual_seed(0)
+    cfg = preset("tiny-mom").replace(vocab_size=64, n_ctx=16, d_model=32, n_head=2, d_ff=64)
+    assert cfg.router_init == "auto" and cfg.router_step == "both"
+    scratch = MoM(cfg)
+    assert all(not p.any() for n, p in scratch.named_parameters() if n.endswith("step_bias"))
+    src = MoM(preset("tiny").replace(vocab_size=64, n_ctx=16, d_model=32, n_head=2, d_ff=64))
+    layers, emb = vanilla_layers_of(src)
+    auto, mapped = MoM(cfg), MoM(cfg.replace(router_init="layer_map"))
+    mapped.load_state_dict(auto.state_dict())  # the same routers, apart from the biases decompose sets
+    with torch.no_grad():
+        for n, p in mapped.named_parameters():
+            if n.endswith("step_bias"):
+                p.copy_(MoM(cfg.replace(router_init="layer_map")).state_dict()[n])
+    decompose(layers, emb, auto)
+    decompose(layers, emb, mapped)
+    for n, p in auto.state_dict().items():
+        torch.testing.assert_close(p, mapped.state_dict()[n], msg=n)
+    assert any(p.any() for n, p in auto.named_parameters() if n.endswith("step_bias"))
