@@ -100,7 +100,7 @@ def run_demo(args: argparse.Namespace, overrides: dict[str, dict[str, str]]) -> 
     timings["total"] = round(time.perf_counter() - t_all, 2)
     host["load_before"], host["load_after"] = host.pop("load_average_1_5_15"), machine()["load_average_1_5_15"]
     doc = {"format": FORMAT, "format_version": FORMAT_VERSION,
-           "settings": {**vars(settings), "vanilla_steps": settings.vanilla_steps(), "gen_tokens": args.gen_tokens},
+           "settings": {**vars(settings), "vanilla_steps": st.vanilla_steps_of(seeds), "gen_tokens": args.gen_tokens},
            "data": st.data_record(data, prepared, args.data is not None), "machine": host, "timings_s": timings,
            "seeds": seeds, "generations": gens}
     write_json_atomic(out / "demo.json", doc)

@@ -106,18 +106,20 @@ class Settings:
             out += [f"--model.{k}", v]
         return out
 
-    def configs(self) -> tuple[MoMConfig, MoMConfig]:
-        """(tiny-mom, tiny) with the overrides (vocab_size stays the preset's here: the data sets it in training)."""
+    def configs(self, vocab_size: int | None = None) -> tuple[MoMConfig, MoMConfig]:
+        """(tiny-mom, tiny) with the overrides and, unless they set it, the data's ``vocab_size``."""
         args = self.model_args()
         over = {k.removeprefix("--model."): v for k, v in zip(args[::2], args[1::2])}
+        if vocab_size is not None and "vocab_size" not in over:
+            over["vocab_size"] = str(vocab_size)
         return preset("tiny-mom").replace(**over), preset("tiny").replace(**over)
 
-    def vanilla_steps(self) -> int:
+    def vanilla_steps(self, vocab_size: int | None = None) -> int:
         """Steps of the vanilla continuation: the MoM's (same extra tokens), or as many as spend the MoM's training
-        FLOPs (its no-SKIP bound) with ``match == "flops"``."""
+        FLOPs (its no-SKIP bound, at the data's vocabulary) with ``match == "flops"``."""
         if self.match != "flops":
             return self.phase2_steps
-        mom_cfg, van_cfg = self.configs()
+        mom_cfg, van_cfg = self.configs(vocab_size)
         ratio = count(mom_cfg, self.seq_len).train_flops_per_token / count(van_cfg, self.seq_len).train_flops_per_token
         return max(1, round(self.phase2_steps * ratio))
 
@@ -130,9 +132,9 @@ def stage_commands(s: Settings, data: Path, out: Path, seed: int, progress: bool
     """The three ``mom train`` command lines (without ``mom train``) of one seed, in order."""
     d = out / f"seed-{seed}"
     vocab = []  # the data's vocabulary, spelt out: `mom train --resume --config tiny` compares it with the run's
-    meta = read_meta(data) or {}
-    if "vocab_size" in meta and not any(o.startswith("vocab_size=") for o in s.model_overrides):
-        vocab = ["--model.vocab_size", str(meta["vocab_size"])]
+    data_vocab = (read_meta(data) or {}).get("vocab_size")
+    if data_vocab is not None and not any(o.startswith("vocab_size=") for o in s.model_overrides):
+        vocab = ["--model.vocab_size", str(data_vocab)]
     common = ["--data", str(data), "--train.batch_size", str(s.batch_size), "--train.seq_len", str(s.seq_len),
               "--train.eval_tokens", str(s.eval_tokens), "--train.log_interval", "5", "--train.seed", str(seed),
               *vocab, *s.model_args()]
@@ -143,7 +145,7 @@ def stage_commands(s: Settings, data: Path, out: Path, seed: int, progress: bool
         return ["--train.max_steps", str(steps), "--train.lr", str(lr), "--train.warmup_steps", str(warmup),
                 "--train.eval_interval", _every(steps), "--train.ckpt_interval", _every(steps)]
 
-    van = s.vanilla_steps()
+    van = s.vanilla_steps(data_vocab)
     return {
         "phase1": ["--config", "tiny", "--out", str(d / "phase1"), *common,
                    *schedule(s.phase1_steps, s.phase1_lr, min(s.phase1_warmup, max(1, s.phase1_steps // 10)))],
@@ -235,3 +237,10 @@ def data_record(data: Path, prepared_now: bool, given: bool) -> dict:
             "unigram_bpb")
     return {"dir": str(data), "prepared_now": prepared_now, "command": None if given else prepare_command(data),
             **{k: meta[k] for k in keep if k in meta}}
+
+
+def vanilla_steps_of(seeds: list[dict]) -> int:
+    """The vanilla continuation's steps, as its command line says (``--match flops`` makes them differ from the
+    MoM's)."""
+    argv = seeds[0]["stages"]["vanilla"]["command"]
+    return int(argv[argv.index("--train.max_steps") + 1])
