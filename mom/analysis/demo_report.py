@@ -319,7 +319,7 @@ def render(doc: dict[str, Any], figure: str | None) -> str:
               f"{_count(mm['tokens'])} more. The paper trains GPT-2 small to large for 20k + 5k steps of 524,288 "
               "tokens. "
               "This demo exercises the whole pipeline (a corpus BPE, phase-1 pretraining, the decomposition into a "
-              "deeper MoM at equal parameters, phase-2 training with routers, the compute-matched baseline, "
+              "deeper MoM from the same layers, phase-2 training with routers, the compute-matched baseline, "
               "checkpoints, metrics, generation) and reports what it measured; it is not evidence for or against "
               "the paper's claims at scale.", "",
               "## Wall time and machine", ""] + timing_section(doc) + [""]
