@@ -292,3 +292,36 @@ def plot_runs(run_dirs: Sequence[str | os.PathLike], path: str | os.PathLike) ->
         _no_data(ax_route, "no routed run (vanilla models route nothing)")
     fig.suptitle(", ".join(run.label for run in runs), fontsize=11)
     return _save(fig, Path(path))
+
+
+# ================================================================================================ mom demo
+def plot_demo(curves: Sequence[dict[str, Any]], path: str | os.PathLike, yardstick: float | None = None,
+              title: str = "mom demo") -> Path:
+    """The demo's loss figure from plain numbers (its ``demo.json``, so it can be redrawn without the runs).
+    ``curves``: dicts with ``label``, ``color`` (an index), ``offset`` (tokens the stage started from),
+    ``val`` and ``train`` (lists of {tokens, val_loss | loss}) and ``first`` (whether to put it in the legend:
+    the first seed of each stage). Left: every stage on one tokens axis; right: a zoom on phase 2. A dashed
+    horizontal line marks the unigram yardstick (knowing only token frequencies)."""
+    later = [c for c in curves if c["offset"] > 0]
+    fig, axes = plt.subplots(1, 2 if later else 1, figsize=(13 if later else 7.5, 4.8), squeeze=False,
+                             layout="constrained")
+    panels = [(axes[0][0], curves, title)] + ([(axes[0][1], later, "zoom: phase 2")] if later else [])
+    for ax, subset, sub_title in panels:
+        for c in subset:
+            color, off = f"C{c['color']}", c["offset"]
+            label = c["label"] if c.get("first", True) else None
+            if c["train"]:
+                ax.plot([off + r["tokens"] for r in c["train"]], _smooth([r["loss"] for r in c["train"]]), lw=1.0,
+                        alpha=0.4, color=color, label=f"{label} (train)" if label else None)
+            if c["val"]:
+                ax.plot([off + r["tokens"] for r in c["val"]], [r["val_loss"] for r in c["val"]], "o-", ms=4,
+                        lw=1.6, color=color, label=f"{label} (val)" if label else None)
+        if yardstick is not None and ax is axes[0][0]:
+            ax.axhline(yardstick, color="gray", ls="--", lw=1.2,
+                       label=f"unigram yardstick {yardstick:.3f} (token frequencies only)")
+        ax.set_xlabel("tokens seen (phase 1 + phase 2)")
+        ax.set_ylabel("LM cross-entropy (nats)")
+        ax.set_title(sub_title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _save(fig, Path(path))

@@ -563,10 +563,10 @@ def _stub_heavy_work(monkeypatch) -> None:
         return prepare(inputs, *args, **kwargs)
 
     import mom.cli.data
-    import mom.cli.demo
+    import mom.cli.demo_stages
     import mom.train.batches
 
-    for module in (mom.cli.data, mom.cli.demo, mom.train.batches):  # every caller of prepare
+    for module in (mom.cli.data, mom.cli.demo_stages, mom.train.batches):  # every caller of prepare
         monkeypatch.setattr(module, "prepare", stop_at_builtin)
     monkeypatch.setattr(torch, "compile", lambda model, *a, **k: model)  # --compile: same path, no compile time
 
