@@ -97,7 +97,7 @@ def train(mcfg: MoMConfig | None, tcfg: TrainConfig | None, *, out: str | os.Pat
     ``vocab_from_data``: a new run's ``vocab_size`` is the data's tokenizer's (when the data names one).
     ``on_eval(step)``: called on the main process after each validation row is written (``mom train`` redraws the
     run's plots there; its time is not counted as training throughput)."""
-    plan = plan_run(mcfg, tcfg, Path(out), data, init, resume, force)
+    plan = plan_run(mcfg, tcfg, Path(out), data, init, resume, force, vocab_from_data)
     tensorboard_wanted(plan.tcfg)  # asked for without the package: one error line before anything is written
     rt = setup_runtime(plan.mcfg, plan.tcfg)
     data_dir = resolve_data(plan.data, rt.dist, progress=progress)

@@ -81,10 +81,11 @@ def elastic_continuation(out: Path, resume: bool, force: bool) -> tuple[bool, bo
 
 # ================================================================================================ the plan
 def plan_run(mcfg: MoMConfig | None, tcfg: TrainConfig | None, out: Path, data: str | None, init: str | None,
-             resume: bool, force: bool) -> RunPlan:
+             resume: bool, force: bool, vocab_from_data: bool = False) -> RunPlan:
     """A new run (both configs needed, ``out`` free or ``force``) or a resumed one (configs from its checkpoint;
     those given must match but for :attr:`TrainConfig.RESUMABLE_CHANGES` and ``max_steps``, which extends or
-    shortens the run). Under torch elastic, a restarted job continues its own run (:func:`elastic_continuation`)."""
+    shortens the run; with ``vocab_from_data`` a given model config's ``vocab_size`` is the run's, as it was
+    taken from the data when the run started). Under torch elastic, a restarted job continues its own run (:func:`elastic_continuation`)."""
     resume, force, note = elastic_continuation(out, resume, force)
     if resume and force:
         raise MomError("--resume and --force exclude each other")
@@ -101,6 +102,8 @@ def plan_run(mcfg: MoMConfig | None, tcfg: TrainConfig | None, out: Path, data: 
     ck = resume_from[1]
     run_mcfg, run_tcfg = MoMConfig.load(ck / "config.json"), TrainConfig.load(ck / "train_config.json")
     if mcfg is not None:
+        if vocab_from_data:
+            mcfg = mcfg.replace(vocab_size=run_mcfg.vocab_size)
         diff = config_diff(run_mcfg.to_dict(), mcfg.to_dict(), ignore=("name",))
         if diff:
             raise ConfigError(f"--resume: {out} was trained with a different model config ({'; '.join(diff)}); "

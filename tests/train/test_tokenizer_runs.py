@@ -203,3 +203,15 @@ def test_a_model_directory_carries_its_tokenizer_for_every_command(bpe_data, tmp
     (d / "tokenizer.json").write_bytes((d / "tokenizer.json").read_bytes() + b" ")
     with pytest.raises(CheckpointError, match="tokenizer.json"):  # listed in the manifest: a change is caught
         load_model(d)
+
+
+def test_resume_with_the_preset_config_takes_the_runs_vocabulary(run, bpe_data, tmp_path):
+    """`mom train --config X --resume` on a run whose vocab_size came from the data: the preset's vocab_size
+    (GPT-2's) is the run's, as it was when the run started, not a config change."""
+    import shutil
+
+    out = tmp_path / "extend"
+    shutil.copytree(run, out)
+    result = train(cfg(), tcfg().replace(max_steps=6), out=out, data=str(bpe_data), resume=True, progress=False,
+                   vocab_from_data=True)
+    assert result.finished and MoMConfig.load(out / "config.json").vocab_size == N
