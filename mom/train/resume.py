@@ -85,7 +85,8 @@ def plan_run(mcfg: MoMConfig | None, tcfg: TrainConfig | None, out: Path, data: 
     """A new run (both configs needed, ``out`` free or ``force``) or a resumed one (configs from its checkpoint;
     those given must match but for :attr:`TrainConfig.RESUMABLE_CHANGES` and ``max_steps``, which extends or
     shortens the run; with ``vocab_from_data`` a given model config's ``vocab_size`` is the run's, as it was
-    taken from the data when the run started). Under torch elastic, a restarted job continues its own run (:func:`elastic_continuation`)."""
+    taken from the data when the run started). Under torch elastic, a restarted job continues its own run
+    (:func:`elastic_continuation`)."""
     resume, force, note = elastic_continuation(out, resume, force)
     if resume and force:
         raise MomError("--resume and --force exclude each other")
