@@ -77,8 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     from scripts.reproduce.report import build_report
 
     res = json.loads(json_path.read_text(encoding="utf-8"))
+    runner.check_format(json_path, res)
     report.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(report, build_report(res))
+    others = {}
+    gpu_json = runner.REPO / "docs" / "results" / "gpu.json"
+    if setting.name == "cpu" and gpu_json.is_file():  # the claims table's gpu column
+        others["gpu"] = json.loads(gpu_json.read_text(encoding="utf-8"))
+    atomic_write(report, build_report(res, others))
     say(f"report: {report}")
     return 0
 

@@ -212,11 +212,18 @@ def paper_scale(setting: Setting, say: Callable) -> dict[str, Any]:
 def load_results(path: Path, setting: Setting) -> dict[str, Any]:
     if path.is_file():
         res = json.loads(path.read_text(encoding="utf-8"))
+        check_format(path, res)
         if res.get("setting", {}).get("name") != setting.name:
             raise SystemExit(f"{path} holds the '{res.get('setting', {}).get('name')}' setting, not "
                              f"'{setting.name}': pass another --json")
         return res
     return {"format": RESULTS_FORMAT, "setting": dataclasses.asdict(setting), "runs": [], "invocations": []}
+
+
+def check_format(path: Path, res: dict[str, Any]) -> None:
+    if res.get("format") != RESULTS_FORMAT:
+        raise SystemExit(f"{path} holds results of format {res.get('format')} (this reproduction writes format "
+                         f"{RESULTS_FORMAT}: the learning-regime runs); move it away or pass another --json")
 
 
 def save_results(path: Path, res: dict[str, Any]) -> None:
