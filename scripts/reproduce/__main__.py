@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         data = Path(args.data or runner.REPO / setting.default_data)
         runner.check_data(data, setting, say)
         if args.time_layouts:
-            runner.time_layouts(setting, data, args.time_layouts, say)
+            runner.time_layouts(setting, data, args.time_layouts, say, experiments)
             return 0
         out = Path(args.out)
         if args.out == "runs/reproduce":

@@ -29,16 +29,25 @@ def _batches(data: Path, setting: Setting, vocab: int, device=None):
     return Batches(tr, va, setting.seq_len, setting.batch, 1, 0, Dist(), device or torch.device("cpu"))
 
 
-@functools.lru_cache(maxsize=8)
 def val_scale_of(data: str, setting: Setting, vocab: int):
     """Bits per byte and the unigram yardstick of exactly the windows ``mom train`` evaluates (same function as the
     training loop's, so a run's ``val_bpb`` and ``unigram_loss`` equal its metrics.jsonl's)."""
+    return _val_scale(data, setting.seq_len, setting.batch, setting.eval_tokens, vocab)
+
+
+@functools.lru_cache(maxsize=8)
+def _val_scale(data: str, seq_len: int, batch: int, eval_tokens: int, vocab: int):
+    import torch
+
     from mom.data.tokenizer import data_tokenizer
-    from mom.train.batches import val_scale
+    from mom.data.tokens import load_tokens
+    from mom.train.batches import Batches, val_scale
+    from mom.train.distributed import Dist
 
     tok, known = data_tokenizer(data)
-    return val_scale(_batches(Path(data), setting, vocab), setting.eval_tokens, tok.byte_lengths(vocab),
-                     tok.n_vocab if known else vocab)
+    b = Batches(load_tokens(Path(data), "train", vocab_size=vocab), load_tokens(Path(data), "val", vocab_size=vocab),
+                seq_len, batch, 1, 0, Dist(), torch.device("cpu"))
+    return val_scale(b, eval_tokens, tok.byte_lengths(vocab), tok.n_vocab if known else vocab)
 
 
 def val_loss_of(model, setting: Setting, data: Path) -> float:

@@ -133,7 +133,7 @@ def _train(spec: RunSpec, setting: Setting, seed: int, seed_dir: Path, data: Pat
 def run_one(spec: RunSpec, setting: Setting, seed: int, seed_dir: Path, data: Path, fp: str) -> dict:
     """Train (or prune) one run, measure it, and return its summary record (runs in a worker process too)."""
     from mom.device import pick_device
-    from mom.model.model import MoM
+    from mom.runs import load_model
 
     t0 = time.perf_counter()
     out = seed_dir / spec.name
@@ -151,12 +151,12 @@ def run_one(spec: RunSpec, setting: Setting, seed: int, seed_dir: Path, data: Pa
         rec.update(steps=res.step, tokens=res.tokens, train_seconds=round(res.seconds, 1), resumed=resumed,
                    val_loss_start=vals[0]["val_loss"] if vals else None,
                    train_config=json.loads((out / "train_config.json").read_text(encoding="utf-8")))
-        model = MoM.from_pretrained(out, map_location=device).eval()
+        model = load_model(out, device)
         rec.update(loss_record(res.val_loss, data, setting, model.config.vocab_size))
     else:  # prune: router usage measured on training windows, so the validation windows stay unseen
         from mom.analysis.prune import prune, save_atomic
 
-        src = MoM.from_pretrained(seed_dir / spec.source, map_location=device).eval()
+        src = load_model(seed_dir / spec.source, device)  # with its tokenizer, which the pruned model carries
         win = data_windows(data, "train", setting, 32, src.config.vocab_size).to(device)
         batches = [win[i:i + setting.batch] for i in range(0, win.shape[0], setting.batch)]
         model, report = prune(src, spec.attn_keep, spec.ffn_keep, "usage", batches)
@@ -278,19 +278,19 @@ class Scheduler:
         running: dict[Any, tuple[int, str]] = {}
         while todo or running:
             ready = [j for j in todo if all(d in finished for d in deps(*j))]
+            if not ready and not running:
+                raise RuntimeError(f"runs waiting for runs that never finish: {todo}")
+            if self.pool is None:  # inline: one at a time, in order
+                job = ready[0]
+                todo.remove(job)
+                rec = run_one(*start(*job))
+                finished.add(job)
+                done(*job, rec)
+                continue
             while ready and len(running) < self.jobs:
                 job = ready.pop(0)
                 todo.remove(job)
-                if self.pool is None:
-                    rec = run_one(*start(*job))
-                    finished.add(job)
-                    done(*job, rec)
-                    continue
                 running[self.pool.submit(run_one, *start(*job))] = job
-            if not running:
-                if todo and not ready:
-                    raise RuntimeError(f"runs waiting for runs that never finish: {todo}")
-                continue
             fin, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
             for fut in fin:
                 job = running.pop(fut)
@@ -362,9 +362,10 @@ def reproduce(setting: Setting, out: Path, json_path: Path, data: Path, experime
 
 
 # ================================================================================================ sizing, dry run
-def time_layouts(setting: Setting, data: Path, steps: int, say: Callable) -> dict[str, dict[str, float]]:
-    """Train every distinct layout of the setting's plan ``steps`` steps from scratch (no evaluation, no checkpoint)
-    and return its training speed: what the setting's sizing rests on."""
+def time_layouts(setting: Setting, data: Path, steps: int, say: Callable,
+                 experiments: list[str] | None = None) -> dict[str, dict[str, float]]:
+    """Train every distinct layout of the setting's plan (of ``experiments``, default all) ``steps`` steps from
+    scratch (no evaluation, no checkpoint) and return its training speed: what the setting's sizing rests on."""
     import tempfile
 
     from mom.config.train import TrainConfig
@@ -372,7 +373,7 @@ def time_layouts(setting: Setting, data: Path, steps: int, say: Callable) -> dic
 
     runs, exp = experiment_runs(setting)
     seen, out = {}, {}
-    for name in needed_runs(runs, exp, list(setting.experiments)):
+    for name in needed_runs(runs, exp, experiments or list(setting.experiments)):
         cfg = runs[name].cfg
         if cfg is None or json.dumps(cfg.to_dict(), sort_keys=True) in seen:
             continue
