@@ -352,7 +352,7 @@ def reproduce(setting: Setting, out: Path, json_path: Path, data: Path, experime
         sched.close()
     if "main" in experiments and res.get("proxy_baselines", {}).get("max_eval", -1) != setting.proxy_max_eval:
         res["proxy_baselines"] = {**proxy_baselines(setting), "max_eval": setting.proxy_max_eval}
-    if "efficiency" in experiments and setting.name != "smoke":
+    if "efficiency" in experiments and setting.paper_scale:
         if res.get("paper_scale", {}).get("seq_len") != setting.paper_scale_seq:
             res["paper_scale"] = paper_scale(setting, say)
     inv["finished"] = datetime.datetime.now().isoformat(timespec="seconds")

@@ -121,7 +121,7 @@ def test_gpu_plan_dry_run_with_tiny_shapes(smoke, tmp_path):
 
     data = smoke[0] / "data"
     setting = dataclasses.replace(runner.dry_run_setting(SETTINGS["gpu"], {**TINY, "vocab_size": 512}),
-                                  tokenizer="bpe:512")
+                                  tokenizer="bpe:512", paper_scale=False)  # GPT-2-large at random: minutes
     runner.check_data(data, setting, print)
     res = runner.reproduce(setting, tmp_path / "runs", tmp_path / "gpu.json", data, list(setting.experiments),
                            lambda m: None)
