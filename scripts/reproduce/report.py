@@ -119,8 +119,8 @@ def regime(tb: Table, which: str) -> tuple[bool, str]:
         if not gaps:
             return False, "no vanilla run"
         ok = min(gaps) >= REGIME_NATS
-        return ok, (f"vanilla is {min(gaps):.2f}–{max(gaps):.2f} nats below the unigram yardstick "
-                    f"({'≥' if ok else '<'} {REGIME_NATS})")
+        span = f"{-max(gaps):+.2f}" if max(gaps) == min(gaps) else f"{-max(gaps):+.2f} to {-min(gaps):+.2f}"
+        return ok, (f"vanilla's loss − the unigram yardstick = {span} nats over seeds (needs ≤ {-REGIME_NATS:+.1f})")
     base = tb.res.get("proxy_baselines") or {}
     get = METRICS[which][0]
     v = tb.vals(van, get)
@@ -231,7 +231,8 @@ def _preamble(res: dict[str, Any], tb: Table) -> list[str]:
         f"- **Dates:** {invs[0].get('started', '?') if invs else '?'} → {last.get('finished', 'unfinished')} "
         f"({len(invs)} invocation(s)); wall time of all runs together {wall_runs / 60:.1f} min.",
         f"- **Code:** commit(s) {', '.join(commits)} (each run's commit and configs are in the JSON).",
-        f"- **Data:** the built-in offline corpus tokenised with `{st['tokenizer']}` (vocabulary "
+        f"- **Data:** the built-in offline corpus (unless `--data` named another) tokenised with `{st['tokenizer']}` "
+        f"(vocabulary "
         f"{van.get('vocab_size', '?')}); models: 6 vanilla layers, d = {van.get('d_model', '?')}; seeds "
         f"{', '.join(map(str, seeds))}. Phase 1: {st['phase1_steps']} steps (warm-up {st['phase1_warmup']}), phase 2: "
         f"{st['phase2_steps']} steps (warm-up {st['phase2_warmup']}), further training after pruning: "
