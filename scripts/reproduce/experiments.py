@@ -1,24 +1,24 @@
 """What a reproduction runs: its settings, the paper's claims, the layouts compared and the runs of each experiment.
 
 Sizing of the ``cpu`` setting (the 2-core dev box, one torch thread per run, two runs at a time: ``--jobs 2``).
-Speeds measured with ``python -m scripts.reproduce --setting cpu --time-layouts 100`` on the loaded box (docs/log.md,
-2026-12-03) — in tokens per second of training, one thread: vanilla ``tiny`` (BPE-4096) ≈ 6K; MoM_P ≈ 3K; the
-others between (MoM_E, layer-skip, MoD, MoE ≈ 4K; grid points by their K·H). With 16 × 256 = 4,096 tokens a step:
+Training speeds measured on 2026-12-03 with ``python -m scripts.reproduce --setting cpu --time-layouts 30`` (30 steps
+of 16 × 256 tokens per layout, one thread, the box shared with three other training processes, load average 5–6;
+docs/log.md), in tokens/s: vanilla ``tiny`` 4,212; MoM_P 2,117; MoM_E 4,644; layer-skip 3,607; MoD 5,216; MoE 4,112;
+parameter sharing 4,270; grid K1H1…K3H4 5,928 / 4,856 / 3,826, 4,981 / 3,585 / 2,698, 4,578 / 3,260 / 2,147;
+chunkings 1,586 (1 chunk, no anchor), 1,900 (2 chunks, anchors), 1,712 (2, none); smaller pools 2,113. Per seed:
 
-* phase 1, 600 steps = 2.46M tokens: 410 s a seed (reaches ≈ 5.2 nats against a 6.94 yardstick: the learning
-  regime's ≥ 1.5 nats below it);
-* a phase-2 arm, 100 steps = 410K tokens: 68 s (vanilla) to 137 s (MoM_P, K = 2, H = 6); 15 phase-2 arms
-  (vanilla continued, vanilla for MoM_P's training FLOPs ≈ 2.2× the tokens, MoM_P, MoM_E, layer-skip, MoD, MoE,
-  8 grid points, 3 chunkings) ≈ 1,750 s a seed, smaller pools (150 steps) 205 s, pruning 2 × 50 steps 100 s;
-* from scratch for phase 1 + phase 2 = 700 steps: MoM_P 956 s, parameter sharing 478 s;
-* proxies on vanilla and MoM_P: ``rt-polarity`` (its whole training set, 2 epochs, ≈ 0.7M tokens) and
-  ``news-xsum`` (whole training set, 2 epochs, documents cut to 192 tokens, ≈ 0.8M tokens, then greedy summaries
-  of the whole test split) ≈ 900 s a seed for both models.
+* phase 1, 600 steps = 2.46M tokens: 583 s (`tiny` at lr 3e-3 reaches ≈ 5.2 nats there against the 6.94-nat
+  yardstick: ≥ 1.5 nats below it, the learning regime);
+* 19 phase-2 arms of 70 steps (287K tokens; the FLOP-matched vanilla 142 steps, smaller pools 105, the two further
+  trainings after pruning 35): 2,330 s together;
+* from scratch for 600 + 70 steps: MoM_P 1,260 s, parameter sharing 625 s;
 
-A seed is ≈ 410 + 1,750 + 305 + 1,434 + 900 ≈ 4,800 s of one core; three seeds ≈ 14,400 s = 240 core-minutes,
-i.e. ≈ 120-130 minutes of wall time on the two cores with two runs at a time (the phase-1 runs gate each seed's
-phase 2, so the first minutes run at most three jobs' worth of work), inside the 150-minute budget. Measure again
-on another machine with ``--time-layouts`` before trusting these numbers there.
+≈ 4,680 s of training a seed, 234 core-minutes for three (``training_seconds``). Proxies (vanilla and MoM_P:
+``rt-polarity``'s 11,639 training snippets × 2 epochs ≈ 0.6M tokens, ``news-xsum``'s 365 pairs × 2 epochs with
+documents cut to 192 tokens, then 91 greedy summaries) ≈ 11 core-minutes a seed, evaluation and measuring ≈ 5:
+≈ 285 core-minutes in all, ≈ 143 minutes of wall time with ``--jobs 2`` when the two cores are the runs' (phase 1
+runs first, the from-scratch runs beside the phase-2 arms so they do not trail), inside the 150-minute budget. On a
+busier box it takes longer: measure with ``--time-layouts`` first (it prints the plan's training core-minutes).
 """
 
 from __future__ import annotations
@@ -91,8 +91,8 @@ SETTINGS: dict[str, Setting] = {
     # r = 256 makes the GRU routers ~60% of MoM_P's training FLOPs (44 vs 26 MFLOP/token) and the setting ~1.5x
     # longer. r = 64 keeps the routers smaller than the model (r/d = 1/2).
     "cpu": Setting(name="cpu", tokenizer="bpe:4096", seeds=(0, 1, 2), experiments=EXPERIMENTS,
-                   phase1_steps=600, phase2_steps=80, finetune_steps=40, batch=16, seq_len=256, phase1_lr=3e-3,
-                   phase2_lr=1e-3, phase1_warmup=40, phase2_warmup=8, eval_tokens=16384,
+                   phase1_steps=600, phase2_steps=70, finetune_steps=35, batch=16, seq_len=256, phase1_lr=3e-3,
+                   phase2_lr=1e-3, phase1_warmup=40, phase2_warmup=7, eval_tokens=16384,
                    shape=dict(vocab_size=4096, router_hidden=64)),
     # One H100/H200: GPT-2's BPE (vocabulary padded to 50,304), d = 512, context 1024, 32 × 1024 tokens a step.
     # Phase 1 1,200 steps = 39M tokens, each phase-2 arm 640 steps = 21M tokens (>= 20M). Sizing from the H100

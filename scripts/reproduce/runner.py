@@ -274,7 +274,10 @@ class Scheduler:
     def run(self, todo: list[tuple[int, str]], deps: Callable[[int, str], list[tuple[int, str]]],
             finished: set[tuple[int, str]], start: Callable[[int, str], tuple], done: Callable[[int, str, dict], None]):
         """``start(seed, name)`` → the arguments of :func:`run_one`; ``done(seed, name, record)`` on each result."""
-        todo = sorted(todo, key=lambda job: (job[1] != "phase1", todo.index(job)))
+        # phase 1 first (everything waits for it), then the long from-scratch runs beside the phase-2 arms (not
+        # left as a tail), then the plan's order
+        todo = sorted(todo, key=lambda job: (job[1] != "phase1", bool(deps(*job)) or job[1] == "phase1",
+                                             todo.index(job)))
         running: dict[Any, tuple[int, str]] = {}
         while todo or running:
             ready = [j for j in todo if all(d in finished for d in deps(*j))]
@@ -389,7 +392,30 @@ def time_layouts(setting: Setting, data: Path, steps: int, say: Callable,
                      "tokens_per_s": round(res.tokens / res.seconds, 1)}
         say(f"{name:18s} {cfg.name:22s} {res.tokens / res.seconds:9,.0f} tokens/s ({res.seconds:.1f} s for {steps} "
             "steps)")
+    core_s = training_seconds(setting, runs, out, experiments or list(setting.experiments))
+    say(f"training the plan at these speeds: {core_s / 60:.0f} core-minutes for {len(setting.seeds)} seed(s) "
+        "(evaluation, measuring and proxies not included); divide by --jobs on as many free cores")
     return out
+
+
+def training_seconds(setting: Setting, runs: dict[str, RunSpec], speeds: dict[str, dict[str, float]],
+                     experiments: list[str]) -> float:
+    """Seconds of training of the plan (all seeds, one run at a time) at the measured ``speeds`` (tokens/s by the
+    run that timed each layout; a run takes the speed of the timed run of its layout, a config-less run (training
+    a pruned model further) that of the run it starts from)."""
+    by_cfg = {json.dumps(runs[n].cfg.to_dict(), sort_keys=True): v["tokens_per_s"] for n, v in speeds.items()}
+    total = 0.0
+    for name in needed_runs(runs, experiment_runs(setting)[1], experiments):
+        spec = runs[name]
+        src = spec
+        while src.cfg is None and src.deps():
+            src = runs[src.deps()[0]]
+        if spec.steps == 0 or src.cfg is None:
+            continue
+        tps = by_cfg.get(json.dumps(src.cfg.to_dict(), sort_keys=True))
+        if tps:
+            total += spec.steps * setting.batch * setting.seq_len / tps
+    return total * len(setting.seeds)
 
 
 def dry_run_setting(setting: Setting, shape: dict[str, Any] | None = None) -> Setting:

@@ -256,4 +256,9 @@ def test_time_layouts_times_every_distinct_layout(smoke, tmp_path):
     out = runner.time_layouts(small, tmp / "data", 2, lambda m: None, ["main", "baselines"])
     assert set(out) == {"phase1", "mom-p", "mom-e", "layerskip", "mod", "moe", "universal"}  # vanilla-cont: = phase1
     assert all(v["tokens_per_s"] > 0 and v["tokens"] == 2 * small.batch * small.seq_len for v in out.values())
+    # the sizing: every run of main + baselines, seeds × steps × tokens a step / its layout's speed
+    runs, exp = experiment_runs(small)
+    want = sum(runs[n].steps * small.batch * small.seq_len / out["phase1" if n.startswith("vanilla") else n]["tokens_per_s"]
+               for n in needed_runs(runs, exp, ["main", "baselines"]))
+    assert runner.training_seconds(small, runs, out, ["main", "baselines"]) == pytest.approx(want * len(small.seeds))
     shutil.rmtree(tmp_path, ignore_errors=True)
