@@ -95,12 +95,13 @@ SETTINGS: dict[str, Setting] = {
                    phase2_lr=1e-3, phase1_warmup=40, phase2_warmup=7, eval_tokens=16384,
                    shape=dict(vocab_size=4096, router_hidden=64)),
     # One H100/H200: GPT-2's BPE (vocabulary padded to 50,304), d = 512, context 1024, 32 × 1024 tokens a step.
-    # Phase 1 1,200 steps = 39M tokens, each phase-2 arm 640 steps = 21M tokens (>= 20M). Sizing from the H100
-    # anchor (brief §5: 473K tokens/s for the 124M GPT-2, compiled, bf16): a d = 512 6-layer model is ~4x cheaper
-    # per token, MoM_P ~2.3x a vanilla step and the routed dispatch ~1.4x dense, so an arm of the main comparison
-    # runs at >= 150K tokens/s: <= 2.5 minutes, with proxies and measuring <= 9 minutes. `--dry-run` builds every
-    # run's config and trains each layout a few steps on the CPU. Pass OpenWebText prepared the nanoGPT way
-    # (`--data`): the built-in corpus (~5M GPT-2 tokens) would be read ~8 times in phase 1.
+    # Phase 1 1,200 steps = 39M tokens, each phase-2 arm 640 steps = 21M tokens (>= 20M). NOT MEASURED (no GPU in
+    # the session that built it), estimated from the H100 anchor (brief §5: 473K tokens/s for the 124M GPT-2,
+    # compiled, bf16): a 6-layer d = 512 model costs ~1/3 of its FLOPs per token, MoM_P ~2x a vanilla step, the routed
+    # dispatch ~1.4x dense, so MoM_P should train at >= 150K tokens/s: ~2.5 minutes an arm (the from-scratch MoM_P,
+    # 60M tokens, ~7), with evaluation, measuring and proxies <= 9 minutes. Time it first on the GPU with
+    # `--time-layouts 50`; `--dry-run` builds every run's config and trains each a few steps on the CPU. Pass
+    # OpenWebText prepared the nanoGPT way (`--data`): the built-in corpus (~5M GPT-2 tokens) would be read ~8 times.
     "gpu": Setting(name="gpu", tokenizer="gpt2", seeds=(0, 1, 2), experiments=EXPERIMENTS,
                    phase1_steps=1200, phase2_steps=640, finetune_steps=160, batch=32, seq_len=1024,
                    phase1_lr=1e-3, phase2_lr=5e-4, phase1_warmup=100, phase2_warmup=40, eval_tokens=1 << 19,
