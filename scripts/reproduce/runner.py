@@ -253,6 +253,17 @@ def git_commit() -> str | None:
         return None
 
 
+def drop_checkpoints(run_dir: Path) -> None:
+    """A finished and recorded run needs only its final model (later runs start from it); its resume checkpoints
+    (with the optimiser state: 3x the model) go, or the gpu setting's 84 runs would keep ~45 GB."""
+    import shutil
+
+    from mom.runs import CHECKPOINTS, LATEST
+
+    shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
+    (run_dir / LATEST).unlink(missing_ok=True)
+
+
 def _init_worker(threads: int) -> None:
     import torch
 
@@ -344,6 +355,7 @@ def reproduce(setting: Setting, out: Path, json_path: Path, data: Path, experime
         rec["commit"] = inv["commit"]
         res["runs"] = [r for r in res["runs"] if (r["seed"], r["name"]) != (seed, name)] + [rec]
         save_results(json_path, res)
+        drop_checkpoints(out / f"seed{seed}" / name)
         say(f"[{n[0]}/{total}] seed {seed} {name}: val loss {rec['val_loss']:.4f} (unigram "
             f"{rec['unigram_loss']:.3f}), {rec['wall_seconds']:.0f} s (elapsed {(time.perf_counter() - t_all) / 60:.1f}"
             " min)")
@@ -426,5 +438,5 @@ def dry_run_setting(setting: Setting, shape: dict[str, Any] | None = None) -> Se
         setting, name=setting.name, seeds=setting.seeds[:1], phase1_steps=2, phase2_steps=2, finetune_steps=2,
         phase1_warmup=1, phase2_warmup=1, batch=1, seq_len=min(setting.seq_len, 64), eval_tokens=64,
         shape={**setting.shape, **(shape or {})}, proxy_epochs=1, proxy_max_train=4, proxy_max_eval=2,
-        xsum_new_tokens=4, xsum_doc_tokens=24, proxy_batch=2, memory_batch=1, ckpt_interval=1, device="cpu",
+        xsum_new_tokens=4, xsum_doc_tokens=24, proxy_batch=2, memory_batch=1, ckpt_interval=0, device="cpu",
         compile=False, paper_scale_seq=8)

@@ -195,20 +195,34 @@ def test_report_only_regenerates_identical_markdown(smoke):
 
 
 def test_rerun_skips_finished_runs_and_resumes_an_interrupted_one(smoke):
+    from mom.train.loop import train
+
     tmp, js, md, _ = smoke
     res = json.loads(js.read_text())
     before = {(r["seed"], r["name"]): r for r in res["runs"]}
-    # mom-p-scratch "interrupted": its record and final model gone, its checkpoints (every 2 steps) kept
+    # a finished run keeps its model, not its resume checkpoints
+    assert (tmp / "runs" / "seed0" / "mom-p" / "model.safetensors").is_file()
+    assert not (tmp / "runs" / "seed0" / "mom-p" / "checkpoints").exists()
+    # mom-p-scratch "interrupted" after 2 of its 6 steps: its record gone, its directory as a killed run leaves it
+    setting = SETTINGS["smoke"]
+    runs, _ = experiment_runs(setting)
+    spec, out = runs["mom-p-scratch"], tmp / "runs" / "seed0" / "mom-p-scratch"
     res["runs"] = [r for r in res["runs"] if r["name"] != "mom-p-scratch"]
     js.write_text(json.dumps(res))
-    (tmp / "runs" / "seed0" / "mom-p-scratch" / "model.safetensors").unlink()
+    shutil.rmtree(out)
+    out.mkdir()
+    (out / runner.FINGERPRINT_FILE).write_text(spec.fingerprint(setting, runs) + "\n")
+    train(spec.cfg, runner.train_config(setting, spec, 0), out=out, data=str(tmp / "data"), force=True,
+          progress=False, stop_at=2)
+    assert not (out / "model.safetensors").exists()
     p = _run("--setting", "smoke", "--out", str(tmp / "runs"), "--json", str(js), "--report", str(tmp / "r.md"),
              "--data", str(tmp / "data"), "--only", "two-phase")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "4 of 5 runs done earlier; 1 to run" in p.stdout
     after = {(r["seed"], r["name"]): r for r in json.loads(js.read_text())["runs"]}
     rec = after[(0, "mom-p-scratch")]
-    assert rec["resumed"] and rec["steps"] == before[(0, "mom-p-scratch")]["steps"]
+    assert rec["resumed"] and rec["steps"] == spec.steps == before[(0, "mom-p-scratch")]["steps"]
+    # resuming is exact: the same final loss as the uninterrupted run
     assert rec["val_loss"] == pytest.approx(before[(0, "mom-p-scratch")]["val_loss"], abs=1e-6)
     assert {k: v for k, v in after.items() if k[1] != "mom-p-scratch"} == \
         {k: v for k, v in before.items() if k[1] != "mom-p-scratch"}
