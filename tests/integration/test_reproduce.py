@@ -123,8 +123,15 @@ def test_gpu_plan_dry_run_with_tiny_shapes(smoke, tmp_path):
     setting = dataclasses.replace(runner.dry_run_setting(SETTINGS["gpu"], {**TINY, "vocab_size": 512}),
                                   tokenizer="bpe:512", paper_scale=False)  # GPT-2-large at random: minutes
     runner.check_data(data, setting, print)
-    res = runner.reproduce(setting, tmp_path / "runs", tmp_path / "gpu.json", data, list(setting.experiments),
-                           lambda m: None)
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the runner's runs (28 tiny runs; more threads only contend on a shared machine)
+    try:
+        res = runner.reproduce(setting, tmp_path / "runs", tmp_path / "gpu.json", data, list(setting.experiments),
+                               lambda m: None)
+    finally:
+        torch.set_num_threads(threads)
     runs, exp = experiment_runs(setting)
     assert {r["name"] for r in res["runs"]} == set(needed_runs(runs, exp, list(setting.experiments)))
     for r in res["runs"]:
