@@ -2,7 +2,7 @@
 """Running a reproduction: the small-scale reproduction of the experiments of Mixture-of-Modules (Gong et al.,
 EMNLP 2024) in the learning regime (models well below the unigram yardstick).
 
-    python -m scripts.reproduce --setting cpu --jobs 2              # ≈ 2 h on 2 CPU cores (sizing: experiments.py)
+    python -m scripts.reproduce --setting cpu --jobs 2              # ≈ 2.4 h on 2 CPU cores (sizing: experiments.py)
     python -m scripts.reproduce --setting cpu --time-layouts 100    # tokens/s of every layout on this machine
     python -m scripts.reproduce --setting gpu --dry-run             # every gpu run's config + 2 steps on the CPU
     python -m scripts.reproduce --setting smoke --out /tmp/rp --json /tmp/rp/r.json --report /tmp/rp/r.md
