@@ -14,7 +14,6 @@ if __package__ in (None, ""):  # ``python scripts/reproduce``: make the checkout
 
 from scripts.reproduce import runner  # noqa: E402
 from scripts.reproduce.experiments import EXPERIMENTS, SETTINGS  # noqa: E402
-from scripts.reproduce.report import build_report  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,13 +24,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="results JSON (default docs/results/<setting>.json)")
     p.add_argument("--report", help="markdown report (default docs/results.md for cpu, "
                                      "docs/results-<setting>.md otherwise)")
-    p.add_argument("--data", default="data/builtin", help="prepared dataset directory (default data/builtin)")
+    p.add_argument("--data", help="prepared dataset directory, tokenised with the setting's tokenizer (default: the "
+                                  "setting's, e.g. data/bpe4096 for cpu; prepared from the built-in corpus if absent)")
     p.add_argument("--seeds", help="comma-separated seeds (default: the setting's)")
     p.add_argument("--only", help=f"comma-separated experiments out of {', '.join(EXPERIMENTS)}")
     p.add_argument("--report-only", action="store_true", help="only regenerate the report from the JSON")
     p.add_argument("--threads", type=int, default=1,
-                   help="torch threads (default 1: tiny models on a shared 2-core machine run fastest on one)")
+                   help="torch threads per run (default 1: tiny models on a shared 2-core machine run fastest on one)")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process (default 1)")
+    p.add_argument("--time-layouts", type=int, metavar="STEPS",
+                   help="only time STEPS training steps of every layout of the setting (its sizing) and print them")
+    p.add_argument("--dry-run", action="store_true",
+                   help="run the setting's whole plan on the CPU with 2 steps per run, one seed, tiny proxies, into "
+                        "--out (default a temporary directory): every run's config is built, trained and measured")
     args = p.parse_args(argv)
+    if args.jobs < 1 or args.threads < 1:
+        p.error("--jobs and --threads must be ≥ 1")
     setting = SETTINGS[args.setting]
     if args.seeds:
         setting = dataclasses.replace(setting, seeds=tuple(int(s) for s in args.seeds.split(",")))
@@ -48,28 +56,53 @@ def main(argv: list[str] | None = None) -> int:
     def say(msg: str) -> None:
         print(f"[reproduce {datetime.datetime.now():%H:%M:%S}] {msg}", flush=True)
 
+    if args.dry_run:
+        return dry_run(setting, args, experiments, say)
     if not args.report_only:
         import torch
 
         torch.set_num_threads(args.threads)
-        data = Path(args.data)
-        if not (data / "train.bin").is_file():
-            from mom.data.prepare import prepare
-
-            say(f"preparing the built-in corpus into {data}")
-            prepare(["builtin"], data, progress=False)
+        data = Path(args.data or runner.REPO / setting.default_data)
+        runner.check_data(data, setting, say)
+        if args.time_layouts:
+            runner.time_layouts(setting, data, args.time_layouts, say, experiments)
+            return 0
         out = Path(args.out)
         if args.out == "runs/reproduce":
             out = out / setting.name
-        runner.reproduce(setting, out, json_path, data, experiments, say)
+        runner.reproduce(setting, out, json_path, data, experiments, say, args.jobs, args.threads)
     if not json_path.is_file():
         raise SystemExit(f"{json_path}: no results yet (run without --report-only first)")
     from mom.fileio import atomic_write
+    from scripts.reproduce.report import build_report
 
     res = json.loads(json_path.read_text(encoding="utf-8"))
+    runner.check_format(json_path, res)
     report.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(report, build_report(res))
+    others = {}
+    gpu_json = runner.REPO / "docs" / "results" / "gpu.json"
+    if setting.name == "cpu" and gpu_json.is_file():  # the claims table's gpu column
+        others["gpu"] = json.loads(gpu_json.read_text(encoding="utf-8"))
+    atomic_write(report, build_report(res, others))
     say(f"report: {report}")
+    return 0
+
+
+def dry_run(setting, args, experiments: list[str], say) -> int:
+    """``--dry-run``: the plan of ``setting`` end to end on the CPU at 2 steps a run (runner.dry_run_setting)."""
+    import tempfile
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    small = runner.dry_run_setting(setting)
+    data = Path(args.data or runner.REPO / setting.default_data)
+    runner.check_data(data, small, say)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(args.out) if args.out != "runs/reproduce" else Path(tmp)
+        res = runner.reproduce(small, out / "runs", out / "dry-run.json", data, experiments, say, args.jobs,
+                               args.threads)
+    say(f"dry run of the {setting.name} setting: {len(res['runs'])} runs built, trained 2 steps and measured")
     return 0
 
 

@@ -1,39 +1,49 @@
 #!/usr/bin/env python
 """Running a reproduction: the small-scale reproduction of the experiments of Mixture-of-Modules (Gong et al.,
-EMNLP 2024).
+EMNLP 2024) in the learning regime (models well below the unigram yardstick).
 
-    python -m scripts.reproduce --setting cpu --out runs/reproduce            # ≈ 1 h on 2 CPU cores
+    python -m scripts.reproduce --setting cpu --jobs 2              # ≈ 2.4 h on 2 CPU cores (sizing: experiments.py)
+    python -m scripts.reproduce --setting cpu --time-layouts 100    # tokens/s of every layout on this machine
+    python -m scripts.reproduce --setting gpu --dry-run             # every gpu run's config + 2 steps on the CPU
     python -m scripts.reproduce --setting smoke --out /tmp/rp --json /tmp/rp/r.json --report /tmp/rp/r.md
-    python -m scripts.reproduce --setting cpu --report-only                   # docs/results.md from the JSON
+    python -m scripts.reproduce --setting cpu --report-only         # docs/results.md from the JSON
 
-Every experiment of the paper becomes a list of runs per seed on the built-in offline corpus:
+Every claim of the paper (``experiments.CLAIMS``) becomes runs per seed on the built-in offline corpus, tokenised
+with the setting's tokenizer (``cpu``: a 4,096-token corpus BPE; ``gpu``: GPT-2's BPE):
 
-* ``main``       MoM_P and MoM_E against vanilla and the baselines the paper compares with (layer-skip, MoD, MoE,
-                 parameter sharing), all configurations of the same ``mom`` model: validation loss, the GLUE-style
-                 proxies (``rt-polarity``, ``bible-para``), the XSUM-style proxy (``news-xsum``), FLOPs, memory;
+* ``main``       MoM_P against vanilla at equal parameters (vanilla continued for the same tokens) and at equal
+                 training FLOPs (vanilla continued for MoM_P's training FLOPs), on validation loss and on the proxies
+                 ``rt-polarity`` (SST-2-like) and ``news-xsum`` (XSUM-like), fine-tuned on their whole training sets;
+                 MoM_E against vanilla;
+* ``baselines``  MoM_P against layer-skip, Mixture-of-Depths, MoE and parameter sharing, all configurations of the
+                 same ``mom`` model;
+* ``efficiency`` forward FLOPs (with the routing measured) and the three memory readings (KV-cache generation, a
+                 training step, a no-grad forward) of MoM_E against vanilla, and at the paper's GPT-2-large size
+                 (config level, random weights);
 * ``grid``       the K × H grid (K ∈ {1,2,3}, H ∈ {1,2,4}) on the MoM_P layout;
-* ``chunking``   number of chunks (1, 2) × anchor layer (on, off) at equal depth and parameters;
-* ``two-phase``  phase 2 from the vanilla model vs the same MoM from scratch (same total tokens) vs the vanilla
-                 model continued for the same extra tokens and for the same extra training FLOPs;
-* ``pruning``    removing 50% of the attention and 25% of the FFN modules of the trained MoM_P (by router usage),
-                 with and without further training, and 50% of one half only (which half is more redundant);
-* ``router``     GRU router (the paper's) vs MLP router;
-* ``efficiency`` forward FLOPs and measured forward memory against vanilla, at run scale (trained models) and at
-                 the paper's GPT-2-large scale (config level, random weights).
+* ``chunking``   1 or 2 chunks × anchor layer on/off at equal depth;
+* ``pruning``    removing 50% of the attention and 25% of the FFN modules of the trained MoM_P (by router usage), with
+                 and without further training, against phase 2 with smaller pools (the official ablation), and 50% of
+                 one half only;
+* ``two-phase``  phase 2 from the vanilla model vs the same MoM from scratch (same total tokens) vs the vanilla model
+                 continued for the same extra training FLOPs.
 
-Work is shared: one phase-1 vanilla pretrain per seed, reused by every phase-2 variant of that seed, and a run
-needed by several experiments (e.g. MoM_P) is trained once. Each finished run's summary is appended to the
-results JSON (written atomically), so an interrupted reproduction resumes and skips finished runs;
-``--report-only`` rebuilds the markdown report from the JSON alone (no number in the report comes from anywhere
-else). Paper numbers quoted in the report are the ones stated in the paper (see PAPER below).
+Work is shared: one phase-1 vanilla pretrain per seed, reused by every phase-2 arm of that seed, and a run needed by
+several experiments (e.g. MoM_P) is trained once. Each finished run's record (its config, train config, the commit
+it ran at, its numbers) is written to the results JSON atomically as soon as it ends, so an interrupted reproduction
+resumes: finished runs are skipped (when their fingerprint matches), and an interrupted run continues from its last
+checkpoint. ``--jobs N`` runs N runs at a time (each in its own process, one torch thread each by default), a run
+starting once the runs it starts from are finished. ``--report-only`` rebuilds the markdown report from the JSON
+alone (no number in the report comes from anywhere else).
 """
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import dataclasses
 import datetime
-import functools
 import json
+import multiprocessing
 import os
 import platform
 import subprocess
@@ -47,11 +57,37 @@ if str(REPO) not in sys.path:  # run as a plain script from a checkout
     sys.path.insert(0, str(REPO))
 
 from mom.convert.upcycle import upcycle_moe  # noqa: E402
-from mom.data import proxies  # noqa: E402
-from mom.eval.glue import GlueParams, run_glue  # noqa: E402
-from mom.eval.metrics import glue_metrics, rouge  # noqa: E402
-from mom.eval.xsum import SummaryParams, run_xsum  # noqa: E402
 from scripts.reproduce.experiments import RESULTS_FORMAT, RunSpec, Setting, experiment_runs, needed_runs  # noqa: E402
+from scripts.reproduce.measure import (  # noqa: E402
+    data_windows,
+    loss_record,
+    measure,
+    proxy_baselines,
+    proxy_metrics,
+    removed_weight_share,
+    val_loss_of,
+)
+
+FINGERPRINT_FILE = "reproduce-fingerprint.txt"  # in a run directory: which spec its checkpoints belong to
+
+
+# ================================================================================================ the data
+def check_data(data: Path, setting: Setting, say: Callable) -> None:
+    """The prepared dataset at ``data`` (prepared from the built-in corpus when absent) must use the setting's
+    tokenizer: the models' vocabulary and the yardstick depend on it."""
+    from mom.data.tokenizer import data_tokenizer
+    from mom.errors import DataError
+
+    if not (data / "train.bin").is_file():
+        from mom.data.prepare import prepare
+
+        say(f"preparing the built-in corpus into {data} with the {setting.tokenizer} tokenizer")
+        prepare(["builtin"], data, progress=False, tokenizer=setting.tokenizer)
+    tok, known = data_tokenizer(data)
+    name = tok.name if known else "gpt2"
+    if name != setting.tokenizer:
+        raise DataError(f"{data} is tokenised with {name}, the '{setting.name}' setting needs {setting.tokenizer} "
+                        f"(mom prepare --tokenizer {setting.tokenizer})")
 
 
 # ================================================================================================ running one run
@@ -59,172 +95,79 @@ def train_config(setting: Setting, spec: RunSpec, seed: int):
     from mom.config.train import TrainConfig
 
     return TrainConfig(max_steps=spec.steps, batch_size=setting.batch, seq_len=setting.seq_len, lr=spec.lr,
-                       warmup_steps=max(1, spec.steps // 10), eval_interval=0, eval_tokens=setting.eval_tokens,
-                       log_interval=max(1, min(10, spec.steps // 4)), ckpt_interval=0, seed=spec.data_seed(seed),
-                       device=setting.device)
+                       warmup_steps=min(spec.warmup, spec.steps), eval_interval=0, eval_tokens=setting.eval_tokens,
+                       log_interval=max(1, min(10, spec.steps // 4)), ckpt_interval=setting.ckpt_interval,
+                       seed=spec.data_seed(seed), device=setting.device, compile=setting.compile, tensorboard=False)
 
 
-def val_loss_of(model, setting: Setting, data: Path) -> float:
-    """Validation loss on exactly the windows ``mom train`` evaluates (same function, same windows)."""
-    import torch
-
-    from mom.data.tokens import load_tokens
-    from mom.train.batches import Batches, evaluate
-    from mom.train.distributed import Dist
-
-    device = next(model.parameters()).device
-    tr = load_tokens(data, "train", vocab_size=model.config.vocab_size)
-    va = load_tokens(data, "val", vocab_size=model.config.vocab_size)
-    with torch.no_grad():
-        return evaluate(model, Batches(tr, va, setting.seq_len, setting.batch, 1, 0, Dist(), device),
-                        setting.eval_tokens, None)
-
-
-def data_windows(data: Path, split: str, setting: Setting, n: int, vocab: int):
-    """(n, T) consecutive windows from the start of a split, as a tensor."""
-    import numpy as np
-    import torch
-
-    from mom.data.tokens import load_tokens
-
-    tok = load_tokens(data, split, vocab_size=vocab)
-    T = setting.seq_len
-    n = min(n, len(tok) // T)
-    return torch.from_numpy(np.asarray(tok[:n * T], dtype=np.int64).reshape(n, T))
-
-
-def measure(model, setting: Setting, data: Path) -> dict[str, Any]:
-    """FLOPs (analytic, with the routing measured on validation windows) and forward memory (measured)."""
-    import torch
-
-    from mom.analysis.memory import measure_memory
-    from mom.analysis.routes import usage_from_routes
-    from mom.model.flops import count
-
-    cfg = model.config
-    device = next(model.parameters()).device
-    win = data_windows(data, "val", setting, 4 * setting.memory_batch, cfg.vocab_size).to(device)
-    usage = {}
-    if not cfg.is_vanilla:
-        model.eval()
-        routes = []
-        with torch.no_grad():
-            for i in range(0, win.shape[0], setting.memory_batch):
-                routes += model(win[i:i + setting.memory_batch], return_routes=True).routes
-        usage = usage_from_routes(routes)
-    measured = count(cfg, setting.seq_len, usage=usage or None)
-    bound = count(cfg, setting.seq_len)
-    mem = measure_memory(model, win[:setting.memory_batch], train=False)
-    return {"params": bound.params, "active_params": measured.active_params, "depth": cfg.depth,
-            "usage": usage, "fwd_flops_per_token": measured.forward_flops_per_token,
-            "fwd_flops_per_token_bound": bound.forward_flops_per_token,
-            "train_flops_per_token": measured.train_flops_per_token,
-            "fwd_peak_bytes": mem.forward_peak_bytes, "fwd_activation_bytes": mem.forward_activation_bytes,
-            "param_bytes": mem.param_bytes, "memory_method": mem.method,
-            "memory_shape": [setting.memory_batch, setting.seq_len],
-            # the (B, T, vocab) fp32 logits are live at the forward's peak and dwarf a tiny model's activations
-            "logits_bytes": setting.memory_batch * setting.seq_len * cfg.vocab_size * 4}
-
-
-@functools.lru_cache(maxsize=None)
-def _task(name: str):
-    return proxies.news_xsum() if name == "news-xsum" else proxies.load_classification(name, None)
-
-
-def proxy_metrics(model_dir: Path, setting: Setting, seed: int, device: str) -> dict[str, Any]:
-    """Fine-tune on each proxy (one seed: the run's) and score it; metrics are fractions in [0, 1]."""
-    out: dict[str, Any] = {}
-    gp = GlueParams(epochs=1, lr=setting.finetune_lr, batch_size=16, max_train=setting.glue_train,
-                       max_eval=setting.glue_eval, max_len=setting.glue_max_len)
-    for task in ("rt-polarity", "bible-para"):
-        t0 = time.perf_counter()
-        rep = run_glue(model_dir, _task(task), params=gp, seeds=[seed], device=device)
-        out[task] = {**rep["mean"], "seconds": round(time.perf_counter() - t0, 1), "sizes": rep["sizes"]}
-    sp = SummaryParams(epochs=1, lr=setting.finetune_lr, batch_size=8, max_train=setting.xsum_train,
-                          max_eval=setting.xsum_eval, beams=1, max_new_tokens=setting.xsum_new_tokens,
-                          max_doc_tokens=setting.xsum_doc_tokens)
-    t0 = time.perf_counter()
-    rep = run_xsum(model_dir, _task("news-xsum"), params=sp, seeds=[seed], device=device)
-    out["news-xsum"] = {**rep["mean"], "seconds": round(time.perf_counter() - t0, 1),
-                        "sizes": {"train": rep["sizes"]["train"], "test": rep["sizes"]["test"]}}
-    return out
-
-
-def proxy_baselines(setting: Setting) -> dict[str, Any]:
-    """What no training reaches on the same evaluation subsets: a classifier that always predicts one class, and
-    LEAD-1 (the document's first sentence) as the summary. A fine-tuned model at these numbers learned nothing."""
-    from mom.data.tasks import split_sentences
-
-    out: dict[str, Any] = {}
-    for task in ("rt-polarity", "bible-para"):
-        data = _task(task)
-        golds = {s: [e.label for e in rows[:setting.glue_eval]] for s, rows in data.dev.items()}
-        out[task] = {f"always-{c}": glue_metrics(data.spec, {s: [c] * len(g) for s, g in golds.items()}, golds)
-                     for c in (0, 1)}
-    test = _task("news-xsum").test[:setting.xsum_eval]
-    lead = [(split_sentences(r.document) or [r.document])[0] for r in test]
-    out["news-xsum"] = {"lead-1": rouge(lead, [r.summary for r in test])}
-    return out
-
-
-def removed_weight_share(report: dict) -> dict[str, float]:
-    """Share of the router weight (pruning importance, summed over chunks) that the removed modules had received,
-    per half: 0 means the routers never gave those modules any weight, so removing them changes nothing."""
-    out = {}
-    for half in ("attn", "ffn"):
-        total = sum(sum(ch[half]["importance"]) for ch in report["chunks"])
-        gone = sum(ch[half]["importance"][m] for ch in report["chunks"] for m in ch[half]["removed"])
-        out[half] = gone / total if total > 0 else 0.0
-    return out
-
-
-def run_one(spec: RunSpec, setting: Setting, seed: int, seed_dir: Path, data: Path, say: Callable) -> dict:
-    """Train (or prune) one run, measure it, and return its summary record."""
-
-    from mom.device import pick_device
-    from mom.model.model import MoM
-    from mom.runs import read_metrics
+def _train(spec: RunSpec, setting: Setting, seed: int, seed_dir: Path, data: Path, fp: str):
+    """Train one run; an interrupted run of the same fingerprint continues from its last checkpoint."""
+    from mom.runs import read_latest
     from mom.train.loop import train
+
+    out = seed_dir / spec.name
+    marker = out / FINGERPRINT_FILE
+    command = ["python -m scripts.reproduce", setting.name, spec.name, f"seed {seed}"]
+    if marker.is_file() and marker.read_text().strip() == fp and read_latest(out) is not None:
+        return train(None, None, out=out, data=str(data), resume=True, progress=False, command=command), True
+    init = None
+    if spec.init and spec.init.startswith("upcycle:"):
+        init_dir = seed_dir / f"{spec.name}-init"
+        upcycle_moe(seed_dir / spec.init.removeprefix("upcycle:"), spec.cfg, init_dir)
+        init = str(init_dir)
+    elif spec.init:
+        init = str(seed_dir / spec.init)
+    cfg = spec.cfg
+    if cfg is None:  # train a pruned (or other) model further in its own layout
+        from mom.config.model import MoMConfig
+
+        cfg = MoMConfig.load(seed_dir / spec.init / "config.json")
+    from mom.fileio import atomic_write
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(marker, fp + "\n")  # before the first checkpoint: `--force` below leaves files not of a run alone
+    return train(cfg, train_config(setting, spec, seed), out=out, data=str(data), init=init, force=True,
+                 progress=False, command=command), False
+
+
+def run_one(spec: RunSpec, setting: Setting, seed: int, seed_dir: Path, data: Path, fp: str) -> dict:
+    """Train (or prune) one run, measure it, and return its summary record (runs in a worker process too)."""
+    from mom.device import pick_device
+    from mom.runs import load_model
 
     t0 = time.perf_counter()
     out = seed_dir / spec.name
     device = pick_device(setting.device)
-    rec: dict[str, Any] = {"name": spec.name, "seed": seed, "kind": spec.kind, "label": spec.label}
+    rec: dict[str, Any] = {"name": spec.name, "seed": seed, "kind": spec.kind, "label": spec.label,
+                           "init": spec.init or spec.source}
     if spec.kind == "train":
-        init = None
-        if spec.init and spec.init.startswith("upcycle:"):
-            init_dir = seed_dir / f"{spec.name}-init"
-            upcycle_moe(seed_dir / spec.init.removeprefix("upcycle:"), spec.cfg, init_dir)
-            init = str(init_dir)
-        elif spec.init:
-            init = str(seed_dir / spec.init)
-        cfg = spec.cfg
-        if cfg is None:  # train a pruned (or other) model further in its own layout
-            from mom.config.model import MoMConfig
-
-            cfg = MoMConfig.load(seed_dir / spec.init / "config.json")
-        res = train(cfg, train_config(setting, spec, seed), out=out, data=str(data), init=init, force=True,
-                    progress=False, command=["scripts/reproduce.py", setting.name, spec.name, f"seed {seed}"])
+        res, resumed = _train(spec, setting, seed, seed_dir, data, fp)
         if not res.finished:
             raise RuntimeError(f"{spec.name} seed {seed}: training did not finish")
-        vals = [r for r in read_metrics(out) if r["type"] == "val"]
-        rec.update(steps=res.step, tokens=res.tokens, train_seconds=round(res.seconds, 1), val_loss=res.val_loss,
-                   val_loss_start=vals[0]["val_loss"] if vals else None, init=spec.init)
-        model = MoM.from_pretrained(out, map_location=device).eval()
+        from mom.runs import read_metrics
+
+        rows = read_metrics(out)
+        vals = [r for r in rows if r["type"] == "val"]
+        rec.update(steps=res.step, tokens=res.tokens, train_seconds=round(res.seconds, 1), resumed=resumed,
+                   val_loss_start=vals[0]["val_loss"] if vals else None,
+                   train_config=json.loads((out / "train_config.json").read_text(encoding="utf-8")))
+        model = load_model(out, device)
+        rec.update(loss_record(res.val_loss, data, setting, model.config.vocab_size))
     else:  # prune: router usage measured on training windows, so the validation windows stay unseen
         from mom.analysis.prune import prune, save_atomic
 
-        src = MoM.from_pretrained(seed_dir / spec.source, map_location=device).eval()
+        src = load_model(seed_dir / spec.source, device)  # with its tokenizer, which the pruned model carries
         win = data_windows(data, "train", setting, 32, src.config.vocab_size).to(device)
         batches = [win[i:i + setting.batch] for i in range(0, win.shape[0], setting.batch)]
         model, report = prune(src, spec.attn_keep, spec.ffn_keep, "usage", batches)
         save_atomic(model, out, report, force=True)
-        rec.update(steps=0, tokens=0, train_seconds=0.0, val_loss=val_loss_of(model, setting, data),
-                   val_loss_start=None, init=spec.source, prune={k: report[k] for k in ("n_attn", "n_ffn", "params")},
+        rec.update(steps=0, tokens=0, train_seconds=0.0, val_loss_start=None,
+                   prune={k: report[k] for k in ("n_attn", "n_ffn", "params")},
                    removed=[{h: ch[h]["removed"] for h in ("attn", "ffn")} for ch in report["chunks"]],
                    removed_weight_share=removed_weight_share(report))
+        rec.update(loss_record(val_loss_of(model, setting, data), data, setting, model.config.vocab_size))
     rec["config"] = model.config.to_dict()
-    rec.update(measure(model, setting, data))
+    rec.update(measure(model, setting, data, spec.memory))
     del model
     if spec.proxies:
         rec["proxies"] = proxy_metrics(out, setting, seed, str(device))
@@ -238,7 +181,7 @@ def paper_scale(setting: Setting, say: Callable) -> dict[str, Any]:
     assumed: an upper bound for MoM_E) and forward peak memory measured on one random-weight forward."""
     import torch
 
-    from mom.analysis.memory import measure_memory, random_batch
+    from mom.analysis.memory import analytic_cache, measure_memory, random_batch
     from mom.config.model import preset
     from mom.device import pick_device
     from mom.model.flops import count
@@ -257,6 +200,8 @@ def paper_scale(setting: Setting, say: Callable) -> dict[str, Any]:
         out[name] = {"params": c.params, "depth": cfg.depth, "fwd_flops_per_token": c.forward_flops_per_token,
                      "fwd_peak_bytes": mem.forward_peak_bytes, "fwd_activation_bytes": mem.forward_activation_bytes,
                      "param_bytes": mem.param_bytes, "memory_method": mem.method,
+                     # generation with a KV cache, bf16, 16 × 1024 tokens: weights and every core's keys/values
+                     "cache_16x1024_bf16": analytic_cache(cfg, 16, 1024, 2),
                      "seconds": round(time.perf_counter() - t0, 1)}
         del model
         say(f"paper scale {name}: {out[name]['seconds']} s")
@@ -267,11 +212,18 @@ def paper_scale(setting: Setting, say: Callable) -> dict[str, Any]:
 def load_results(path: Path, setting: Setting) -> dict[str, Any]:
     if path.is_file():
         res = json.loads(path.read_text(encoding="utf-8"))
+        check_format(path, res)
         if res.get("setting", {}).get("name") != setting.name:
             raise SystemExit(f"{path} holds the '{res.get('setting', {}).get('name')}' setting, not "
                              f"'{setting.name}': pass another --json")
         return res
     return {"format": RESULTS_FORMAT, "setting": dataclasses.asdict(setting), "runs": [], "invocations": []}
+
+
+def check_format(path: Path, res: dict[str, Any]) -> None:
+    if res.get("format") != RESULTS_FORMAT:
+        raise SystemExit(f"{path} holds results of format {res.get('format')} (this reproduction writes format "
+                         f"{RESULTS_FORMAT}: the learning-regime runs); move it away or pass another --json")
 
 
 def save_results(path: Path, res: dict[str, Any]) -> None:
@@ -294,54 +246,128 @@ def git_commit() -> str | None:
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
                               check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "mom", "scripts/reproduce.py"], cwd=REPO,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "mom", "scripts/reproduce"], cwd=REPO,
                                capture_output=True, text=True, check=True).stdout.strip()
         return head + ("+uncommitted changes" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return None
 
 
-def reproduce(setting: Setting, out: Path, json_path: Path, data: Path, experiments: list[str], say) -> dict:
+def drop_checkpoints(run_dir: Path) -> None:
+    """A finished and recorded run needs only its final model (later runs start from it); its resume checkpoints
+    (with the optimiser state: 3x the model) go, or the gpu setting's 84 runs would keep ~45 GB."""
+    import shutil
+
+    from mom.runs import CHECKPOINTS, LATEST
+
+    shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
+    (run_dir / LATEST).unlink(missing_ok=True)
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+class Scheduler:
+    """Runs (seed, run) jobs once the runs they start from are finished: inline with ``jobs == 1``, else in a pool of
+    ``jobs`` worker processes (spawned: a forked torch can deadlock). Phase-1 runs go first, since every phase-2
+    run waits for its seed's."""
+
+    def __init__(self, jobs: int, threads: int):
+        self.jobs = jobs
+        self.pool = None
+        if jobs > 1:
+            self.pool = cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                               initializer=_init_worker, initargs=(threads,))
+
+    def run(self, todo: list[tuple[int, str]], deps: Callable[[int, str], list[tuple[int, str]]],
+            finished: set[tuple[int, str]], start: Callable[[int, str], tuple], done: Callable[[int, str, dict], None]):
+        """``start(seed, name)`` → the arguments of :func:`run_one`; ``done(seed, name, record)`` on each result."""
+        # phase 1 first (everything waits for it), then the long from-scratch runs beside the phase-2 arms (not
+        # left as a tail), then the plan's order
+        todo = sorted(todo, key=lambda job: (job[1] != "phase1", bool(deps(*job)) or job[1] == "phase1",
+                                             todo.index(job)))
+        running: dict[Any, tuple[int, str]] = {}
+        while todo or running:
+            ready = [j for j in todo if all(d in finished for d in deps(*j))]
+            if not ready and not running:
+                raise RuntimeError(f"runs waiting for runs that never finish: {todo}")
+            if self.pool is None:  # inline: one at a time, in order
+                job = ready[0]
+                todo.remove(job)
+                rec = run_one(*start(*job))
+                finished.add(job)
+                done(*job, rec)
+                continue
+            while ready and len(running) < self.jobs:
+                job = ready.pop(0)
+                todo.remove(job)
+                running[self.pool.submit(run_one, *start(*job))] = job
+            fin, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+            for fut in fin:
+                job = running.pop(fut)
+                rec = fut.result()  # a failed run stops the reproduction (finished runs are already saved)
+                finished.add(job)
+                done(*job, rec)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def reproduce(setting: Setting, out: Path, json_path: Path, data: Path, experiments: list[str], say,
+              jobs: int = 1, threads: int = 1) -> dict:
     res = load_results(json_path, setting)
     res["setting"] = dataclasses.asdict(setting)
     runs, exp = experiment_runs(setting)
     order = needed_runs(runs, exp, [e for e in experiments if e in exp])
     inv = {"started": datetime.datetime.now().isoformat(timespec="seconds"), "commit": git_commit(),
-           "machine": machine(), "experiments": experiments, "seeds": list(setting.seeds)}
+           "machine": machine(), "experiments": experiments, "seeds": list(setting.seeds), "jobs": jobs}
     res["invocations"].append(inv)
     t_all = time.perf_counter()
     done = {(r["seed"], r["name"]): r for r in res["runs"]}
-    total = len(order) * len(setting.seeds)
-    n = 0
+    fps = {name: runs[name].fingerprint(setting, runs) for name in order}
+    finished: set[tuple[int, str]] = set()
+    todo = []
     for seed in setting.seeds:
-        seed_dir = out / f"seed{seed}"
         for name in order:
-            n += 1
-            spec = runs[name]
-            fp = spec.fingerprint(setting, runs)
             old = done.get((seed, name))
-            # A finished record is reused only if its fingerprint matches and the run's model is on disk when a
-            # later run of this invocation still needs it as an initialisation.
-            if old is not None and old.get("fingerprint") == fp and (seed_dir / name / "model.safetensors").is_file():
-                say(f"[{n}/{total}] seed {seed} {name}: done earlier, skipped")
-                if spec.kind == "prune" and "removed_weight_share" not in old:
-                    # records written before this field existed: read it from the run's own prune.json
-                    rep = json.loads((seed_dir / name / "prune.json").read_text(encoding="utf-8"))
-                    old["removed_weight_share"] = removed_weight_share(rep)
-                    save_results(json_path, res)
-                continue
-            say(f"[{n}/{total}] seed {seed} {name}: {spec.label} ...")
-            rec = run_one(spec, setting, seed, seed_dir, data, say)
-            rec["fingerprint"] = fp
-            rec["commit"] = inv["commit"]
-            res["runs"] = [r for r in res["runs"] if (r["seed"], r["name"]) != (seed, name)] + [rec]
-            done[(seed, name)] = rec
-            save_results(json_path, res)
-            say(f"[{n}/{total}] seed {seed} {name}: val loss {rec['val_loss']:.4f}, {rec['wall_seconds']:.0f} s "
-                f"(elapsed {(time.perf_counter() - t_all) / 60:.1f} min)")
-    if "main" in experiments and "proxy_baselines" not in res:
-        res["proxy_baselines"] = proxy_baselines(setting)
-    if "efficiency" in experiments and setting.name != "smoke":
+            # A finished record is reused only if its fingerprint matches and the run's model is on disk (a later
+            # run may start from it).
+            if (old is not None and old.get("fingerprint") == fps[name]
+                    and (out / f"seed{seed}" / name / "model.safetensors").is_file()):
+                finished.add((seed, name))
+            else:
+                todo.append((seed, name))
+    say(f"{len(finished)} of {len(order) * len(setting.seeds)} runs done earlier; {len(todo)} to run, "
+        f"{jobs} at a time")
+    total, n = len(todo), [0]
+
+    def start(seed: int, name: str) -> tuple:
+        say(f"seed {seed} {name}: {runs[name].label} ...")
+        return runs[name], setting, seed, out / f"seed{seed}", data, fps[name]
+
+    def finish(seed: int, name: str, rec: dict) -> None:
+        n[0] += 1
+        rec["fingerprint"] = fps[name]
+        rec["commit"] = inv["commit"]
+        res["runs"] = [r for r in res["runs"] if (r["seed"], r["name"]) != (seed, name)] + [rec]
+        save_results(json_path, res)
+        drop_checkpoints(out / f"seed{seed}" / name)
+        say(f"[{n[0]}/{total}] seed {seed} {name}: val loss {rec['val_loss']:.4f} (unigram "
+            f"{rec['unigram_loss']:.3f}), {rec['wall_seconds']:.0f} s (elapsed {(time.perf_counter() - t_all) / 60:.1f}"
+            " min)")
+
+    sched = Scheduler(jobs, threads)
+    try:
+        sched.run(todo, lambda seed, name: [(seed, d) for d in runs[name].deps()], finished, start, finish)
+    finally:
+        sched.close()
+    if "main" in experiments and res.get("proxy_baselines", {}).get("max_eval", -1) != setting.proxy_max_eval:
+        res["proxy_baselines"] = {**proxy_baselines(setting), "max_eval": setting.proxy_max_eval}
+    if "efficiency" in experiments and setting.paper_scale:
         if res.get("paper_scale", {}).get("seq_len") != setting.paper_scale_seq:
             res["paper_scale"] = paper_scale(setting, say)
     inv["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
@@ -349,3 +375,68 @@ def reproduce(setting: Setting, out: Path, json_path: Path, data: Path, experime
     save_results(json_path, res)
     return res
 
+
+# ================================================================================================ sizing, dry run
+def time_layouts(setting: Setting, data: Path, steps: int, say: Callable,
+                 experiments: list[str] | None = None) -> dict[str, dict[str, float]]:
+    """Train every distinct layout of the setting's plan (of ``experiments``, default all) ``steps`` steps from
+    scratch (no evaluation, no checkpoint) and return its training speed: what the setting's sizing rests on."""
+    import tempfile
+
+    from mom.config.train import TrainConfig
+    from mom.train.loop import train
+
+    runs, exp = experiment_runs(setting)
+    seen, out = {}, {}
+    for name in needed_runs(runs, exp, experiments or list(setting.experiments)):
+        cfg = runs[name].cfg
+        if cfg is None or json.dumps(cfg.to_dict(), sort_keys=True) in seen:
+            continue
+        seen[json.dumps(cfg.to_dict(), sort_keys=True)] = name
+        tcfg = TrainConfig(max_steps=steps, batch_size=setting.batch, seq_len=setting.seq_len, lr=setting.phase2_lr,
+                           warmup_steps=1, eval_interval=0, eval_tokens=setting.seq_len, ckpt_interval=0,
+                           log_interval=steps, device=setting.device, compile=setting.compile, tensorboard=False)
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            res = train(cfg, tcfg, out=Path(tmp) / name, data=str(data), progress=False)
+            wall = time.perf_counter() - t0
+        out[name] = {"tokens": res.tokens, "train_seconds": round(res.seconds, 2), "wall_seconds": round(wall, 2),
+                     "tokens_per_s": round(res.tokens / res.seconds, 1)}
+        say(f"{name:18s} {cfg.name:22s} {res.tokens / res.seconds:9,.0f} tokens/s ({res.seconds:.1f} s for {steps} "
+            "steps)")
+    core_s = training_seconds(setting, runs, out, experiments or list(setting.experiments))
+    say(f"training the plan at these speeds: {core_s / 60:.0f} core-minutes for {len(setting.seeds)} seed(s) "
+        "(evaluation, measuring and proxies not included); divide by --jobs on as many free cores")
+    return out
+
+
+def training_seconds(setting: Setting, runs: dict[str, RunSpec], speeds: dict[str, dict[str, float]],
+                     experiments: list[str]) -> float:
+    """Seconds of training of the plan (all seeds, one run at a time) at the measured ``speeds`` (tokens/s by the
+    run that timed each layout; a run takes the speed of the timed run of its layout, a config-less run (training
+    a pruned model further) that of the run it starts from)."""
+    by_cfg = {json.dumps(runs[n].cfg.to_dict(), sort_keys=True): v["tokens_per_s"] for n, v in speeds.items()}
+    total = 0.0
+    for name in needed_runs(runs, experiment_runs(setting)[1], experiments):
+        spec = runs[name]
+        src = spec
+        while src.cfg is None and src.deps():
+            src = runs[src.deps()[0]]
+        if spec.steps == 0 or src.cfg is None:
+            continue
+        tps = by_cfg.get(json.dumps(src.cfg.to_dict(), sort_keys=True))
+        if tps:
+            total += spec.steps * setting.batch * setting.seq_len / tps
+    return total * len(setting.seeds)
+
+
+def dry_run_setting(setting: Setting, shape: dict[str, Any] | None = None) -> Setting:
+    """The setting with every run cut to 2 steps of 1 short sequence, one seed, tiny proxies, on the CPU, uncompiled
+    (``shape``: model overrides on top of the setting's, to shrink it for tests): the plan runs end to end, every
+    run's config is built, loaded, trained and measured."""
+    return dataclasses.replace(
+        setting, name=setting.name, seeds=setting.seeds[:1], phase1_steps=2, phase2_steps=2, finetune_steps=2,
+        phase1_warmup=1, phase2_warmup=1, batch=1, seq_len=min(setting.seq_len, 64), eval_tokens=64,
+        shape={**setting.shape, **(shape or {})}, proxy_epochs=1, proxy_max_train=4, proxy_max_eval=2,
+        xsum_new_tokens=4, xsum_doc_tokens=24, proxy_batch=2, memory_batch=1, ckpt_interval=0, device="cpu",
+        compile=False, paper_scale_seq=8)
