@@ -125,6 +125,9 @@ def prune_state_dict(state: dict[str, torch.Tensor], cfg: MoMConfig,
             key = f"chunks.{c}.router_{half}.out.{name}"
             if key in state:
                 out[key] = state[key].index_select(0, rows).clone()
+        key = f"chunks.{c}.router_{half}.step_bias"
+        if key in state:  # router_step bias/both: one logit bias per (step, choice)
+            out[key] = state[key].index_select(1, rows).clone()
         key = f"chunks.{c}.threshold_{half}"
         if key in state:  # expert choice: one decode threshold per (step, candidate); candidates 'all' = modules
             out[key] = state[key].index_select(1, keep_t).clone()

@@ -28,6 +28,8 @@ def diversify(model: MoM) -> MoM:
                     router.fc.weight.normal_(0.0, 5.0)
                     router.fc.bias.normal_(0.0, 0.5)
                 router.out.weight.normal_(0.0, 1.0)
+                if router.step_bias is not None:  # a per-(step, choice) bias: pruning must keep the right columns
+                    router.step_bias.normal_(0.0, 1.0)
     return model
 
 
@@ -41,7 +43,8 @@ def tokens(n: int, seed: int, vocab: int = 97, T: int = 32) -> torch.Tensor:
     return torch.randint(0, vocab, (n, T), generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("fields", [dict(router="gru"), dict(router="mlp", top_k=1), dict(chunks=2, top=0)])
+@pytest.mark.parametrize("fields", [dict(router="gru"), dict(router="mlp", top_k=1), dict(chunks=2, top=0),
+                                    dict(router="gru", router_step="both", router_norm="rmsnorm")])
 def test_pruning_never_chosen_modules_changes_nothing(fields):
     cfg = tiny_config(n_attn=4, n_ffn=4, **fields)
     model = diversify(MoM(cfg).eval())
