@@ -11,7 +11,8 @@ Four arms, each a set of `mom train` flags on top of `tiny-mom` (docs/training.m
 * ``norm``   + the router's own RMSNorm of its input;
 * ``init``   + the function-preserving phase-2 start (``router_init layer_map``);
 * ``map``    ``step`` + the function-preserving start, without the input norm (added after seed 0 showed the
-             norm arm collapsing from scratch as often as ``plain``).
+             norm arm collapsing from scratch as often as ``plain``);
+* ``bal``    ``step`` with a 5× balance coefficient (0.05; added after ``step`` collapsed from scratch on seed 2).
 
 Each arm is trained twice per seed, on the built-in corpus tokenised with a 4,096-token BPE (the small-vocabulary
 regime of issue #22):
@@ -53,6 +54,8 @@ ARMS = {
     "norm": ["--model.router_step", "both", "--model.router_norm", "rmsnorm", "--model.router_init", "random"],
     "init": ["--model.router_step", "both", "--model.router_norm", "rmsnorm", "--model.router_init", "layer_map"],
     "map": ["--model.router_step", "both", "--model.router_norm", "none", "--model.router_init", "layer_map"],
+    "bal": ["--model.router_step", "both", "--model.router_norm", "none", "--model.router_init", "random",
+            "--model.balance_coef", "0.05"],
 }
 PHASE1 = ["--config", "tiny", "--model.n_ctx", "256", "--train.max_steps", "800", "--train.batch_size", "16",
           "--train.seq_len", "256", "--train.tokens_per_step", "4096", "--train.lr", "3e-3",
@@ -169,7 +172,9 @@ def summarise(run_dir: Path) -> dict[str, Any]:
         if e["choices"] > e["picks"]:  # a step that could collapse (more real modules than picks)
             share = max(e["token_share"][:-1])  # real modules (SKIP is last)
             top_share = share if top_share is None else max(top_share, share)
-    collapses = [r for r in rows if r.get("type") == "warning" and r.get("kind") == "router_collapse"]
+    # a resumed run logs the steps it redoes again (bit-exact, so the same warnings): count each episode once
+    collapses = list({(r["step"], r["chunk"], r["routing_step"], r["half"], r["module"]): r for r in rows
+                      if r.get("type") == "warning" and r.get("kind") == "router_collapse"}.values())
     return {
         "step0_val": first_val["val_loss"], "step0_bpb": first_val.get("val_bpb"),
         "val": last_val["val_loss"], "bpb": last_val.get("val_bpb"), "val_step": last_val["step"],
@@ -279,8 +284,12 @@ def report(res: dict[str, Any]) -> str:
         "attn same-path | ffn same-path | attn step JS (bits) | ffn step JS (bits) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    missing = []
     for arm in [*ARMS, "vanilla"]:
         pre = f"p2-{arm}"
+        if not _vals(res, pre, "val"):
+            missing.append(arm)
+            continue
         s0 = _vals(res, pre, "step0_val")
         start = [x - p1["val"] for x in s0] if p1 else []
         diffs = _paired(res, pre, "p2-plain", "val") if arm != "plain" else []
@@ -292,6 +301,14 @@ def report(res: dict[str, Any]) -> str:
                 row.append(_ms(_vals(res, pre, key, half), 3) if arm != "vanilla" else "—")
         row = row[:7] + [row[7], row[8], row[9], row[10]]
         lines.append("| " + " | ".join(row) + " |")
+    if missing:
+        lines += ["", "Not run in phase 2: " + ", ".join(f"`{a}`" for a in missing) + "."]
+    for arm in ARMS:
+        diffs = _paired(res, f"p2-{arm}", "p2-vanilla", "val")
+        if diffs and arm in ("plain", "map"):
+            lines += ["", f"`{arm}` against the vanilla continuation (`tiny` from the same phase-1 model, the same "
+                      f"tokens; equal parameters up to the routers, not equal FLOPs): Δ {_ms(diffs)} nats, "
+                      f"{verdict(diffs)}."]
     lines += [
         "",
         "## From scratch: does it collapse? (300 steps × 8 × 128 tokens, lr 3e-3)",
@@ -306,6 +323,8 @@ def report(res: dict[str, Any]) -> str:
     ]
     for arm in ARMS:
         pre = f"scratch-{arm}"
+        if not _vals(res, pre, "val"):
+            continue
         w = [_get(res, f"{pre}-s{s}", "collapse_warnings") for s in res["seeds"]]
         w = [x for x in w if x is not None]
         first = [_get(res, f"{pre}-s{s}", "first_collapse_step") for s in res["seeds"]]
@@ -329,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=str(REPO / "docs" / "results" / "routers.json"))
     p.add_argument("--report", default=str(REPO / "docs" / "results-routers.md"))
     p.add_argument("--report-only", action="store_true", help="regenerate the report from the JSON")
+    p.add_argument("--collect-only", action="store_true",
+                   help="write the JSON from the finished runs in --out and the report, training nothing")
     args = p.parse_args(argv)
     out, data = Path(args.out).resolve(), Path(args.data).resolve()
     p1 = Path(args.phase1).resolve() if args.phase1 else out / "phase1"
@@ -336,8 +357,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         if not (data / "train.bin").is_file():
             subprocess.run([*MOM, "prepare", "--tokenizer", "bpe:4096", "--out", str(data)], check=True, cwd=REPO)
-        run_all(runs, out, p1, args.jobs, args.only, args.arms.split(",") if args.arms else None,
-                [int(x) for x in args.seeds.split(",")] if args.seeds else None)
+        if not args.collect_only:
+            run_all(runs, out, p1, args.jobs, args.only, args.arms.split(",") if args.arms else None,
+                    [int(x) for x in args.seeds.split(",")] if args.seeds else None)
         res = collect(runs, out, p1)
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(args.json + ".tmp")
