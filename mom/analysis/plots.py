@@ -167,6 +167,15 @@ def plot_run(run_dir: str | os.PathLike) -> list[Path]:
     return [p for p in (plot_loss(run_dir, rows), plot_routing(run_dir, rows)) if p is not None]
 
 
+def _two_phase_axis(ax, title: str, legend_size: int) -> None:
+    """Labels, grid and legend of a loss panel over the tokens of phase 1 and phase 2 together."""
+    ax.set_xlabel("tokens seen (phase 1 + phase 2)")
+    ax.set_ylabel("LM cross-entropy (nats)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_size)
+
+
 def plot_comparison(runs: Sequence[tuple[str, str | os.PathLike, int]], path: str | os.PathLike,
                     title: str = "validation loss") -> Path:
     """``runs``: (label, run directory, tokens it started from). Left: every run on one tokens axis; right: a zoom
@@ -188,11 +197,7 @@ def plot_comparison(runs: Sequence[tuple[str, str | os.PathLike, int]], path: st
             ax.plot(vx, vy, "o-", ms=4, lw=1.6, color=color, label=f"{label} (val)")
             if tx:
                 ax.plot(tx, ty, lw=1.0, alpha=0.45, color=color, label=f"{label} (train)")
-        ax.set_xlabel("tokens seen (phase 1 + phase 2)")
-        ax.set_ylabel("LM cross-entropy (nats)")
-        ax.set_title(sub_title)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _two_phase_axis(ax, sub_title, legend_size=8)
     return _save(fig, Path(path))
 
 
@@ -319,9 +324,5 @@ def plot_demo(curves: Sequence[dict[str, Any]], path: str | os.PathLike, yardsti
         if yardstick is not None and ax is axes[0][0]:
             ax.axhline(yardstick, color="gray", ls="--", lw=1.2,
                        label=f"unigram yardstick {yardstick:.3f} (token frequencies only)")
-        ax.set_xlabel("tokens seen (phase 1 + phase 2)")
-        ax.set_ylabel("LM cross-entropy (nats)")
-        ax.set_title(sub_title)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _two_phase_axis(ax, sub_title, legend_size=7)
     return _save(fig, Path(path))
