@@ -3,6 +3,7 @@ continuing a run directory, and loading a model from a model directory or a run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -36,6 +37,9 @@ TENSORBOARD = "tensorboard"  # TensorBoard event files (--train.tensorboard)
 # Everything a run writes into its directory (``--force`` removes these and nothing else).
 RUN_FILES = ("config.json", "train_config.json", "run.json", METRICS, METRICS_CSV, TENSORBOARD, LATEST, CHECKPOINTS,
              "model.safetensors", MANIFEST, TOKENIZER_FILE, "loss.png", "routing.png")
+
+
+LOCK = ".lock"  # held (flock) by the process training into the run directory; never removed by --force
 
 
 def _complete(ckpt: Path) -> bool:
@@ -83,8 +87,39 @@ def check_fresh_out(out: Path, force: bool) -> None:
         at = f" (latest checkpoint: step {latest[0]})" if latest else ""
         raise MomError(f"{out} already holds a training run{at}; pass --resume to continue it or --force to "
                        "start over")
-    if not ours and any(out.iterdir()) and not force:
+    if not ours and any(p.name != LOCK for p in out.iterdir()) and not force:
         raise MomError(f"{out} exists and is not empty; pass --force to train into it anyway")
+
+
+@contextlib.contextmanager
+def lock_run_dir(out: Path):
+    """Hold the run directory ``out`` (created if absent) for one training process: a second ``mom train`` into it
+    (another shell, a second driver) fails with one error line before it writes anything, instead of interleaving
+    its metrics rows and checkpoints with the first one's. An advisory ``flock`` on ``out/.lock``: the kernel drops
+    it when the holder exits, so a killed run leaves no stale lock. (Where ``fcntl`` is missing, no lock is held.)"""
+    try:
+        import fcntl
+    except ImportError:  # (Windows)
+        yield
+        return
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        f = open(out / LOCK, "a+", encoding="utf-8")
+    except OSError as e:
+        raise MomError(f"{out}: cannot create the run directory ({e.strerror or e})") from None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            pid = f.read().strip() or "unknown"
+            raise MomError(f"{out}: another process (pid {pid}) is training into this run directory; wait for it "
+                           "to finish or train into another --out") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        yield
 
 
 def clear_run(out: Path) -> None:

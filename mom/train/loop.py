@@ -45,6 +45,7 @@ atomically) point at it; a crash or a full disk at any moment leaves the previou
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import time
@@ -62,7 +63,7 @@ from mom.data.tokenizer import Tokenizer
 from mom.data.tokens import load_tokens
 from mom.errors import CheckpointError, ConfigError, MomError
 from mom.model.model import MoM
-from mom.runs import continue_run_dir, read_latest, read_metrics, start_run_dir
+from mom.runs import continue_run_dir, lock_run_dir, read_latest, read_metrics, start_run_dir
 from mom.train.batches import Batches, ValScale, evaluate, resolve_data, val_scale
 from mom.train.checkpoint import full_model_state, full_state, load_checkpoint, load_optimizer_state, save_checkpoint
 from mom.train.distributed import Runtime, setup_runtime, shard_model
@@ -111,25 +112,27 @@ def train(mcfg: MoMConfig | None, tcfg: TrainConfig | None, *, out: str | os.Pat
     vocab = tok.n_vocab if tok_known else plan.mcfg.vocab_size
     scale = val_scale(batches, plan.tcfg.eval_tokens, tok.byte_lengths(plan.mcfg.vocab_size), vocab)
     model, optimizer, names, state, init_note = build_model(plan, rt)
-    # The run directory: only now, when every input has been checked on every process.
-    rt.dist.barrier()
-    if rt.dist.is_main:
-        if plan.resuming:
-            plan.run_info.update(scale.to_dict())
-            continue_run_dir(plan.out, int(state["step"]), plan.run_info,
-                             plan.tcfg if plan.extend_from is not None else None)
-        else:
-            info = run_info(plan, rt, model, command, init_note, data_dir, train_tok, val_tok)
-            start_run_dir(plan.out, plan.force, plan.mcfg, plan.tcfg, {**info, **tok.describe(), **scale.to_dict()},
-                          tok)
-    rt.dist.barrier()
-    run = Run(plan, rt, model, optimizer, names, batches, state, progress, tok, scale, on_eval)
-    run.announce(init_note, vocab_note)
-    try:
-        run.loop(stop_at)
-    finally:
-        run.monitor.close()
-    return run.finish()
+    # The run directory: only now, when every input has been checked on every process; held until the run ends.
+    with contextlib.ExitStack() as held:
+        rt.dist.barrier()
+        if rt.dist.is_main:
+            held.enter_context(lock_run_dir(plan.out))
+            if plan.resuming:
+                plan.run_info.update(scale.to_dict())
+                continue_run_dir(plan.out, int(state["step"]), plan.run_info,
+                                 plan.tcfg if plan.extend_from is not None else None)
+            else:
+                info = run_info(plan, rt, model, command, init_note, data_dir, train_tok, val_tok)
+                start_run_dir(plan.out, plan.force, plan.mcfg, plan.tcfg,
+                              {**info, **tok.describe(), **scale.to_dict()}, tok)
+        rt.dist.barrier()
+        run = Run(plan, rt, model, optimizer, names, batches, state, progress, tok, scale, on_eval)
+        run.announce(init_note, vocab_note)
+        try:
+            run.loop(stop_at)
+        finally:
+            run.monitor.close()
+        return run.finish()
 
 
 def build_model(plan: RunPlan, rt: Runtime) -> tuple[nn.Module, torch.optim.Optimizer, list[str], dict, str | None]:

@@ -410,6 +410,28 @@ def test_existing_run_needs_resume_or_force(tmp_path, data_dir, phase1):
     assert [r["step"] for r in val_rows(out)] == [0, 2]
 
 
+def test_a_run_directory_in_use_is_refused_before_anything_is_written(tmp_path, data_dir, phase1):
+    """Two trainings into one directory would interleave their metrics and checkpoints: while one holds it, a second
+    one (--resume or --force alike) fails with one line and changes nothing; once the holder is gone it proceeds."""
+    import shutil
+
+    from mom.runs import lock_run_dir
+
+    out = tmp_path / "run"
+    shutil.copytree(phase1, out)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with lock_run_dir(out):
+        for kw in ({"resume": True}, {"force": True}):
+            with pytest.raises(MomError, match=f"another process \\(pid {os.getpid()}\\) is training into this run"):
+                train(vanilla_cfg() if "force" in kw else None, tcfg() if "force" in kw else None, out=out,
+                      data=str(data_dir), progress=False, **kw)
+            assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"} \
+                == {k: v for k, v in before.items() if k.name != ".lock"}
+    res = train(vanilla_cfg(), tcfg(max_steps=2, eval_interval=0, ckpt_interval=0), out=out, data=str(data_dir),
+                progress=False, force=True)
+    assert res.finished and read_latest(out)[0] == 2
+
+
 def test_without_data_the_builtin_corpus_is_prepared_once(tmp_path, monkeypatch):
     from mom.data.tokens import read_meta
 
