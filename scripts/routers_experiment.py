@@ -12,7 +12,15 @@ Four arms, each a set of `mom train` flags on top of `tiny-mom` (docs/training.m
 * ``init``   + the function-preserving phase-2 start (``router_init layer_map``);
 * ``map``    ``step`` + the function-preserving start, without the input norm (added after seed 0 showed the
              norm arm collapsing from scratch as often as ``plain``);
-* ``bal``    ``step`` with a 5× balance coefficient (0.05; added after ``step`` collapsed from scratch on seed 2).
+* ``bal``    ``step`` with a 5× balance coefficient (0.05; added after ``step`` collapsed from scratch on seed 2);
+* ``tau1``   ``step`` with the router temperature 1.0 (the paper's τ is 0.2), ``tau05`` with 0.5;
+* ``rlr``    ``step`` with the routers' learning rate × 0.1 (``--train.router_lr_mult``);
+* ``tb``     ``tau1`` with the 0.05 balance coefficient; ``trlr`` ``tau1`` with ``router_lr_mult`` 0.3;
+* ``z``      ``step`` with the router z-loss at 0.001 (ST-MoE's coefficient).
+
+The last six were added for the from-scratch collapse question (2026-12-03, second session); an arm that warned on
+one seed is not run on the others (the question is whether a setting is collapse-free on every seed). ``tau05`` and
+``z`` are defined but not run yet.
 
 Each arm is trained twice per seed, on the built-in corpus tokenised with a 4,096-token BPE (the small-vocabulary
 regime of issue #22):
@@ -62,6 +70,10 @@ ARMS = {
               "--model.temperature", "0.5"],
     "rlr": ["--model.router_step", "both", "--model.router_norm", "none", "--model.router_init", "random",
             "--train.router_lr_mult", "0.1"],
+    "tb": ["--model.router_step", "both", "--model.router_norm", "none", "--model.router_init", "random",
+           "--model.temperature", "1.0", "--model.balance_coef", "0.05"],
+    "trlr": ["--model.router_step", "both", "--model.router_norm", "none", "--model.router_init", "random",
+             "--model.temperature", "1.0", "--train.router_lr_mult", "0.3"],
     "z": ["--model.router_step", "both", "--model.router_norm", "none", "--model.router_init", "random",
           "--model.z_coef", "0.001"],
 }
@@ -180,6 +192,14 @@ def summarise(run_dir: Path) -> dict[str, Any]:
         if e["choices"] > e["picks"]:  # a step that could collapse (more real modules than picks)
             share = max(e["token_share"][:-1])  # real modules (SKIP is last)
             top_share = share if top_share is None else max(top_share, share)
+    # starvation: per (chunk, half), each real module's largest share over the steps; the least-used module's value
+    # (a module no step uses is dead weight, the harm a collapse does)
+    best: dict[tuple, list[float]] = {}
+    for e in last.get("routing", []):
+        if e["choices"] > e["picks"]:
+            cur = best.setdefault((e["chunk"], e["half"]), [0.0] * (len(e["token_share"]) - 1))
+            best[(e["chunk"], e["half"])] = [max(a, b) for a, b in zip(cur, e["token_share"][:-1])]
+    least_used = min((min(v) for v in best.values()), default=None)
     # a resumed run logs the steps it redoes again (bit-exact, so the same warnings): count each episode once
     collapses = list({(r["step"], r["chunk"], r["routing_step"], r["half"], r["module"]): r for r in rows
                       if r.get("type") == "warning" and r.get("kind") == "router_collapse"}.values())
@@ -190,6 +210,7 @@ def summarise(run_dir: Path) -> dict[str, Any]:
         "collapse_warnings": len(collapses),
         "first_collapse_step": collapses[0]["step"] if collapses else None,
         "top_module_share": top_share,
+        "least_used_share": least_used,
         "health": last.get("routing_health"),
     }
 
@@ -326,8 +347,9 @@ def report(res: dict[str, Any]) -> str:
         "count).",
         "",
         "| arm | seeds with a collapse warning | warnings (per seed) | first warning at step | largest module share "
-        "at the end | val at end (nats) | bpb at end |",
-        "|---|---|---|---|---|---|---|",
+        "at the end | least-used module's largest step share at the end | val at end (nats) | bpb at end | "
+        "attn same-path | attn step JS (bits) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for arm in ARMS:
         pre = f"scratch-{arm}"
@@ -339,7 +361,8 @@ def report(res: dict[str, Any]) -> str:
         lines.append("| " + " | ".join([
             f"`{arm}`", f"{sum(1 for x in w if x)} of {len(w)}", ", ".join(str(x) for x in w) or "—",
             ", ".join("—" if x is None else str(x) for x in first), _ms(_vals(res, pre, "top_module_share"), 2),
-            _ms(_vals(res, pre, "val")), _ms(_vals(res, pre, "bpb"))]) + " |")
+            _ms(_vals(res, pre, "least_used_share"), 2), _ms(_vals(res, pre, "val")), _ms(_vals(res, pre, "bpb")),
+            _ms(_vals(res, pre, "same_path", "attn"), 3), _ms(_vals(res, pre, "step_js_bits", "attn"), 3)]) + " |")
     lines += ["", f"Runs finished: {len(runs)}.", ""]
     return "\n".join(lines)
 
