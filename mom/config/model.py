@@ -47,7 +47,7 @@ Balance = Literal["ours", "official"]
 AttentionImpl = Literal["sdpa", "eager"]
 RouteWeights = Literal["auto", "renorm", "probs"]
 RouterStep = Literal["none", "bias", "embed", "both"]
-RouterNorm = Literal["none", "layernorm", "rmsnorm"]
+RouterNorm = Literal["none", "layernorm", "rmsnorm", "centered"]
 RouterInit = Literal["random", "layer_map", "auto"]
 
 # Version 2 added ``route_weights``, whose default changes what a K = 1 half computes: a version-1 file (written
@@ -117,7 +117,10 @@ class MoMConfig(JsonConfig):
     # The step index reaching the router: a learned per-step logit bias (H × (N+1)), a learned step embedding added
     # to the router's input (H × D), or both; zero-initialised. `none`: the paper's plain router.
     router_step: RouterStep = "none"
-    # The router's input normalised by its own LayerNorm / RMSNorm (one per router); `none`: the raw residual stream.
+    # The router's input normalised by its own LayerNorm / RMSNorm (one per router); `none`: the raw residual stream;
+    # `centered`: minus a running mean over tokens (per step, updated in training, a buffer), then RMSNorm — what all
+    # tokens share removed, so early in training from scratch a router still sees token-specific input
+    # (mom.model.routers.centering_mean; docs/log.md 2026-12-03 second session).
     router_norm: RouterNorm = "none"
     # `layer_map`: the per-step bias starts so that step h prefers the module(s) the GPT-2 layer map gave it (the
     # decomposed phase-1 network; see MoMConfig.layer_map_choices), by `router_init_bias` in scaled logits

@@ -68,7 +68,7 @@ def _router_map_params(cfg: MoMConfig, d: int, r: int, n1: int) -> int:
 def _router_option_params(cfg: MoMConfig, d: int, n1: int) -> int:
     """The router options' own parameters: input norm (weight, and bias for LayerNorm), step embedding (H × d) and
     per-step logit bias (H × (N+1))."""
-    norm = {"none": 0, "rmsnorm": d, "layernorm": 2 * d}[cfg.router_norm]
+    norm = {"none": 0, "rmsnorm": d, "centered": d, "layernorm": 2 * d}[cfg.router_norm]
     embed = cfg.steps * d if cfg.router_step in ("embed", "both") else 0
     bias = cfg.steps * n1 if cfg.router_step in ("bias", "both") else 0
     return norm + embed + bias

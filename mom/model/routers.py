@@ -9,8 +9,9 @@ A router maps the residual stream x_t (before LayerNorm) to N+1 logits (the last
 * ``fixed`` routing and any half whose step has a single candidate and no SKIP need no router at all: the
   route is static (every token takes module h with weight 1), see :meth:`MoMConfig.is_static`.
 
-Both learned routers take the options of :class:`Router`: a normalised input (``router_norm``) and the step
-index (``router_step``: a step embedding added to the input, a per-step logit bias, or both).
+Both learned routers take the options of :class:`Router`: a normalised input (``router_norm``: LayerNorm, RMSNorm,
+or ``centered`` — a running mean over tokens subtracted, then RMSNorm) and the step index (``router_step``: a step
+embedding added to the input, a per-step logit bias, or both).
 
 :func:`select` turns logits into a :class:`Route`: candidates outside the step's set are masked,
 ``g = softmax(logits / τ)``, then either token choice (top-K per token; the kept weights per ``route_weights``:
@@ -34,7 +35,8 @@ from mom.config.model import MoMConfig
 class Router(nn.Module):
     """What every learned router shares around its own map: the options of ``router_norm`` and ``router_step``.
 
-    The router reads ``u = norm(x_t) + e_h`` (``norm``: its own LayerNorm or RMSNorm, or none; ``e_h``: the step
+    The router reads ``u = norm(x_t) + e_h`` (``norm``: its own LayerNorm or RMSNorm, or none, or ``centered``:
+    RMSNorm of x_t minus the step's running mean :func:`centering_mean`; ``e_h``: the step
     embedding, (H, D), zero-initialised, or none) and adds ``b_h`` to its logits, the per-step bias (H, N+1),
     zero-initialised or set by ``router_init='layer_map'`` (:func:`layer_map_bias`). The keyword arguments are
     :func:`router_options` of a config; without them the router is the paper's plain one."""
@@ -42,8 +44,10 @@ class Router(nn.Module):
     def __init__(self, d_model: int, n_out: int, *, steps: int = 1, step: str = "none", norm: str = "none",
                  eps: float = 1e-5, bias_HN: Tensor | None = None):
         super().__init__()
-        norms = {"layernorm": nn.LayerNorm, "rmsnorm": nn.RMSNorm}
+        norms = {"layernorm": nn.LayerNorm, "rmsnorm": nn.RMSNorm, "centered": nn.RMSNorm}
         self.norm = norms[norm](d_model, eps=eps) if norm in norms else None
+        # ``centered``: each step's running mean of the router input over tokens, subtracted before the RMSNorm
+        self.register_buffer("center_HD", torch.zeros(steps, d_model) if norm == "centered" else None)
         embed = step in ("embed", "both")
         self.step_embed = nn.Parameter(torch.zeros(steps, d_model)) if embed else None
         if step in ("bias", "both"):
@@ -52,12 +56,30 @@ class Router(nn.Module):
             self.step_bias = None
 
     def router_input(self, x_TD: Tensor, step: int) -> Tensor:
+        if self.center_HD is not None:
+            x_TD = x_TD - centering_mean(self.center_HD, x_TD, step, self.training)
         if self.norm is not None:
             x_TD = self.norm(x_TD)
         return x_TD if self.step_embed is None else x_TD + self.step_embed[step]
 
     def step_logits(self, logits_TN: Tensor, step: int) -> Tensor:
         return logits_TN if self.step_bias is None else logits_TN + self.step_bias[step]
+
+
+CENTER_MOMENTUM = 0.1  # ``router_norm='centered'``: the running mean moves this far toward each batch's mean
+
+
+def centering_mean(center_HD: Tensor, x_TD: Tensor, step: int, training: bool) -> Tensor:
+    """``router_norm='centered'``: the mean to subtract from step ``step``'s router input — the running mean as it
+    stood before this batch (so a token's route never depends on other tokens of its batch, the future ones
+    included); in training the running mean then moves ``CENTER_MOMENTUM`` of the way to this batch's mean over
+    its tokens. It removes what every token's residual stream shares (the direction the first steps of training
+    write into all of them alike), which otherwise leaves a router nothing token-specific to route on."""
+    mean_D = center_HD[step].clone()
+    if training:
+        with torch.no_grad():
+            center_HD[step].lerp_(x_TD.detach().mean(0).to(center_HD.dtype), CENTER_MOMENTUM)
+    return mean_D.to(x_TD.dtype)
 
 
 class GRURouter(Router):

@@ -65,6 +65,7 @@ CASES = {
                                               route_weights="probs"), ("mixed",)),
     "gru-k2-renorm-layer-map": Case(dict(top_k=2, route_weights="renorm", router_step="bias",
                                          router_init="layer_map", router_init_bias=2.0), ("mixed",)),
+    "gru-k2-centered": Case(dict(top_k=2, router_step="both", router_norm="centered"), ("mixed",)),
     "vanilla": Case(dict(chunks=0, bottom=2, top=1)),
 }
 
@@ -86,6 +87,8 @@ def tiny_mom(**fields) -> MoM:
                             p.normal_(0, 1.0)
                     if router.norm is not None:
                         router.norm.weight.normal_(1.0, 0.5)
+                    if router.center_HD is not None:  # running means (router_norm='centered') start at zero
+                        router.center_HD.normal_(0, 0.5)
     return model
 
 

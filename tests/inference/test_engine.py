@@ -34,6 +34,8 @@ FAMILIES = {
                                                                router_norm="layernorm", route_weights="probs"),
     "mod-step-bias-layer-map": preset("mod").replace(**SMALL, router_step="bias", router_init="layer_map",
                                                      router_init_bias=1.0),
+    "gru-K2-centered": tiny_config(n_ctx=64, n_attn=3, n_ffn=2, top_k=2, steps=3, router_step="both",
+                                   router_norm="centered"),
 }
 
 
@@ -43,6 +45,9 @@ def _model(cfg):
         for n, p in model.named_parameters():
             if "router" in n and n.endswith(("out.weight", "step_bias", "step_embed")):
                 p.normal_(0, 1.0)  # (the step bias and embedding start at zero: make them count)
+        for n, b in model.named_buffers():
+            if n.endswith("center_HD"):  # (router_norm='centered': running means start at zero)
+                b.normal_(0, 0.5)
     return model
 
 

@@ -47,6 +47,7 @@ ROUTER_OPTIONS = {
     "step-embed-layernorm": dict(router_step="embed", router_norm="layernorm"),
     "both-rmsnorm-mlp": dict(router="mlp", router_step="both", router_norm="rmsnorm", route_weights="probs"),
     "expert-both": dict(selection="expert", router_step="both", router_norm="rmsnorm"),
+    "both-centered": dict(router_step="both", router_norm="centered"),
 }
 
 
@@ -72,3 +73,5 @@ def test_router_options_trace_as_one_graph(name):
     torch.testing.assert_close(outs[0].logits, outs[1].logits, rtol=0, atol=1e-5)
     for (n, pc), (_, pe) in zip(traced.named_parameters(), eager.named_parameters()):
         torch.testing.assert_close(pc.grad, pe.grad, rtol=0, atol=1e-5, msg=n)
+    for (n, bc), (_, be) in zip(traced.named_buffers(), eager.named_buffers()):  # running means moved alike
+        torch.testing.assert_close(bc, be, rtol=0, atol=1e-6, msg=n)

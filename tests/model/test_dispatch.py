@@ -29,6 +29,8 @@ CONFIGS = {
                                          router_norm="layernorm", route_weights="probs"),
     "expert-step-bias-layer-map": dict(selection="expert", capacity=0.5, steps=2, n_attn=3, n_ffn=2,
                                        router_step="bias", router_init="layer_map", router_init_bias=2.0),
+    "gru-K2-step-both-centered": dict(router="gru", top_k=2, steps=3, n_attn=3, n_ffn=2, router_step="both",
+                                      router_norm="centered"),
 }
 
 
@@ -41,6 +43,9 @@ def test_grouped_equals_loop(name, grouped_path):
         for n, p in fast.named_parameters():
             if "router" in n and n.endswith(("out.weight", "step_bias", "step_embed")):
                 p.normal_(0, 1.0)  # (the step bias and embedding start at zero: make them count)
+        for n, b in fast.named_buffers():
+            if n.endswith("center_HD"):  # (router_norm='centered': running means start at zero)
+                b.normal_(0, 0.5)
     ref = MoM(cfg.replace(dispatch="loop"))
     ref.load_state_dict(fast.state_dict())
     idx = torch.randint(0, cfg.vocab_size, (3, 19))

@@ -14,7 +14,8 @@ from tests.conftest import tiny_config
 SMALL = dict(vocab_size=97, n_ctx=32, d_model=32, n_head=4, router_hidden=16)
 OPTIONS = [dict(), dict(router_step="bias"), dict(router_step="embed", router_norm="layernorm"),
            dict(router_step="both", router_norm="rmsnorm"), dict(route_weights="probs"),
-           dict(router_step="both", router_init="layer_map", router_init_bias=3.0)]
+           dict(router_step="both", router_init="layer_map", router_init_bias=3.0),
+           dict(router_step="both", router_norm="centered")]
 
 
 def _random_configs(n: int, seed: int = 0) -> dict[str, MoMConfig]:
@@ -168,3 +169,53 @@ def test_layer_map_bias_leads_by_router_init_bias_in_scaled_logits():
     assert torch.equal(bias / cfg.temperature, 4.0 * torch.eye(5)[[0, 1, 2, 3, 4, 4]])
     assert MoM(cfg.replace(**SMALL)).chunks[0].router_ffn.step_bias.abs().sum() > 0
     assert not layer_map_bias(cfg.replace(router_init="random"), "attn").any()  # zero-initialised otherwise
+
+
+# ---------------------------------------------------------------------------------------------- centered input
+def _centered_model(seed: int = 0) -> MoM:
+    torch.manual_seed(seed)
+    model = MoM(tiny_config(n_attn=3, n_ffn=3, steps=3, top_k=2, router_step="both", router_norm="centered"))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if ".router_" in n and n.endswith(("out.weight", "step_embed")):
+                p.normal_(0, 1.0)
+    return model
+
+
+def test_centered_router_tracks_the_shared_direction_in_training_only():
+    """``router_norm='centered'``: the running mean of a step's router input follows the tokens' mean in training
+    (momentum 0.1: within 1% after 60 batches of inputs that share one direction) and stays put in eval."""
+    from mom.model.routers import centering_mean
+
+    torch.manual_seed(0)
+    center_HD, shared_D = torch.zeros(2, 8), torch.randn(8) * 5
+    for _ in range(60):
+        x_TD = shared_D + 0.1 * torch.randn(64, 8)
+        before = center_HD[1].clone()
+        mean_D = centering_mean(center_HD, x_TD, 1, training=True)
+        assert torch.equal(mean_D, before)  # a batch is centred by the mean as it stood before it
+    assert (center_HD[1] - shared_D).norm() < 0.01 * shared_D.norm()
+    assert torch.equal(center_HD[0], torch.zeros(8))  # another step's mean is its own
+    frozen = center_HD.clone()
+    centering_mean(center_HD, torch.randn(64, 8), 1, training=False)
+    assert torch.equal(center_HD, frozen)
+
+
+def test_centered_router_never_lets_a_token_see_other_tokens_of_its_batch():
+    """Training mode included (where the running mean moves): a sequence's logits are the same alone as in a batch
+    with another sequence, and an eval forward leaves every running mean as it was."""
+    a, b = _centered_model(), _centered_model()
+    for m in (a, b):
+        for n, buf in m.named_buffers():
+            if n.endswith("center_HD"):
+                buf.copy_(torch.linspace(-1, 1, buf.numel()).view_as(buf))
+    idx = torch.randint(0, a.config.vocab_size, (2, 16))
+    both, alone = a(idx).logits, b(idx[:1]).logits
+    torch.testing.assert_close(both[:1], alone, rtol=0, atol=1e-5)
+    moved = [n for (n, x), (_, y) in zip(a.named_buffers(), b.named_buffers()) if n.endswith("center_HD")
+             and not torch.equal(x, y)]
+    assert moved  # the two batches moved the means differently: the check above was not vacuous
+    a.eval()
+    kept = {n: x.clone() for n, x in a.named_buffers()}
+    a(idx)
+    assert all(torch.equal(kept[n], x) for n, x in a.named_buffers())

@@ -59,7 +59,7 @@ SUPPORTED_VALUES: dict[str, tuple[Any, ...] | None] = {
     "chunk_layers": ANY,
     "route_weights": ("auto", "renorm", "probs"),
     "router_step": ("none", "bias", "embed", "both"),
-    "router_norm": ("none", "layernorm", "rmsnorm"),
+    "router_norm": ("none", "layernorm", "rmsnorm", "centered"),
     # training only: auxiliary losses and initialisation do not change the function a trained model computes
     "balance_coef": ANY,
     "balance_scope": ANY,

@@ -20,7 +20,8 @@ How a batch flows (B sequences of T tokens, width D; x_TD is the residual stream
 
 A vanilla layer is a pool of one module on the static route "every token takes module 0 with weight 1".
 
-A router reads the residual stream x_t, through its own LayerNorm or RMSNorm (``router_norm``) and plus a learned
+A router reads the residual stream x_t, through its own LayerNorm or RMSNorm (``router_norm``; ``centered``: minus
+a running mean over tokens, a buffer, then RMSNorm) and plus a learned
 step embedding (``router_step`` embed/both) where configured, and adds a learned per-step bias to its logits
 (``router_step`` bias/both). A token's K picks are weighted by their router probabilities, renormalised over the K
 picks where ``route_weights`` says so (``renorm``; ``auto``: when K ≥ 2).
@@ -128,12 +129,21 @@ class Router(nn.Module):
     def __init__(self, cfg: MoMHFConfig, half: str, d: int, n_out: int):
         super().__init__()
         self.initial_bias = cfg.layer_map_bias(half)  # (H, N+1) nested lists: what the step bias starts at
-        norms = {"layernorm": nn.LayerNorm, "rmsnorm": nn.RMSNorm}
+        norms = {"layernorm": nn.LayerNorm, "rmsnorm": nn.RMSNorm, "centered": nn.RMSNorm}
         self.norm = norms[cfg.router_norm](d, eps=cfg.layer_norm_eps) if cfg.router_norm in norms else None
+        # ``centered``: each step's running mean of the router input over tokens, subtracted before the RMSNorm
+        self.register_buffer("center_HD", torch.zeros(cfg.steps, d) if cfg.router_norm == "centered" else None)
         self.step_embed = nn.Parameter(torch.zeros(cfg.steps, d)) if cfg.router_step in ("embed", "both") else None
         self.step_bias = nn.Parameter(torch.zeros(cfg.steps, n_out)) if cfg.router_step in ("bias", "both") else None
 
     def router_input(self, x_TD: Tensor, step: int) -> Tensor:
+        if self.center_HD is not None:
+            # the running mean before this batch; in training it then moves 0.1 of the way to the batch's mean
+            mean_D = self.center_HD[step].clone()
+            if self.training:
+                with torch.no_grad():
+                    self.center_HD[step].lerp_(x_TD.detach().mean(0).to(self.center_HD.dtype), 0.1)
+            x_TD = x_TD - mean_D.to(x_TD.dtype)
         if self.norm is not None:
             x_TD = self.norm(x_TD)
         return x_TD if self.step_embed is None else x_TD + self.step_embed[step]
@@ -435,8 +445,8 @@ class MoMPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         """mom's initialisation (GPT-2's): N(0, init_std), residual projections scaled by 1/sqrt(2·depth);
-        expert-choice thresholds start at a uniform router's probability; routers' step embeddings at zero and
-        their step biases as ``router_init`` says."""
+        expert-choice thresholds start at a uniform router's probability; routers' step embeddings and running
+        means at zero and their step biases as ``router_init`` says."""
         cfg, std = self.config, self.config.init_std
         if isinstance(module, StackedLinear):
             init.normal_(module.weight, 0.0, std / math.sqrt(2 * cfg.depth) if module.residual else std)
@@ -450,6 +460,8 @@ class MoMPreTrainedModel(PreTrainedModel):
             if getattr(module, "bias", None) is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, Router):  # (its GRU / linears / norm are modules of their own)
+            if module.center_HD is not None:
+                init.zeros_(module.center_HD)
             if module.step_embed is not None:
                 init.zeros_(module.step_embed)
             if module.step_bias is not None:
