@@ -244,7 +244,7 @@ def _preamble(res: dict[str, Any], tb: Table) -> list[str]:
         f"- **Learning regime:** {'passes' if ok else '**fails**'}: {why}.",
         "- **Proxies, not GLUE/XSUM:** `rt-polarity` (SST-2-like, accuracy; train "
         f"{sizes['rt-polarity'].get('train', '?')}"
-        f" examples, dev {sizes['rt-polarity'].get('dev', sizes['rt-polarity'])}) and `news-xsum` (the XSUM recipe on "
+        f" examples, dev {sizes['rt-polarity'].get('dev', '?')}) and `news-xsum` (the XSUM recipe on "
         f"news articles; ROUGE F1, greedy summaries ≤ {st['xsum_new_tokens']} tokens, documents cut to "
         f"{st['xsum_doc_tokens']} tokens; train {sizes['news-xsum'].get('train', '?')}, test "
         f"{sizes['news-xsum'].get('test', '?')}), fine-tuned {st['proxy_epochs']} epoch(s) at lr {st['finetune_lr']:g} "
