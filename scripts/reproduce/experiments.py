@@ -19,6 +19,8 @@ documents cut to 192 tokens, then 91 greedy summaries) ≈ 11 core-minutes a see
 ≈ 285 core-minutes in all, ≈ 143 minutes of wall time with ``--jobs 2`` when the two cores are the runs' (phase 1
 runs first, the from-scratch runs beside the phase-2 arms so they do not trail), inside the 150-minute budget. On a
 busier box it takes longer: measure with ``--time-layouts`` first (it prints the plan's training core-minutes).
+Measured 2026-12-03: 127.4 minutes with ``--jobs 2`` (84 runs, 3 seeds) while the box also ran ~60 core-minutes of
+other work (docs/log.md).
 """
 
 from __future__ import annotations
