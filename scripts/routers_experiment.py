@@ -18,11 +18,12 @@ Four arms, each a set of `mom train` flags on top of `tiny-mom` (docs/training.m
 * ``tb``     ``tau1`` with the 0.05 balance coefficient; ``trlr`` ``tau1`` with ``router_lr_mult`` 0.3;
 * ``z``      ``step`` with the router z-loss at 0.001 (ST-MoE's coefficient);
 * ``cent``   ``step`` with the router input centred (``router_norm centered``: a running mean over tokens removed,
-             then RMSNorm), the option the from-scratch diagnosis points to (docs/log.md).
+             then RMSNorm), the option the from-scratch diagnosis points to (docs/log.md); ``cmap`` = ``cent`` with
+             the layer-map start (its phase-2 form, ``map`` + centring).
 
 The last six were added for the from-scratch collapse question (2026-12-03, second session); an arm that warned on
-one seed is not run on the others (the question is whether a setting is collapse-free on every seed). ``tau05``,
-``z`` and ``cent`` are defined but not run yet.
+one seed is not run on the others (the question is whether a setting is collapse-free on every seed). ``tau05``
+and ``z`` are defined but not run.
 
 Each arm is trained twice per seed, on the built-in corpus tokenised with a 4,096-token BPE (the small-vocabulary
 regime of issue #22):
@@ -77,6 +78,7 @@ ARMS = {
     "trlr": ["--model.router_step", "both", "--model.router_norm", "none", "--model.router_init", "random",
              "--model.temperature", "1.0", "--train.router_lr_mult", "0.3"],
     "cent": ["--model.router_step", "both", "--model.router_norm", "centered", "--model.router_init", "random"],
+    "cmap": ["--model.router_step", "both", "--model.router_norm", "centered", "--model.router_init", "layer_map"],
     "z": ["--model.router_step", "both", "--model.router_norm", "none", "--model.router_init", "random",
           "--model.z_coef", "0.001"],
 }
