@@ -59,28 +59,26 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 MOM = [sys.executable, "-m", "mom.cli"]
 SEEDS = (0, 1, 2)
+def router_flags(step: str = "both", norm: str = "none", init: str = "random", *more: str) -> list[str]:
+    """An arm: the three router options of issue #18, then any further ``mom train`` flags."""
+    return ["--model.router_step", step, "--model.router_norm", norm, "--model.router_init", init, *more]
+
+
 ARMS = {
-    "plain": ["--model.router_step", "none", "--model.router_norm", "none", "--model.router_init", "random"],
-    "step": ["--model.router_step", "both", "--model.router_norm", "none", "--model.router_init", "random"],
-    "norm": ["--model.router_step", "both", "--model.router_norm", "rmsnorm", "--model.router_init", "random"],
-    "init": ["--model.router_step", "both", "--model.router_norm", "rmsnorm", "--model.router_init", "layer_map"],
-    "map": ["--model.router_step", "both", "--model.router_norm", "none", "--model.router_init", "layer_map"],
-    "bal": ["--model.router_step", "both", "--model.router_norm", "none", "--model.router_init", "random",
-            "--model.balance_coef", "0.05"],
-    "tau1": ["--model.router_step", "both", "--model.router_norm", "none", "--model.router_init", "random",
-             "--model.temperature", "1.0"],
-    "tau05": ["--model.router_step", "both", "--model.router_norm", "none", "--model.router_init", "random",
-              "--model.temperature", "0.5"],
-    "rlr": ["--model.router_step", "both", "--model.router_norm", "none", "--model.router_init", "random",
-            "--train.router_lr_mult", "0.1"],
-    "tb": ["--model.router_step", "both", "--model.router_norm", "none", "--model.router_init", "random",
-           "--model.temperature", "1.0", "--model.balance_coef", "0.05"],
-    "trlr": ["--model.router_step", "both", "--model.router_norm", "none", "--model.router_init", "random",
-             "--model.temperature", "1.0", "--train.router_lr_mult", "0.3"],
-    "cent": ["--model.router_step", "both", "--model.router_norm", "centered", "--model.router_init", "random"],
-    "cmap": ["--model.router_step", "both", "--model.router_norm", "centered", "--model.router_init", "layer_map"],
-    "z": ["--model.router_step", "both", "--model.router_norm", "none", "--model.router_init", "random",
-          "--model.z_coef", "0.001"],
+    "plain": router_flags("none"),
+    "step": router_flags(),
+    "norm": router_flags(norm="rmsnorm"),
+    "init": router_flags(norm="rmsnorm", init="layer_map"),
+    "map": router_flags(init="layer_map"),
+    "bal": router_flags("both", "none", "random", "--model.balance_coef", "0.05"),
+    "tau1": router_flags("both", "none", "random", "--model.temperature", "1.0"),
+    "tau05": router_flags("both", "none", "random", "--model.temperature", "0.5"),
+    "rlr": router_flags("both", "none", "random", "--train.router_lr_mult", "0.1"),
+    "tb": router_flags("both", "none", "random", "--model.temperature", "1.0", "--model.balance_coef", "0.05"),
+    "trlr": router_flags("both", "none", "random", "--model.temperature", "1.0", "--train.router_lr_mult", "0.3"),
+    "cent": router_flags(norm="centered"),
+    "cmap": router_flags(norm="centered", init="layer_map"),
+    "z": router_flags("both", "none", "random", "--model.z_coef", "0.001"),
 }
 PHASE1 = ["--config", "tiny", "--model.n_ctx", "256", "--train.max_steps", "800", "--train.batch_size", "16",
           "--train.seq_len", "256", "--train.tokens_per_step", "4096", "--train.lr", "3e-3",
@@ -192,18 +190,16 @@ def summarise(run_dir: Path) -> dict[str, Any]:
     train_rows = [r for r in rows if r.get("type") == "train"]
     last = train_rows[-1] if train_rows else {}
     first_val, last_val = vals[min(vals)], vals[max(vals)]
-    top_share = None
-    for e in last.get("routing", []):
-        if e["choices"] > e["picks"]:  # a step that could collapse (more real modules than picks)
-            share = max(e["token_share"][:-1])  # real modules (SKIP is last)
-            top_share = share if top_share is None else max(top_share, share)
-    # starvation: per (chunk, half), each real module's largest share over the steps; the least-used module's value
-    # (a module no step uses is dead weight, the harm a collapse does)
+    # per (chunk, half), each real module's largest token share over the steps that could collapse (more real
+    # modules than picks; SKIP is the last share): the largest of all, and the least-used module's (a module no
+    # step uses is dead weight, the harm a collapse does)
     best: dict[tuple, list[float]] = {}
     for e in last.get("routing", []):
         if e["choices"] > e["picks"]:
-            cur = best.setdefault((e["chunk"], e["half"]), [0.0] * (len(e["token_share"]) - 1))
-            best[(e["chunk"], e["half"])] = [max(a, b) for a, b in zip(cur, e["token_share"][:-1])]
+            shares = e["token_share"][:-1]
+            best[(e["chunk"], e["half"])] = [max(a, b) for a, b in zip(best.get((e["chunk"], e["half"]), shares),
+                                                                       shares)]
+    top_share = max((max(v) for v in best.values()), default=None)
     least_used = min((min(v) for v in best.values()), default=None)
     # a resumed run logs the steps it redoes again (bit-exact, so the same warnings): count each episode once
     collapses = list({(r["step"], r["chunk"], r["routing_step"], r["half"], r["module"]): r for r in rows
