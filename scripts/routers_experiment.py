@@ -90,6 +90,10 @@ SCRATCH = ["--config", "tiny-mom", "--model.n_ctx", "128", "--train.max_steps", 
            "--train.seq_len", "128", "--train.tokens_per_step", "1024", "--train.lr", "3e-3",
            "--train.warmup_steps", "30", "--train.eval_interval", "150", "--train.ckpt_interval", "100",
            "--train.log_interval", "10"]
+# the from-scratch question at 1,000 steps (does ``cent``'s early cost close with training?): the same run longer
+LONG_STEPS = 1000
+LONG = [*SCRATCH[:SCRATCH.index("--train.max_steps")], "--train.max_steps", str(LONG_STEPS),
+        *SCRATCH[SCRATCH.index("--train.max_steps") + 2:]]
 COMMON = ["--train.eval_tokens", "0", "--no-progress"]
 
 
@@ -109,6 +113,7 @@ def plan(out: Path, data: Path, p1: Path) -> dict[str, Run]:
             runs[f"p2-{arm}-s{s}"] = Run(f"p2-{arm}-s{s}", ["--config", "tiny-mom", "--init-from", str(p1), *PHASE2,
                                                             *flags, "--train.seed", str(s)], 100, "phase1")
             runs[f"scratch-{arm}-s{s}"] = Run(f"scratch-{arm}-s{s}", [*SCRATCH, *flags, "--train.seed", str(s)], 300)
+            runs[f"long-{arm}-s{s}"] = Run(f"long-{arm}-s{s}", [*LONG, *flags, "--train.seed", str(s)], LONG_STEPS)
         runs[f"p2-vanilla-s{s}"] = Run(f"p2-vanilla-s{s}", ["--config", "tiny", "--init-from", str(p1), *PHASE2,
                                                             "--train.seed", str(s)], 100, "phase1")
     for r in runs.values():
@@ -213,6 +218,7 @@ def summarise(run_dir: Path) -> dict[str, Any]:
         "top_module_share": top_share,
         "least_used_share": least_used,
         "health": last.get("routing_health"),
+        "val_by_step": {str(k): v["val_loss"] for k, v in sorted(vals.items())},
     }
 
 
@@ -227,10 +233,17 @@ def collect(runs: dict[str, Run], out: Path, p1: Path) -> dict[str, Any]:
         "generated": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {_torch_version()}, one thread per run",
         "arms": {k: " ".join(v) for k, v in ARMS.items()},
-        "phase1": " ".join(PHASE1), "phase2": " ".join(PHASE2), "scratch": " ".join(SCRATCH),
+        "phase1": " ".join(PHASE1), "phase2": " ".join(PHASE2), "scratch": " ".join(SCRATCH), "long": " ".join(LONG),
         "seeds": list(SEEDS),
+        "defaults": _router_defaults(),
         "runs": results,
     }
+
+
+def _router_defaults() -> dict[str, Any]:
+    from mom.config.model import MOM_ROUTER_DEFAULTS
+
+    return dict(MOM_ROUTER_DEFAULTS)
 
 
 def _torch_version() -> str:
@@ -281,6 +294,100 @@ def verdict(diffs: list[float]) -> str:
     if abs(m) > 2 * se:
         return ("better" if m < 0 else "worse") + f" (mean {m:+.4f}, 2·SE {2 * se:.4f})"
     return f"within noise (mean {m:+.4f}, 2·SE {2 * se:.4f})"
+
+
+def scratch_table(res: dict[str, Any], family: str, steps: int) -> list[str]:
+    """The from-scratch table of one run family (``scratch``: 300 steps, ``long``: 1,000), or nothing if none ran."""
+    arms = [arm for arm in ARMS if _vals(res, f"{family}-{arm}", "val")]
+    if not arms:
+        return []
+    lines = [
+        "",
+        f"## From scratch: does it collapse? ({steps:,} steps × 8 × 128 tokens, lr 3e-3)",
+        "",
+        "A collapse warning: one real module took > 90% of the tokens at 3 metrics rows in a row (every 10 steps), "
+        "at a step that allows more modules than picks (under `layer_map`, a step's own layer-map module does not "
+        "count). Δ: paired by seed against `step` (negative = lower loss).",
+        "",
+        "| arm | seeds with a collapse warning | warnings (per seed) | first warning at step | largest module share "
+        "at the end | least-used module's largest step share at the end | val at end (nats) | bpb at end | "
+        "Δ vs step | verdict | attn same-path | attn step JS (bits) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for arm in arms:
+        pre = f"{family}-{arm}"
+        w = [_get(res, f"{pre}-s{s}", "collapse_warnings") for s in res["seeds"]]
+        w = [x for x in w if x is not None]
+        first = [_get(res, f"{pre}-s{s}", "first_collapse_step") for s in res["seeds"]]
+        diffs = _paired(res, pre, f"{family}-step", "val") if arm != "step" else []
+        lines.append("| " + " | ".join([
+            f"`{arm}`", f"{sum(1 for x in w if x)} of {len(w)}", ", ".join(str(x) for x in w) or "—",
+            ", ".join("—" if x is None else str(x) for x in first), _ms(_vals(res, pre, "top_module_share"), 2),
+            _ms(_vals(res, pre, "least_used_share"), 2), _ms(_vals(res, pre, "val")), _ms(_vals(res, pre, "bpb")),
+            _ms(diffs) if diffs else "—", verdict(diffs) if diffs else "—",
+            _ms(_vals(res, pre, "same_path", "attn"), 3), _ms(_vals(res, pre, "step_js_bits", "attn"), 3)]) + " |")
+    # the longer runs ask whether a gap to `step` closes with training: their paired gap at every validation
+    curves = {arm: _paired_curve(res, family, arm) for arm in arms if arm != "step"} if family == "long" else {}
+    for arm, by_step in curves.items():
+        if by_step:
+            lines += ["", f"`{arm}` − `step` by validation step (paired by seed, nats): " + "; ".join(
+                f"{k}: {_ms(v)}" for k, v in by_step.items()) + "."]
+    return lines
+
+
+def _paired_curve(res: dict, family: str, arm: str) -> dict[int, list[float]]:
+    """Per validation step both arms logged, the paired differences arm − step over the seeds that have both."""
+    out: dict[int, list[float]] = {}
+    for s in res["seeds"]:
+        a, b = res["runs"].get(f"{family}-{arm}-s{s}"), res["runs"].get(f"{family}-step-s{s}")
+        if not a or not b or "val_by_step" not in a or "val_by_step" not in b:
+            continue
+        for k, v in a["val_by_step"].items():
+            if k in b["val_by_step"]:
+                out.setdefault(int(k), []).append(v - b["val_by_step"][k])
+    return dict(sorted(out.items()))
+
+
+# Two phase-2 arms whose paired difference is below this many nats are called level even when it is above the noise
+# (the reproduction's tolerance for "matches" is 0.05 nats; a tenth of it)
+LEVEL = 0.005
+
+
+def verdicts(res: dict[str, Any]) -> list[str]:
+    """The rules the presets' router options were chosen by, applied to the numbers above: in phase 2 the arms
+    with 3 seeds that no arm beats above the noise, from scratch the arms collapse-free on every one of 3 seeds."""
+    full = [a for a in ARMS if len(_vals(res, f"p2-{a}", "val")) == len(res["seeds"]) >= 3]
+
+    def beats(b: str, a: str) -> bool:  # b ends lower than a above the noise and by more than the level margin
+        d = _paired(res, f"p2-{a}", f"p2-{b}", "val")
+        return verdict(d).startswith("worse") and statistics.mean(d) > LEVEL
+
+    unbeaten = [a for a in full if not any(beats(b, a) for b in full if b != a)]
+    lines = ["", "## Verdict (rules applied to the tables above)", ""]
+    if full:
+        lines.append(f"- Phase 2, arms with every seed that no other arm beats by more than {LEVEL} nats above the "
+                     "noise (paired): " + (", ".join(f"`{a}`" for a in unbeaten) or "none")
+                     + f" (of {', '.join(f'`{a}`' for a in full)}).")
+        for i, a in enumerate(unbeaten):
+            for b in unbeaten[i + 1:]:
+                d = _paired(res, f"p2-{b}", f"p2-{a}", "val")
+                lines.append(f"  `{b}` − `{a}`: {_ms(d)} nats, {verdict(d)}.")
+    for family, steps in (("scratch", 300), ("long", LONG_STEPS)):
+        free = [a for a in ARMS if len(w := [x for s in res["seeds"]
+                                             if (x := _get(res, f"{family}-{a}-s{s}", "collapse_warnings")) is not None])
+                >= 3 and not any(w)]
+        if any(_vals(res, f"{family}-{a}", "val") for a in ARMS):
+            lines.append(f"- From scratch, {steps:,} steps: arms without a collapse warning on any of 3 seeds: "
+                         + (", ".join(f"`{a}`" for a in free) or "none") + ".")
+    defaults = res.get("defaults")
+    if defaults:
+        step, norm = defaults.get("router_step", "none"), defaults.get("router_norm", "none")
+        names = {" ".join(v): k for k, v in ARMS.items()}
+        p2 = names.get(" ".join(router_flags(step, norm, "layer_map")), "no arm")
+        scratch = names.get(" ".join(router_flags(step, norm, "random")), "no arm")
+        lines.append(f"- The MoM presets' router options when this JSON was written ({', '.join(f'{k}={v}' for k, v in defaults.items())}) "
+                     f"are `{p2}` in phase 2 (`auto` = the layer-map start when decomposed) and `{scratch}` from scratch.")
+    return lines
 
 
 def report(res: dict[str, Any]) -> str:
@@ -339,31 +446,9 @@ def report(res: dict[str, Any]) -> str:
             lines += ["", f"`{arm}` against the vanilla continuation (`tiny` from the same phase-1 model, the same "
                       f"tokens; equal parameters up to the routers, not equal FLOPs): Δ {_ms(diffs)} nats, "
                       f"{verdict(diffs)}."]
-    lines += [
-        "",
-        "## From scratch: does it collapse? (300 steps × 8 × 128 tokens, lr 3e-3)",
-        "",
-        "A collapse warning: one real module took > 90% of the tokens at 3 metrics rows in a row (every 10 steps), "
-        "at a step that allows more modules than picks (under `layer_map`, a step's own layer-map module does not "
-        "count).",
-        "",
-        "| arm | seeds with a collapse warning | warnings (per seed) | first warning at step | largest module share "
-        "at the end | least-used module's largest step share at the end | val at end (nats) | bpb at end | "
-        "attn same-path | attn step JS (bits) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for arm in ARMS:
-        pre = f"scratch-{arm}"
-        if not _vals(res, pre, "val"):
-            continue
-        w = [_get(res, f"{pre}-s{s}", "collapse_warnings") for s in res["seeds"]]
-        w = [x for x in w if x is not None]
-        first = [_get(res, f"{pre}-s{s}", "first_collapse_step") for s in res["seeds"]]
-        lines.append("| " + " | ".join([
-            f"`{arm}`", f"{sum(1 for x in w if x)} of {len(w)}", ", ".join(str(x) for x in w) or "—",
-            ", ".join("—" if x is None else str(x) for x in first), _ms(_vals(res, pre, "top_module_share"), 2),
-            _ms(_vals(res, pre, "least_used_share"), 2), _ms(_vals(res, pre, "val")), _ms(_vals(res, pre, "bpb")),
-            _ms(_vals(res, pre, "same_path", "attn"), 3), _ms(_vals(res, pre, "step_js_bits", "attn"), 3)]) + " |")
+    lines += scratch_table(res, "scratch", 300)
+    lines += scratch_table(res, "long", LONG_STEPS)
+    lines += verdicts(res)
     lines += ["", f"Runs finished: {len(runs)}.", ""]
     return "\n".join(lines)
 
