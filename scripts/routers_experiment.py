@@ -19,7 +19,8 @@ Four arms, each a set of `mom train` flags on top of `tiny-mom` (docs/training.m
 * ``z``      ``step`` with the router z-loss at 0.001 (ST-MoE's coefficient);
 * ``cent``   ``step`` with the router input centred (``router_norm centered``: a running mean over tokens removed,
              then RMSNorm), the option the from-scratch diagnosis points to (docs/log.md); ``cmap`` = ``cent`` with
-             the layer-map start (its phase-2 form, ``map`` + centring).
+             the layer-map start (its phase-2 form, ``map`` + centring); ``cfast`` = ``cent`` with the running mean
+             moving 0.5 of the way to each batch's mean (``router_center_momentum``; ``cent``: 0.1).
 
 The last six were added for the from-scratch collapse question (2026-12-03, second session); an arm that warned on
 one seed is not run on the others (the question is whether a setting is collapse-free on every seed). ``tau05``
@@ -79,6 +80,7 @@ ARMS = {
     "cent": router_flags(norm="centered"),
     "cmap": router_flags(norm="centered", init="layer_map"),
     "z": router_flags("both", "none", "random", "--model.z_coef", "0.001"),
+    "cfast": router_flags("both", "centered", "random", "--model.router_center_momentum", "0.5"),
 }
 PHASE1 = ["--config", "tiny", "--model.n_ctx", "256", "--train.max_steps", "800", "--train.batch_size", "16",
           "--train.seq_len", "256", "--train.tokens_per_step", "4096", "--train.lr", "3e-3",
@@ -318,7 +320,7 @@ def scratch_table(res: dict[str, Any], family: str, steps: int) -> list[str]:
         pre = f"{family}-{arm}"
         w = [_get(res, f"{pre}-s{s}", "collapse_warnings") for s in res["seeds"]]
         w = [x for x in w if x is not None]
-        first = [_get(res, f"{pre}-s{s}", "first_collapse_step") for s in res["seeds"]]
+        first = [_get(res, f"{pre}-s{s}", "first_collapse_step") for s in res["seeds"] if f"{pre}-s{s}" in res["runs"]]
         diffs = _paired(res, pre, f"{family}-step", "val") if arm != "step" else []
         lines.append("| " + " | ".join([
             f"`{arm}`", f"{sum(1 for x in w if x)} of {len(w)}", ", ".join(str(x) for x in w) or "—",

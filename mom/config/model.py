@@ -122,6 +122,9 @@ class MoMConfig(JsonConfig):
     # tokens share removed, so early in training from scratch a router still sees token-specific input
     # (mom.model.routers.centering_mean; docs/log.md 2026-12-03 second session).
     router_norm: RouterNorm = "none"
+    # `centered` only: how far the running mean moves toward each training batch's mean (1 = the previous batch's
+    # mean; smaller = slower to follow the residual stream as training moves it).
+    router_center_momentum: float = 0.1
     # `layer_map`: the per-step bias starts so that step h prefers the module(s) the GPT-2 layer map gave it (the
     # decomposed phase-1 network; see MoMConfig.layer_map_choices), by `router_init_bias` in scaled logits
     # (logit / τ): a preferred choice starts e^router_init_bias times as probable as another. Needs router_step
@@ -178,6 +181,8 @@ class MoMConfig(JsonConfig):
         if self.layer_norm_eps <= 0 or not 0 < self.init_std <= 1:  # GPT-2's init_std is 0.02
             raise ConfigError(f"layer_norm_eps must be > 0 and init_std in (0, 1], got {self.layer_norm_eps} and "
                               f"{self.init_std}")
+        if not 0 < self.router_center_momentum <= 1:
+            raise ConfigError(f"router_center_momentum must be in (0, 1], got {self.router_center_momentum}")
         if not 0 < self.router_init_bias <= 50:  # past e^50 the preferred choice's softmax is saturated in float32
             raise ConfigError(f"router_init_bias must be in (0, 50], got {self.router_init_bias}")
         for f in ("balance_coef", "z_coef"):

@@ -42,8 +42,9 @@ class Router(nn.Module):
     :func:`router_options` of a config; without them the router is the paper's plain one."""
 
     def __init__(self, d_model: int, n_out: int, *, steps: int = 1, step: str = "none", norm: str = "none",
-                 eps: float = 1e-5, bias_HN: Tensor | None = None):
+                 eps: float = 1e-5, bias_HN: Tensor | None = None, center_momentum: float = 0.1):
         super().__init__()
+        self.center_momentum = center_momentum
         norms = {"layernorm": nn.LayerNorm, "rmsnorm": nn.RMSNorm, "centered": nn.RMSNorm}
         self.norm = norms[norm](d_model, eps=eps) if norm in norms else None
         # ``centered``: each step's running mean of the router input over tokens, subtracted before the RMSNorm
@@ -57,7 +58,7 @@ class Router(nn.Module):
 
     def router_input(self, x_TD: Tensor, step: int) -> Tensor:
         if self.center_HD is not None:
-            x_TD = x_TD - centering_mean(self.center_HD, x_TD, step, self.training)
+            x_TD = x_TD - centering_mean(self.center_HD, x_TD, step, self.training, self.center_momentum)
         if self.norm is not None:
             x_TD = self.norm(x_TD)
         return x_TD if self.step_embed is None else x_TD + self.step_embed[step]
@@ -66,19 +67,16 @@ class Router(nn.Module):
         return logits_TN if self.step_bias is None else logits_TN + self.step_bias[step]
 
 
-CENTER_MOMENTUM = 0.1  # ``router_norm='centered'``: the running mean moves this far toward each batch's mean
-
-
-def centering_mean(center_HD: Tensor, x_TD: Tensor, step: int, training: bool) -> Tensor:
+def centering_mean(center_HD: Tensor, x_TD: Tensor, step: int, training: bool, momentum: float = 0.1) -> Tensor:
     """``router_norm='centered'``: the mean to subtract from step ``step``'s router input — the running mean as it
     stood before this batch (so a token's route never depends on other tokens of its batch, the future ones
-    included); in training the running mean then moves ``CENTER_MOMENTUM`` of the way to this batch's mean over
+    included); in training the running mean then moves ``momentum`` (``router_center_momentum``) of the way to this batch's mean over
     its tokens. It removes what every token's residual stream shares (the direction the first steps of training
     write into all of them alike), which otherwise leaves a router nothing token-specific to route on."""
     mean_D = center_HD[step].clone()
     if training:
         with torch.no_grad():
-            center_HD[step].lerp_(x_TD.detach().mean(0).to(center_HD.dtype), CENTER_MOMENTUM)
+            center_HD[step].lerp_(x_TD.detach().mean(0).to(center_HD.dtype), momentum)
     return mean_D.to(x_TD.dtype)
 
 
@@ -119,7 +117,7 @@ class MLPRouter(Router):
 def router_options(cfg: MoMConfig, half: str) -> dict:
     """The keyword arguments of :class:`Router` for ``half``'s router under ``cfg``."""
     return dict(steps=cfg.steps, step=cfg.router_step, norm=cfg.router_norm, eps=cfg.layer_norm_eps,
-                bias_HN=layer_map_bias(cfg, half))
+                bias_HN=layer_map_bias(cfg, half), center_momentum=cfg.router_center_momentum)
 
 
 def layer_map_bias(cfg: MoMConfig, half: str) -> Tensor:

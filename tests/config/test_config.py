@@ -49,6 +49,7 @@ from tests.conftest import tiny_config
         (dict(router_init="layer_map", router_step="embed"), "needs router_step 'bias' or 'both', got 'embed'"),
         (dict(router="fixed", skip=False, top_k=1, router_norm="rmsnorm"), "router='fixed' has no learned router"),
         (dict(router_init_bias=0.0), "router_init_bias must be in \\(0, 50\\]"),
+        (dict(router_center_momentum=0.0), "router_center_momentum must be in \\(0, 1\\]"),
         (dict(route_weights="softmax"), "route_weights must be one of 'auto', 'renorm', 'probs'"),
         (dict(router_step="steps"), "router_step must be one of 'none', 'bias', 'embed', 'both'"),
     ],

@@ -270,6 +270,24 @@ def no_leftovers(parent: Path, *expected: str) -> bool:
     return sorted(p.name for p in parent.iterdir()) == sorted(expected)
 
 
+def test_centered_running_means_move_in_training_as_moms_do(tmp_path):
+    """``router_norm='centered'`` with a non-default ``router_center_momentum``: one training forward moves the HF
+    model's running means exactly as mom's (so a fine-tune through transformers keeps centring alike)."""
+    model = tiny_mom(top_k=2, router_step="both", router_norm="centered", router_center_momentum=0.5)
+    export_hf(model, tmp_path / "hf")
+    hf, _ = load_hf(tmp_path / "hf")
+    idx = torch.randint(0, 50257, (2, 12))
+    before = {n: b.clone() for n, b in model.named_buffers() if n.endswith("center_HD")}
+    model.train(), hf.train()
+    model(idx), hf(input_ids=idx)
+    mom_means = {n: b for n, b in model.named_buffers() if n.endswith("center_HD")}
+    hf_means = sorted((n, b) for n, b in hf.named_buffers() if n.endswith("center_HD"))
+    assert len(hf_means) == len(mom_means) > 0
+    for (n, b), (_, h) in zip(sorted(mom_means.items()), hf_means):
+        assert not torch.equal(b, before[n])  # they moved
+        torch.testing.assert_close(h, b, rtol=1e-5, atol=1e-6)
+
+
 def test_export_refuses_what_is_not_a_mom_model(tmp_path):
     (tmp_path / "empty").mkdir()
     make_hf_gpt2(tmp_path / "gpt2")

@@ -201,6 +201,32 @@ def test_centered_router_tracks_the_shared_direction_in_training_only():
     assert torch.equal(center_HD, frozen)
 
 
+@pytest.mark.parametrize("momentum", [0.1, 0.5, 1.0])
+def test_centered_router_momentum_is_how_far_the_mean_moves_per_batch(momentum):
+    """``router_center_momentum``: after one training batch the running mean is (1 − m)·before + m·(batch mean),
+    for every step of both routers; m = 1 is the previous batch's mean."""
+    torch.manual_seed(0)
+    model = MoM(tiny_config(n_attn=3, n_ffn=3, steps=3, top_k=2, router_step="both", router_norm="centered",
+                            router_center_momentum=momentum)).train()
+    seen: dict[str, list] = {}
+    for name, router in ((n, m) for n, m in model.named_modules() if getattr(m, "center_HD", None) is not None):
+        router.center_HD.normal_(0, 1.0)
+        real = router.router_input
+
+        def spy(x_TD, step, real=real, name=name, router=router):
+            seen.setdefault(name, []).append((step, router.center_HD[step].clone(), x_TD.detach().mean(0)))
+            return real(x_TD, step)
+
+        router.router_input = spy
+    buffers = dict(model.named_buffers())
+    model(torch.randint(0, model.config.vocab_size, (2, 16)))
+    assert seen
+    for name, calls in seen.items():
+        assert sorted(step for step, *_ in calls) == [0, 1, 2]
+        for step, before_D, mean_D in calls:
+            torch.testing.assert_close(buffers[f"{name}.center_HD"][step], (1 - momentum) * before_D + momentum * mean_D)
+
+
 def test_centered_router_never_lets_a_token_see_other_tokens_of_its_batch():
     """Training mode included (where the running mean moves): a sequence's logits are the same alone as in a batch
     with another sequence, and an eval forward leaves every running mean as it was."""

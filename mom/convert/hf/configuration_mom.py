@@ -60,6 +60,7 @@ SUPPORTED_VALUES: dict[str, tuple[Any, ...] | None] = {
     "route_weights": ("auto", "renorm", "probs"),
     "router_step": ("none", "bias", "embed", "both"),
     "router_norm": ("none", "layernorm", "rmsnorm", "centered"),
+    "router_center_momentum": ANY,  # training only (how the running mean moves), saved so training resumes alike
     # training only: auxiliary losses and initialisation do not change the function a trained model computes
     "balance_coef": ANY,
     "balance_scope": ANY,
@@ -126,6 +127,7 @@ class MoMHFConfig(PretrainedConfig):
     route_weights: str = "renorm"  # (MoMConfig's default is "auto"; an export always writes the field)
     router_step: str = "none"
     router_norm: str = "none"
+    router_center_momentum: float = 0.1
     router_init: str = "random"
     router_init_bias: float = 4.0
     balance_coef: float = 0.01

@@ -133,16 +133,19 @@ class Router(nn.Module):
         self.norm = norms[cfg.router_norm](d, eps=cfg.layer_norm_eps) if cfg.router_norm in norms else None
         # ``centered``: each step's running mean of the router input over tokens, subtracted before the RMSNorm
         self.register_buffer("center_HD", torch.zeros(cfg.steps, d) if cfg.router_norm == "centered" else None)
+        self.center_momentum = cfg.router_center_momentum
         self.step_embed = nn.Parameter(torch.zeros(cfg.steps, d)) if cfg.router_step in ("embed", "both") else None
         self.step_bias = nn.Parameter(torch.zeros(cfg.steps, n_out)) if cfg.router_step in ("bias", "both") else None
 
     def router_input(self, x_TD: Tensor, step: int) -> Tensor:
         if self.center_HD is not None:
-            # the running mean before this batch; in training it then moves 0.1 of the way to the batch's mean
+            # the running mean before this batch; in training it then moves router_center_momentum of the way to the
+            # batch's mean
             mean_D = self.center_HD[step].clone()
             if self.training:
                 with torch.no_grad():
-                    self.center_HD[step].lerp_(x_TD.detach().mean(0).to(self.center_HD.dtype), 0.1)
+                    self.center_HD[step].lerp_(x_TD.detach().mean(0).to(self.center_HD.dtype),
+                                               self.center_momentum)
             x_TD = x_TD - mean_D.to(x_TD.dtype)
         if self.norm is not None:
             x_TD = self.norm(x_TD)
