@@ -109,7 +109,7 @@ def layer_map_starts(mcfg: MoMConfig) -> dict[tuple[int, str], set[int]]:
 
 
 def collapse_advice(mcfg: MoMConfig, tcfg: TrainConfig) -> str:
-    norm = ", or normalise the router input (--model.router_norm layernorm)" if mcfg.router_norm == "none" else ""
+    norm = ", or centre the router input (--model.router_norm centered)" if mcfg.router_norm != "centered" else ""
     return COLLAPSE_ADVICE.format(balance_coef=mcfg.balance_coef, z_coef=mcfg.z_coef, temperature=mcfg.temperature,
                                   router_lr_mult=tcfg.router_lr_mult, norm=norm)
 

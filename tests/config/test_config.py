@@ -180,6 +180,27 @@ def test_new_fields_default_to_the_earlier_behaviour_and_round_trip(tmp_path):
 
 
 
+def test_mom_presets_carry_the_measured_router_options_and_the_paper_router_is_three_flags_away():
+    """Issue #18's choice (docs/results-routers.md): every MoM preset's router knows the step, centres its input and
+    starts phase 2 from the layer map; the baselines keep their published routers; the paper's plain GRU is the
+    three flags the docs name."""
+    moms = [n for n in preset_names() if n.startswith(("mom-", "tiny-mom"))]
+    assert len(moms) >= 10
+    for name in moms:
+        cfg = preset(name)
+        assert (cfg.router_step, cfg.router_norm, cfg.router_init) == ("both", "centered", "auto"), name
+    for name in ("tiny", "gpt2", "layerskip", "mod", "moe", "universal"):
+        assert preset(name).router_norm == "none", name
+    def router_extras(cfg) -> set[str]:
+        model = MoM(cfg)
+        return {n.rsplit(".", 1)[1] for n, _ in [*model.named_parameters(), *model.named_buffers()]
+                if n.endswith(("center_HD", "step_bias", "step_embed"))}
+
+    assert router_extras(preset("tiny-mom")) == {"center_HD", "step_bias", "step_embed"}
+    assert router_extras(preset("tiny-mom").replace(router_step="none", router_norm="none",
+                                                    router_init="random")) == set()
+
+
 def test_train_presets_name_their_provenance():
     """official-phase*: the official scripts' schedule (cosine to 0, warm-up 2,000 in the long phase-1 run); the
     presets once called paper-phase* (our warm-up 500 and floor 1e-4) are ours-phase*; the old names say so."""

@@ -25,7 +25,7 @@ from mom.model.model import MoM
 from mom.runs import read_latest, read_metrics
 from mom.train.checkpoint import CHECKPOINT_FILES, _prune, load_checkpoint
 from mom.train.loop import train
-from mom.train.monitor import CollapseWatch
+from mom.train.monitor import CollapseWatch, collapse_advice
 from mom.train.optim import make_optimizer
 from tests.train.test_train import REPO, cli, mom_cfg, tcfg
 
@@ -277,8 +277,10 @@ def test_router_collapse_warning_lands_in_the_metrics(tmp_path, data_dir):
     assert {"chunk", "routing_step", "half", "module", "token_share"} <= set(warn[0])
     # ... with what to change, naming the current values
     assert warn[0]["advice"] == ("raise --model.balance_coef (now 0.01) or --model.z_coef (now 0.001), lower "
-                                 "--train.router_lr_mult (now 0.5), raise --model.temperature (now 1), or normalise "
-                                 "the router input (--model.router_norm layernorm)")
+                                 "--train.router_lr_mult (now 0.5), raise --model.temperature (now 1), or centre "
+                                 "the router input (--model.router_norm centered)")
+    # a router that already centres its input is not told to
+    assert "router_norm" not in collapse_advice(mom_cfg(router_norm="centered"), tcfg())
 
 
 # ---------------------------------------------------------------------------------------------- resources
