@@ -22,9 +22,9 @@ Four arms, each a set of `mom train` flags on top of `tiny-mom` (docs/training.m
              the layer-map start (its phase-2 form, ``map`` + centring); ``cfast`` = ``cent`` with the running mean
              moving 0.5 of the way to each batch's mean (``router_center_momentum``; ``cent``: 0.1).
 
-The last six were added for the from-scratch collapse question (2026-12-03, second session); an arm that warned on
-one seed is not run on the others (the question is whether a setting is collapse-free on every seed). ``tau05``
-and ``z`` are defined but not run.
+The arms from ``bal`` on were added for the from-scratch collapse question (2026-12-03, second and third sessions);
+an arm that warned on one seed is not run on the others (the question is whether a setting is collapse-free on
+every seed). ``tau05`` and ``z`` are defined but not run; ``cfast`` was stopped after a warning (docs/log.md).
 
 Each arm is trained twice per seed, on the built-in corpus tokenised with a 4,096-token BPE (the small-vocabulary
 regime of issue #22):
@@ -33,7 +33,9 @@ regime of issue #22):
   validation loss at phase-2 step 0 (how far the start is from where phase 1 ended) and at the end, and the
   routing health (same-path share, step divergence) at the end; and the vanilla continuation for the same tokens;
 * **from scratch** (the collapse check): 300 steps × 8 × 128 tokens at lr 3e-3, the number of router-collapse
-  warnings and the largest share of tokens one real module took at the end.
+  warnings and the largest share of tokens one real module took at the end; and the same over a 1,000-step
+  schedule (``--only long``, run for ``step`` and ``cent``: does centring's early cost close, does it stay
+  collapse-free), with the paired gap at every validation.
 
 Every run is an ordinary ``mom train`` command (one thread each, ``--jobs`` at a time); a finished run is reused, an
 interrupted one resumed. The results JSON (``--json``) is written from the runs' metrics.jsonl files; the markdown
