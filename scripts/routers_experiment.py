@@ -377,9 +377,9 @@ def verdicts(res: dict[str, Any]) -> list[str]:
                 d = _paired(res, f"p2-{b}", f"p2-{a}", "val")
                 lines.append(f"  `{b}` − `{a}`: {_ms(d)} nats, {verdict(d)}.")
     for family, steps in (("scratch", 300), ("long", LONG_STEPS)):
-        free = [a for a in ARMS if len(w := [x for s in res["seeds"]
-                                             if (x := _get(res, f"{family}-{a}-s{s}", "collapse_warnings")) is not None])
-                >= 3 and not any(w)]
+        warned = {a: [x for s in res["seeds"]
+                      if (x := _get(res, f"{family}-{a}-s{s}", "collapse_warnings")) is not None] for a in ARMS}
+        free = [a for a, w in warned.items() if len(w) >= 3 and not any(w)]
         if any(_vals(res, f"{family}-{a}", "val") for a in ARMS):
             lines.append(f"- From scratch, {steps:,} steps: arms without a collapse warning on any of 3 seeds: "
                          + (", ".join(f"`{a}`" for a in free) or "none") + ".")
@@ -389,8 +389,9 @@ def verdicts(res: dict[str, Any]) -> list[str]:
         names = {" ".join(v): k for k, v in ARMS.items()}
         p2 = names.get(" ".join(router_flags(step, norm, "layer_map")), "no arm")
         scratch = names.get(" ".join(router_flags(step, norm, "random")), "no arm")
-        lines.append(f"- The MoM presets' router options when this JSON was written ({', '.join(f'{k}={v}' for k, v in defaults.items())}) "
-                     f"are `{p2}` in phase 2 (`auto` = the layer-map start when decomposed) and `{scratch}` from scratch.")
+        options = ", ".join(f"{k}={v}" for k, v in defaults.items())
+        lines.append(f"- The MoM presets' router options when this JSON was written ({options}) are `{p2}` in phase 2 "
+                     f"(`auto` = the layer-map start when decomposed) and `{scratch}` from scratch.")
     return lines
 
 

@@ -70,9 +70,10 @@ class Router(nn.Module):
 def centering_mean(center_HD: Tensor, x_TD: Tensor, step: int, training: bool, momentum: float = 0.1) -> Tensor:
     """``router_norm='centered'``: the mean to subtract from step ``step``'s router input — the running mean as it
     stood before this batch (so a token's route never depends on other tokens of its batch, the future ones
-    included); in training the running mean then moves ``momentum`` (``router_center_momentum``) of the way to this batch's mean over
-    its tokens. It removes what every token's residual stream shares (the direction the first steps of training
-    write into all of them alike), which otherwise leaves a router nothing token-specific to route on."""
+    included); in training the running mean then moves ``momentum`` (``router_center_momentum``) of the way to
+    this batch's mean over its tokens. It removes what every token's residual stream shares (the direction the
+    first steps of training write into all of them alike), which otherwise leaves a router nothing token-specific
+    to route on."""
     mean_D = center_HD[step].clone()
     if training:
         with torch.no_grad():

@@ -91,8 +91,9 @@ SETTINGS: dict[str, Setting] = {
     # Every claim, 3 seeds, in the learning regime (sizing: module docstring).
     # Router hidden size 64, not the preset's 256: the paper's r = 256 sits beside d = 768 (r/d = 1/3); at d = 128
     # r = 256 makes the GRU routers ~60% of MoM_P's training FLOPs (44 vs 26 MFLOP/token) and the setting ~1.5x
-    # longer. r = 64 keeps the routers smaller than the model (r/d = 1/2). Router input not centred: docs/results/cpu.json
-    # was measured (2026-12-03) while the MoM presets' router_norm was still `none`; pinned so a rerun reproduces it.
+    # longer. r = 64 keeps the routers smaller than the model (r/d = 1/2). Router input not centred:
+    # docs/results/cpu.json was measured (2026-12-03) while the MoM presets' router_norm was still `none`; pinned so
+    # a rerun reproduces it.
     "cpu": Setting(name="cpu", tokenizer="bpe:4096", seeds=(0, 1, 2), experiments=EXPERIMENTS,
                    phase1_steps=600, phase2_steps=70, finetune_steps=35, batch=16, seq_len=256, phase1_lr=3e-3,
                    phase2_lr=1e-3, phase1_warmup=40, phase2_warmup=7, eval_tokens=16384,
