@@ -69,13 +69,24 @@ class JsonConfig:
         a field added later whose default changes what an older config computed gets that config's value."""
         return d
 
+    # Named sets of field values one override sets at once (``--model.routers paper``): name → value → fields. Not
+    # fields: a config stores the fields they set. Fields given in the same call win over a bundle's.
+    _BUNDLES: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {}
+
     def replace(self, **changes: Any):
-        """A validated copy with some fields changed (string values are parsed as the field's type)."""
+        """A validated copy with some fields changed (string values are parsed as the field's type); a bundle name
+        (``_BUNDLES``) sets its fields."""
         d = self.to_dict()
         types = field_types(type(self))
+        for k in [k for k in changes if k in self._BUNDLES]:
+            value, choices = changes.pop(k), self._BUNDLES[k]
+            if value not in choices:
+                raise ConfigError(f"{k} must be one of {', '.join(map(repr, choices))}, got {value!r} (it sets "
+                                  f"{', '.join(next(iter(choices.values())))})")
+            changes = {**choices[value], **changes}
         for k, v in changes.items():
             if k not in types:
-                raise ConfigError(f"unknown {self._KIND} field {k!r}{suggest(k, set(types))}")
+                raise ConfigError(f"unknown {self._KIND} field {k!r}{suggest(k, set(types) | set(self._BUNDLES))}")
             d[k] = parse_value(k, v, types[k]) if isinstance(v, str) else v
         self._adjust_replaced(d, changes)
         return type(self).from_dict(d, source="override")

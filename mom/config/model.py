@@ -457,6 +457,9 @@ def _mod(name: str, capacity: float) -> MoMConfig:
 # layer map. The paper's plain GRU router is reachable by flags:
 # --model.router_step none --model.router_norm none --model.router_init random.
 MOM_ROUTER_DEFAULTS: dict[str, Any] = dict(router_step="both", router_norm="centered", router_init="auto")
+# One override for either set: `--model.routers paper` (the paper's plain GRU router) or `--model.routers mom`.
+MoMConfig._BUNDLES = {"routers": {"paper": dict(router_step="none", router_norm="none", router_init="random"),
+                                  "mom": MOM_ROUTER_DEFAULTS}}
 
 
 def _with_router_defaults(make: Any) -> Any:

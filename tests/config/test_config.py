@@ -197,8 +197,16 @@ def test_mom_presets_carry_the_measured_router_options_and_the_paper_router_is_t
                 if n.endswith(("center_HD", "step_bias", "step_embed"))}
 
     assert router_extras(preset("tiny-mom")) == {"center_HD", "step_bias", "step_embed"}
-    assert router_extras(preset("tiny-mom").replace(router_step="none", router_norm="none",
-                                                    router_init="random")) == set()
+    paper = preset("tiny-mom").replace(router_step="none", router_norm="none", router_init="random")
+    assert router_extras(paper) == set()
+    # ... and one flag away: --model.routers paper sets the three fields (and `mom` sets them back)
+    assert preset("tiny-mom").replace(routers="paper") == paper
+    assert paper.replace(routers="mom") == preset("tiny-mom")
+    assert preset("tiny-mom").replace(routers="paper", router_norm="rmsnorm").router_norm == "rmsnorm"  # fields win
+    with pytest.raises(ConfigError, match="routers must be one of 'paper', 'mom', got 'gpt'"):
+        preset("tiny-mom").replace(routers="gpt")
+    with pytest.raises(ConfigError, match="did you mean 'routers'"):
+        preset("tiny-mom").replace(routes="paper")
 
 
 def test_train_presets_name_their_provenance():
