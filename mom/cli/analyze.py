@@ -33,8 +33,10 @@ def add_routes_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--text", help="analyse this text (the model's tokenizer: its tokenizer.json, else GPT-2; "
                                     "truncated to the context length)")
     src.add_argument("--data", metavar="DIR", help="analyse validation windows of this dataset (val.bin)")
-    p.add_argument("--out", required=True, metavar="FILE", help="report file: .png (figure), .html (self-contained "
-                                                                "page with tables and the figure) or .json (numbers)")
+    p.add_argument("--out", metavar="FILE", help="report file: .png (figure), .html (self-contained page with tables "
+                                                 "and the figure) or .json (numbers); needed unless --json")
+    p.add_argument("--json", action="store_true", help="print the numbers (what a .json report holds: usage, SKIP, "
+                                                       "effective depth, routing health per chunk) to stdout")
     p.add_argument("--seq-len", type=int, default=None, help="tokens per window with --data (default: n_ctx, ≤ 256)")
     p.add_argument("--windows", type=int, default=16, help="validation windows with --data (default 16)")
     p.add_argument("--batch-size", type=int, default=4, help="windows per forward with --data")
@@ -44,10 +46,13 @@ def add_routes_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_routes(args: argparse.Namespace, overrides: dict[str, dict[str, str]]) -> int:
-    out = Path(args.out)
-    if out.suffix.lower() not in OUT_FORMATS:
-        raise MomError(f"--out {out}: unsupported extension '{out.suffix}' (use .png, .html or .json)")
-    check_output_file(out, "--out")
+    if args.out is None and not args.json:
+        raise MomError("give --out FILE (.png, .html or .json) or --json")
+    out = None if args.out is None else Path(args.out)
+    if out is not None:
+        if out.suffix.lower() not in OUT_FORMATS:
+            raise MomError(f"--out {out}: unsupported extension '{out.suffix}' (use .png, .html or .json)")
+        check_output_file(out, "--out")
     for name in ("seq_len", "windows", "batch_size", "max_tokens"):
         check_positive("--" + name.replace("_", "-"), getattr(args, name))
     device = pick_device(args.device)
@@ -73,15 +78,16 @@ def run_routes(args: argparse.Namespace, overrides: dict[str, dict[str, str]]) -
         windows = val_windows(args.data, cfg.vocab_size, seq_len, args.windows, getattr(model, "tokenizer", None))
         source = f"{windows.shape[0]} validation windows × {seq_len} tokens of {args.data}"
     stats, first = collect_stats(model, iter_batches(windows, args.batch_size, device))
-    rep = report_from(stats, first, windows[0], cfg, args.max_tokens, source, str(args.ckpt), model.tokenizer)
-    suffix = out.suffix.lower()
-    if suffix == ".json":
-        payload = json.dumps({"model": str(args.ckpt), "source": source, **stats.summary()}, indent=1)
-    elif suffix == ".html":
-        payload = render_html(rep)
-    else:
-        payload = render_png(rep)
-    write_atomic(out, payload)
+    numbers = json.dumps({"model": str(args.ckpt), "source": source, **stats.summary()}, indent=1)
+    if out is not None:
+        payload: str | bytes = numbers
+        if out.suffix.lower() != ".json":
+            rep = report_from(stats, first, windows[0], cfg, args.max_tokens, source, str(args.ckpt), model.tokenizer)
+            payload = render_html(rep) if out.suffix.lower() == ".html" else render_png(rep)
+        write_atomic(out, payload)
+    if args.json:
+        print(numbers)
+        return 0
     print(f"{stats.tokens:,} tokens: mean effective depth {stats.mean_depth():.2f} of {cfg.depth} layers, "
           f"{stats.mean_applications():.2f} module applications per token; wrote {out}")
     for c in stats.chunks():

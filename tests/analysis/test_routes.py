@@ -196,6 +196,11 @@ def test_cli_writes_png_html_and_json(ckpt, tmp_path, capsys):
     assert "mean effective depth" in printed and "chunk 0 routing: attn ent" in printed
     assert "Routing health per chunk" in page
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "data", "r.html", "r.json", "r.png"]  # no temp files
+    # --json prints the same numbers (and nothing else) to stdout, with or without a file
+    assert main([*common, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == r
+    assert main([*common, "--json", "--out", str(tmp_path / "r2.json")]) == 0
+    assert json.loads(capsys.readouterr().out) == json.loads((tmp_path / "r2.json").read_text()) == r
 
 
 def test_cli_text_input(tmp_path, capsys):
@@ -216,6 +221,7 @@ def test_cli_errors(ckpt, tmp_path, capsys):
     assert "outside this model's vocabulary (97)" in cli_error(capsys, ["routes", "--ckpt", str(ck), "--text", "Hello world", "--out", str(tmp_path / "r.png")])
     assert "--text is empty" in cli_error(capsys, ["routes", "--ckpt", str(ck), "--text", "  ", "--out", str(tmp_path / "r.png")])
     assert "exceeds the model's context length" in cli_error(capsys, ["routes", "--ckpt", str(ck), "--data", str(data), "--seq-len", "65", "--out", str(tmp_path / "r.png")])
+    assert "give --out FILE (.png, .html or .json) or --json" in cli_error(capsys, ["routes", "--ckpt", str(ck), "--data", str(data)])
     assert "one of the arguments --text --data is required" in cli_error(capsys, ["routes", "--ckpt", str(ck), "--out", str(tmp_path / "r.png")])
     (tmp_path / "dir.png").mkdir()
     assert "is a directory" in cli_error(capsys, ["routes", "--ckpt", str(ck), "--data", str(data), "--windows", "1", "--out", str(tmp_path / "dir.png")])
