@@ -21,6 +21,20 @@ def tiny_config(**fields) -> MoMConfig:
     return MoMConfig(**base)
 
 
+def sharpen_routers(model):
+    """Sharper routers than the default init, so that routes differ between tokens (and SKIP is taken sometimes):
+    router output weights, step biases and step embeddings (the last two start at zero) drawn at N(0, 1), the
+    running means of ``router_norm='centered'`` (zero at the start) at N(0, 0.5²). Returns the model."""
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "router" in n and n.endswith(("out.weight", "step_bias", "step_embed")):
+                p.normal_(0, 1.0)
+        for n, b in model.named_buffers():
+            if n.endswith("center_HD"):
+                b.normal_(0, 0.5)
+    return model
+
+
 def counting_compile(monkeypatch):
     """Make ``torch.compile`` trace with dynamo's tracing-only backend, counting compiled frames (fast, no
     inductor); returns the counter. Dynamo's caches are reset first."""

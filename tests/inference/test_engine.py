@@ -9,7 +9,7 @@ from mom.errors import MomError
 from mom.inference.engine import Engine, SamplingParams
 from mom.model.kv_cache import KVCache
 from mom.model.model import MoM
-from tests.conftest import counting_compile, make_hf_gpt2, tiny_config
+from tests.conftest import counting_compile, make_hf_gpt2, sharpen_routers, tiny_config
 
 SMALL = dict(vocab_size=97, n_ctx=64, d_model=32, n_head=4)
 FAMILIES = {
@@ -40,15 +40,7 @@ FAMILIES = {
 
 
 def _model(cfg):
-    model = MoM(cfg).eval()
-    with torch.no_grad():  # sharp routers: tokens disagree, SKIP is taken sometimes
-        for n, p in model.named_parameters():
-            if "router" in n and n.endswith(("out.weight", "step_bias", "step_embed")):
-                p.normal_(0, 1.0)  # (the step bias and embedding start at zero: make them count)
-        for n, b in model.named_buffers():
-            if n.endswith("center_HD"):  # (router_norm='centered': running means start at zero)
-                b.normal_(0, 0.5)
-    return model
+    return sharpen_routers(MoM(cfg).eval())
 
 
 @pytest.mark.parametrize("name", FAMILIES)

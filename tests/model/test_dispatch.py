@@ -6,7 +6,7 @@ import torch
 from mom.model.model import MoM
 from mom.model.ops import argsort_small, counting_sort, grouped_linear, grouped_mm
 from mom.model.routers import top_k
-from tests.conftest import param_grads, tiny_config, train_outputs
+from tests.conftest import param_grads, sharpen_routers, tiny_config, train_outputs
 
 CONFIGS = {
     "gru-K2-H3-skip": dict(router="gru", top_k=2, steps=3, n_attn=3, n_ffn=5, skip=True),
@@ -37,15 +37,7 @@ CONFIGS = {
 @pytest.mark.parametrize("name", CONFIGS)
 def test_grouped_equals_loop(name, grouped_path):
     cfg = tiny_config(**CONFIGS[name])
-    fast = MoM(cfg)
-    # Sharper routers than the default init, so that routes differ between tokens.
-    with torch.no_grad():
-        for n, p in fast.named_parameters():
-            if "router" in n and n.endswith(("out.weight", "step_bias", "step_embed")):
-                p.normal_(0, 1.0)  # (the step bias and embedding start at zero: make them count)
-        for n, b in fast.named_buffers():
-            if n.endswith("center_HD"):  # (router_norm='centered': running means start at zero)
-                b.normal_(0, 0.5)
+    fast = sharpen_routers(MoM(cfg))
     ref = MoM(cfg.replace(dispatch="loop"))
     ref.load_state_dict(fast.state_dict())
     idx = torch.randint(0, cfg.vocab_size, (3, 19))
