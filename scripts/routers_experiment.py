@@ -90,14 +90,18 @@ PHASE1 = ["--config", "tiny", "--model.n_ctx", "256", "--train.max_steps", "800"
 PHASE2 = ["--model.n_ctx", "256", "--train.max_steps", "100", "--train.batch_size", "16", "--train.seq_len", "256",
           "--train.tokens_per_step", "4096", "--train.lr", "1e-3", "--train.warmup_steps", "10",
           "--train.eval_interval", "50", "--train.ckpt_interval", "50", "--train.log_interval", "10"]
-SCRATCH = ["--config", "tiny-mom", "--model.n_ctx", "128", "--train.max_steps", "300", "--train.batch_size", "8",
-           "--train.seq_len", "128", "--train.tokens_per_step", "1024", "--train.lr", "3e-3",
-           "--train.warmup_steps", "30", "--train.eval_interval", "150", "--train.ckpt_interval", "100",
-           "--train.log_interval", "10"]
-# the from-scratch question at 1,000 steps (does ``cent``'s early cost close with training?): the same run longer
-LONG_STEPS = 1000
-LONG = [*SCRATCH[:SCRATCH.index("--train.max_steps")], "--train.max_steps", str(LONG_STEPS),
-        *SCRATCH[SCRATCH.index("--train.max_steps") + 2:]]
+# From-scratch run families, name → steps: the collapse check, and the same runs longer (does ``cent``'s early cost
+# close with training?); only the schedule's length differs (``from_scratch``)
+FROM_SCRATCH = {"scratch": 300, "long": 1000}
+
+
+def from_scratch(steps: int) -> list[str]:
+    return ["--config", "tiny-mom", "--model.n_ctx", "128", "--train.max_steps", str(steps), "--train.batch_size", "8",
+            "--train.seq_len", "128", "--train.tokens_per_step", "1024", "--train.lr", "3e-3",
+            "--train.warmup_steps", "30", "--train.eval_interval", "150", "--train.ckpt_interval", "100",
+            "--train.log_interval", "10"]
+
+
 COMMON = ["--train.eval_tokens", "0", "--no-progress"]
 
 
@@ -116,8 +120,9 @@ def plan(out: Path, data: Path, p1: Path) -> dict[str, Run]:
         for arm, flags in ARMS.items():
             runs[f"p2-{arm}-s{s}"] = Run(f"p2-{arm}-s{s}", ["--config", "tiny-mom", "--init-from", str(p1), *PHASE2,
                                                             *flags, "--train.seed", str(s)], 100, "phase1")
-            runs[f"scratch-{arm}-s{s}"] = Run(f"scratch-{arm}-s{s}", [*SCRATCH, *flags, "--train.seed", str(s)], 300)
-            runs[f"long-{arm}-s{s}"] = Run(f"long-{arm}-s{s}", [*LONG, *flags, "--train.seed", str(s)], LONG_STEPS)
+            for family, steps in FROM_SCRATCH.items():
+                name = f"{family}-{arm}-s{s}"
+                runs[name] = Run(name, [*from_scratch(steps), *flags, "--train.seed", str(s)], steps)
         runs[f"p2-vanilla-s{s}"] = Run(f"p2-vanilla-s{s}", ["--config", "tiny", "--init-from", str(p1), *PHASE2,
                                                             "--train.seed", str(s)], 100, "phase1")
     for r in runs.values():
@@ -237,7 +242,8 @@ def collect(runs: dict[str, Run], out: Path, p1: Path) -> dict[str, Any]:
         "generated": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {_torch_version()}, one thread per run",
         "arms": {k: " ".join(v) for k, v in ARMS.items()},
-        "phase1": " ".join(PHASE1), "phase2": " ".join(PHASE2), "scratch": " ".join(SCRATCH), "long": " ".join(LONG),
+        "phase1": " ".join(PHASE1), "phase2": " ".join(PHASE2),
+        **{family: " ".join(from_scratch(steps)) for family, steps in FROM_SCRATCH.items()},
         "seeds": list(SEEDS),
         "defaults": _router_defaults(),
         "runs": results,
@@ -320,8 +326,7 @@ def scratch_table(res: dict[str, Any], family: str, steps: int) -> list[str]:
     ]
     for arm in arms:
         pre = f"{family}-{arm}"
-        w = [_get(res, f"{pre}-s{s}", "collapse_warnings") for s in res["seeds"]]
-        w = [x for x in w if x is not None]
+        w = _warnings(res, pre)
         first = [_get(res, f"{pre}-s{s}", "first_collapse_step") for s in res["seeds"] if f"{pre}-s{s}" in res["runs"]]
         diffs = _paired(res, pre, f"{family}-step", "val") if arm != "step" else []
         lines.append("| " + " | ".join([
@@ -337,6 +342,11 @@ def scratch_table(res: dict[str, Any], family: str, steps: int) -> list[str]:
             lines += ["", f"`{arm}` − `step` by validation step (paired by seed, nats): " + "; ".join(
                 f"{k}: {_ms(v)}" for k, v in by_step.items()) + "."]
     return lines
+
+
+def _warnings(res: dict, prefix: str) -> list[int]:
+    """Collapse warnings per seed of the runs of ``prefix`` that finished."""
+    return [x for s in res["seeds"] if (x := _get(res, f"{prefix}-s{s}", "collapse_warnings")) is not None]
 
 
 def _paired_curve(res: dict, family: str, arm: str) -> dict[int, list[float]]:
@@ -376,10 +386,8 @@ def verdicts(res: dict[str, Any]) -> list[str]:
             for b in unbeaten[i + 1:]:
                 d = _paired(res, f"p2-{b}", f"p2-{a}", "val")
                 lines.append(f"  `{b}` − `{a}`: {_ms(d)} nats, {verdict(d)}.")
-    for family, steps in (("scratch", 300), ("long", LONG_STEPS)):
-        warned = {a: [x for s in res["seeds"]
-                      if (x := _get(res, f"{family}-{a}-s{s}", "collapse_warnings")) is not None] for a in ARMS}
-        free = [a for a, w in warned.items() if len(w) >= 3 and not any(w)]
+    for family, steps in FROM_SCRATCH.items():
+        free = [a for a in ARMS if len(w := _warnings(res, f"{family}-{a}")) >= 3 and not any(w)]
         if any(_vals(res, f"{family}-{a}", "val") for a in ARMS):
             lines.append(f"- From scratch, {steps:,} steps: arms without a collapse warning on any of 3 seeds: "
                          + (", ".join(f"`{a}`" for a in free) or "none") + ".")
@@ -451,8 +459,8 @@ def report(res: dict[str, Any]) -> str:
             lines += ["", f"`{arm}` against the vanilla continuation (`tiny` from the same phase-1 model, the same "
                       f"tokens; equal parameters up to the routers, not equal FLOPs): Δ {_ms(diffs)} nats, "
                       f"{verdict(diffs)}."]
-    lines += scratch_table(res, "scratch", 300)
-    lines += scratch_table(res, "long", LONG_STEPS)
+    for family, steps in FROM_SCRATCH.items():
+        lines += scratch_table(res, family, steps)
     lines += verdicts(res)
     lines += ["", f"Runs finished: {len(runs)}.", ""]
     return "\n".join(lines)
