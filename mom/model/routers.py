@@ -67,7 +67,7 @@ class Router(nn.Module):
         return logits_TN if self.step_bias is None else logits_TN + self.step_bias[step]
 
 
-def centering_mean(center_HD: Tensor, x_TD: Tensor, step: int, training: bool, momentum: float = 0.1) -> Tensor:
+def centering_mean(center_HD: Tensor, x_TD: Tensor, step: int, training: bool, momentum: float) -> Tensor:
     """``router_norm='centered'``: the mean to subtract from step ``step``'s router input — the running mean as it
     stood before this batch (so a token's route never depends on other tokens of its batch, the future ones
     included); in training the running mean then moves ``momentum`` (``router_center_momentum``) of the way to

@@ -192,12 +192,12 @@ def test_centered_router_tracks_the_shared_direction_in_training_only():
     for _ in range(60):
         x_TD = shared_D + 0.1 * torch.randn(64, 8)
         before = center_HD[1].clone()
-        mean_D = centering_mean(center_HD, x_TD, 1, training=True)
+        mean_D = centering_mean(center_HD, x_TD, 1, training=True, momentum=0.1)
         assert torch.equal(mean_D, before)  # a batch is centred by the mean as it stood before it
     assert (center_HD[1] - shared_D).norm() < 0.01 * shared_D.norm()
     assert torch.equal(center_HD[0], torch.zeros(8))  # another step's mean is its own
     frozen = center_HD.clone()
-    centering_mean(center_HD, torch.randn(64, 8), 1, training=False)
+    centering_mean(center_HD, torch.randn(64, 8), 1, training=False, momentum=0.1)
     assert torch.equal(center_HD, frozen)
 
 
