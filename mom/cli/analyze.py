@@ -78,13 +78,14 @@ def run_routes(args: argparse.Namespace, overrides: dict[str, dict[str, str]]) -
         windows = val_windows(args.data, cfg.vocab_size, seq_len, args.windows, getattr(model, "tokenizer", None))
         source = f"{windows.shape[0]} validation windows × {seq_len} tokens of {args.data}"
     stats, first = collect_stats(model, iter_batches(windows, args.batch_size, device))
-    numbers = json.dumps({"model": str(args.ckpt), "source": source, **stats.summary()}, indent=1)
-    if out is not None:
-        payload: str | bytes = numbers
-        if out.suffix.lower() != ".json":
-            rep = report_from(stats, first, windows[0], cfg, args.max_tokens, source, str(args.ckpt), model.tokenizer)
-            payload = render_html(rep) if out.suffix.lower() == ".html" else render_png(rep)
-        write_atomic(out, payload)
+    suffix = None if out is None else out.suffix.lower()
+    numbers = (json.dumps({"model": str(args.ckpt), "source": source, **stats.summary()}, indent=1)
+               if args.json or suffix == ".json" else None)
+    if suffix == ".json":
+        write_atomic(out, numbers)
+    elif out is not None:
+        rep = report_from(stats, first, windows[0], cfg, args.max_tokens, source, str(args.ckpt), model.tokenizer)
+        write_atomic(out, render_html(rep) if suffix == ".html" else render_png(rep))
     if args.json:
         print(numbers)
         return 0
