@@ -180,10 +180,10 @@ def test_new_fields_default_to_the_earlier_behaviour_and_round_trip(tmp_path):
 
 
 
-def test_mom_presets_carry_the_measured_router_options_and_the_paper_router_is_three_flags_away():
+def test_mom_presets_carry_the_measured_router_options_and_the_paper_router_is_one_flag_away():
     """Issue #18's choice (docs/results-routers.md): every MoM preset's router knows the step, centres its input and
     starts phase 2 from the layer map; the baselines keep their published routers; the paper's plain GRU is the
-    three flags the docs name."""
+    three fields the docs name, set by one override (``--model.routers paper``)."""
     moms = [n for n in preset_names() if n.startswith(("mom-", "tiny-mom"))]
     assert len(moms) >= 10
     for name in moms:
@@ -191,6 +191,7 @@ def test_mom_presets_carry_the_measured_router_options_and_the_paper_router_is_t
         assert (cfg.router_step, cfg.router_norm, cfg.router_init) == ("both", "centered", "auto"), name
     for name in ("tiny", "gpt2", "layerskip", "mod", "moe", "universal"):
         assert preset(name).router_norm == "none", name
+
     def router_extras(cfg) -> set[str]:
         model = MoM(cfg)
         return {n.rsplit(".", 1)[1] for n, _ in [*model.named_parameters(), *model.named_buffers()]
