@@ -45,14 +45,21 @@ def add_routes_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run_routes, overrides=("model",))
 
 
+def routes_out(args: argparse.Namespace) -> Path | None:
+    """``mom routes``' report file, checked before any work (None: ``--json`` alone)."""
+    if args.out is None:
+        if not args.json:
+            raise MomError("give --out FILE (.png, .html or .json) or --json")
+        return None
+    out = Path(args.out)
+    if out.suffix.lower() not in OUT_FORMATS:
+        raise MomError(f"--out {out}: unsupported extension '{out.suffix}' (use .png, .html or .json)")
+    check_output_file(out, "--out")
+    return out
+
+
 def run_routes(args: argparse.Namespace, overrides: dict[str, dict[str, str]]) -> int:
-    if args.out is None and not args.json:
-        raise MomError("give --out FILE (.png, .html or .json) or --json")
-    out = None if args.out is None else Path(args.out)
-    if out is not None:
-        if out.suffix.lower() not in OUT_FORMATS:
-            raise MomError(f"--out {out}: unsupported extension '{out.suffix}' (use .png, .html or .json)")
-        check_output_file(out, "--out")
+    out = routes_out(args)
     for name in ("seq_len", "windows", "batch_size", "max_tokens"):
         check_positive("--" + name.replace("_", "-"), getattr(args, name))
     device = pick_device(args.device)
