@@ -350,6 +350,14 @@ def _check_run_dir(run: Path, floor: int) -> int:
     return step
 
 
+def _names(d: Path) -> list[str]:
+    """The entries of a directory a live `mom train` may be removing (a `--force` start clears the run): [] if gone."""
+    try:
+        return [p.name for p in os.scandir(d)]
+    except FileNotFoundError:
+        return []
+
+
 def _tmp_step(name: str) -> int:
     """The step of a checkpoint being written (``.tmp-step-00000012-PID``), else -1."""
     m = re.match(r"\.tmp-step-(\d+)-", name)
@@ -394,7 +402,7 @@ def _kill_harness(tmp_path: Path, data_dir: Path, kills: int, max_steps: int, se
         armed_at = None
         while proc.poll() is None and time.time() < deadline:
             if mode == "mid_checkpoint":  # (a later write than `target` will do if this poll missed its window)
-                if ckpts.is_dir() and any(_tmp_step(p.name) >= target for p in os.scandir(ckpts)):
+                if any(_tmp_step(name) >= target for name in _names(ckpts)):
                     break
                 time.sleep(0.0005)
             elif mode == "startup":
